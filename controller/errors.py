@@ -1,0 +1,60 @@
+"""One small exception hierarchy: every error names the value and what is accepted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ControllerError(ValueError):
+    """Base of every error the controller library raises on bad input."""
+
+
+class KnobError(ControllerError):
+    def __init__(self, knob: str, value: Any, accepted: str) -> None:
+        self.knob, self.value, self.accepted = knob, value, accepted
+        super().__init__(f"{knob}={value!r} is not valid; expected {accepted}")
+
+
+class BudgetError(ControllerError):
+    def __init__(self, value: Any, reason: str) -> None:
+        self.value, self.reason = value, reason
+        super().__init__(
+            f"latency budget {value!r} {reason}; send a finite number of milliseconds > 0, e.g. 180"
+        )
+
+
+class ToleranceError(ControllerError):
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        super().__init__(f"tolerance {value!r} is not valid; expected a number in [0, 1], e.g. 0.05")
+
+
+class DataLoadError(ControllerError):
+    """Profiling results could not be read (strict mode, missing dir, nothing usable)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: {problem}")
+
+
+class UnknownDatasetError(ControllerError):
+    def __init__(self, name: str, available: list[str]) -> None:
+        self.name, self.available = name, available
+        listed = ", ".join(available) if available else "none"
+        super().__init__(f"dataset {name!r} not found; datasets found: {listed}")
+
+
+class BuildError(ControllerError):
+    """The table could not be built from the given samples and parameters."""
+
+
+class TableLoadError(ControllerError):
+    """A table file is missing, not JSON, fails its schema or checksum, or is empty."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(f"cannot load table {path}: {problem}")
+
+
+class StoreError(ControllerError):
+    """A table store operation failed (unknown version, unreadable store, refused publish)."""

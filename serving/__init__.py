@@ -1,0 +1,1 @@
+"""Ray Serve deployments for the latency-budget controller (needs the `serve` extra)."""

@@ -1,0 +1,1 @@
+"""Model backends: the computation a model replica runs for one batch of equal-knob requests."""
