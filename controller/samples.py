@@ -1,0 +1,61 @@
+"""Columnar per-sample profiling data: the one shape every loader produces and every builder reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from controller.knobs import TIERS
+
+# Column name -> dtype. Latencies are milliseconds; they may still hold zeros or NaN here, because
+# which latency is valid depends on the metric the builder is asked for.
+COLUMNS: dict[str, type] = {
+    "dataset": np.int16,  # index into SampleColumns.datasets
+    "tier": np.int8,  # index into knobs.TIERS
+    "top_k": np.int16,
+    "num_active_blocks": np.int16,
+    "accuracy": np.float64,  # always finite (loaders drop the rest)
+    "latency_prefill": np.float64,  # T_vision_total + T_LLM_prefill, else T_total
+    "latency_total": np.float64,  # T_total
+    "sample_key": np.uint64,  # identity of the input sample across configs (dataset + question id)
+    "key_from_metadata": np.bool_,  # False: key came from the record's position, not a question id
+}
+
+
+@dataclass
+class SampleColumns:
+    datasets: tuple[str, ...]
+    columns: dict[str, npt.NDArray[np.generic]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, dtype in COLUMNS.items():
+            col = self.columns.get(name)
+            self.columns[name] = np.zeros(0, dtype=dtype) if col is None else np.asarray(col, dtype=dtype)
+        lengths = {len(c) for c in self.columns.values()}
+        assert len(lengths) == 1, f"columns of unequal length: {lengths}"
+
+    def __len__(self) -> int:
+        return len(self.columns["accuracy"])
+
+    def __getitem__(self, name: str) -> npt.NDArray[np.generic]:
+        return self.columns[name]
+
+    def select(self, mask: npt.NDArray[np.bool_]) -> SampleColumns:
+        return SampleColumns(self.datasets, {k: v[mask] for k, v in self.columns.items()})
+
+    @classmethod
+    def concat(cls, parts: list[SampleColumns]) -> SampleColumns:
+        """Concatenate, re-indexing datasets into one sorted name list."""
+        names = tuple(sorted({n for p in parts for n in p.datasets}))
+        cols: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in COLUMNS}
+        for p in parts:
+            remap = np.array([names.index(n) for n in p.datasets] or [0], dtype=np.int16)
+            for k in COLUMNS:
+                v = p.columns[k]
+                cols[k].append(remap[v] if k == "dataset" and len(v) else v)
+        return cls(names, {k: (np.concatenate(v) if v else np.zeros(0, COLUMNS[k])) for k, v in cols.items()})
+
+    def tier_names(self) -> list[str]:
+        return [TIERS[i] for i in self.columns["tier"]]
