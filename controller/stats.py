@@ -1,0 +1,52 @@
+"""Per-config statistics: what a table stores for one (tier, top_k, num_active_blocks)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from controller.knobs import Knobs
+
+LATENCY_QUANTILES = (0.90, 0.95, 0.99)
+
+
+@dataclass(frozen=True)
+class ConfigStats:
+    """`accuracy` and `latency_ms` are the two numbers the decision rule uses; the rest describe the
+    distribution. Optional fields are None only for tables imported from the reference format."""
+
+    knobs: Knobs
+    num_samples: int
+    accuracy: float
+    latency_ms: float
+    accuracy_std: float
+    latency_std: float
+    accuracy_mean: float | None = None
+    accuracy_median: float | None = None
+    latency_mean: float | None = None
+    latency_median: float | None = None
+    latency_min: float | None = None
+    latency_max: float | None = None
+    latency_p90: float | None = None
+    latency_p95: float | None = None
+    latency_p99: float | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        record = self.knobs.as_dict()
+        record.update({k: v for k, v in asdict(self).items() if k != "knobs"})
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ConfigStats:
+        fields = {k: v for k, v in record.items() if k not in ("tier", "top_k", "num_active_blocks")}
+        return cls(knobs=Knobs.from_mapping(record), **fields)
+
+    def seed_dict(self) -> dict[str, Any]:
+        """The reference implementation's per-config dict (its config_table values)."""
+        return {
+            "accuracy": self.accuracy,
+            "latency": self.latency_ms,
+            "num_samples": self.num_samples,
+            "accuracy_std": self.accuracy_std,
+            "latency_std": self.latency_std,
+        }

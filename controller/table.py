@@ -1,0 +1,174 @@
+"""The lookup table: per-scope config statistics and frontiers, resolving budgets to decisions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from controller.decision import Decision
+from controller.frontier import Frontier
+from controller.knobs import Knobs
+from controller.params import BuildParams
+from controller.stats import ConfigStats
+from controller.validate import validate_budget, validate_budgets, validate_tolerance
+
+GLOBAL_SCOPE = "global"
+
+
+class Scope:
+    """One table of configs: all datasets pooled ("global", as the seed) or one dataset."""
+
+    __slots__ = ("name", "datasets", "configs", "frontier")
+
+    def __init__(self, name: str, datasets: Sequence[str], configs: Sequence[ConfigStats]) -> None:
+        self.name = name
+        self.datasets = tuple(datasets)
+        self.configs = tuple(sorted(configs, key=lambda c: c.knobs.sort_key))
+        self.frontier = Frontier(self.configs)
+
+
+@dataclass(frozen=True)
+class BatchResolution:
+    """Vectorised answers: frontier entry per budget (entry 0 where infeasible) and feasibility."""
+
+    scope: Scope
+    entry_index: npt.NDArray[np.intp]
+    feasible: npt.NDArray[np.bool_]
+
+    def latency_ms(self) -> npt.NDArray[np.float64]:
+        return self.scope.frontier.latency_array[self.entry_index]
+
+
+@dataclass(frozen=True)
+class Table:
+    version_id: str
+    created_at: str
+    build: BuildParams
+    source: dict[str, Any]
+    scope_map: dict[str, Scope]
+    sha256: str = ""
+    # Set by the file loader: where the table came from (for status pages), not part of the content.
+    origin: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        assert GLOBAL_SCOPE in self.scope_map, "a table always has the global scope"
+
+    # --- construction and files (implemented in controller.table_file) ---------------------------
+    @classmethod
+    def load(cls, path: str | Path) -> Table:
+        from controller.table_file import load_table
+
+        return load_table(path)
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes, source: str = "<bytes>") -> Table:
+        from controller.table_file import table_from_bytes
+
+        return table_from_bytes(data, source)
+
+    def to_json_bytes(self) -> bytes:
+        from controller.table_file import table_to_bytes
+
+        return table_to_bytes(self)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        from controller.table_file import table_to_dict
+
+        return table_to_dict(self)
+
+    def save(self, path: str | Path) -> Path:
+        from controller.table_file import save_table
+
+        return save_table(self, path)
+
+    def with_version(self, version_id: str) -> Table:
+        from controller.table_file import restamp
+
+        return restamp(self, version_id=version_id)
+
+    # --- queries -----------------------------------------------------------------------------------
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return (GLOBAL_SCOPE, *sorted(n for n in self.scope_map if n != GLOBAL_SCOPE))
+
+    @property
+    def tolerance(self) -> float:
+        return self.build.tolerance
+
+    def scope(self, dataset: str | None = None) -> Scope:
+        """The dataset's own scope; the global one for None or a dataset the table does not have."""
+        if dataset is None:
+            return self.scope_map[GLOBAL_SCOPE]
+        found = self.scope_map.get(dataset)
+        if found is None:
+            found = self.scope_map.get(dataset.strip().lower().replace("-", "_"), self.scope_map[GLOBAL_SCOPE])
+        return found
+
+    def configs(self, scope: str = GLOBAL_SCOPE) -> list[ConfigStats]:
+        return list(self.scope(scope).configs)
+
+    def frontier(self, scope: str = GLOBAL_SCOPE) -> list[ConfigStats]:
+        return list(self.scope(scope).frontier.entries)
+
+    def all_knobs(self) -> list[Knobs]:
+        seen = {c.knobs for s in self.scope_map.values() for c in s.configs}
+        return sorted(seen, key=lambda k: k.sort_key)
+
+    # --- the decision rule -------------------------------------------------------------------------
+    def resolve(self, budget_ms: Any, *, tolerance: Any = None, dataset: str | None = None) -> Decision:
+        """Highest expected accuracy with latency <= budget * (1 + tolerance); else the fastest
+        config, flagged infeasible. O(log n) over the scope's frontier."""
+        budget = validate_budget(budget_ms)
+        tol = self.build.tolerance if tolerance is None else validate_tolerance(tolerance)
+        scope = self.scope(dataset)
+        frontier = scope.frontier
+        i = frontier.index(budget * (1 + tol))
+        c = frontier.entries[i if i >= 0 else 0]
+        return Decision(c.knobs, c.accuracy, c.latency_ms, i >= 0, scope.name, self.version_id, budget, tol, c)
+
+    def resolve_array(self, budgets_ms: Any, *, tolerance: Any = None,
+                      dataset: str | None = None) -> BatchResolution:
+        """Vectorised resolve with numpy searchsorted: no Python object per budget."""
+        budgets = validate_budgets(budgets_ms)
+        tol = self.build.tolerance if tolerance is None else validate_tolerance(tolerance)
+        scope = self.scope(dataset)
+        idx = scope.frontier.indices(budgets * (1 + tol))
+        feasible = idx >= 0
+        return BatchResolution(scope, np.maximum(idx, 0), feasible)
+
+    def resolve_many(self, budgets_ms: Any, *, tolerance: Any = None,
+                     dataset: str | None = None) -> list[Decision]:
+        budgets = validate_budgets(budgets_ms)
+        tol = self.build.tolerance if tolerance is None else validate_tolerance(tolerance)
+        batch = self.resolve_array(budgets, tolerance=tol, dataset=dataset)
+        entries, name, version = batch.scope.frontier.entries, batch.scope.name, self.version_id
+        out = []
+        for b, i, ok in zip(budgets.tolist(), batch.entry_index.tolist(), batch.feasible.tolist()):
+            c = entries[i]
+            out.append(Decision(c.knobs, c.accuracy, c.latency_ms, ok, name, version, b, tol, c))
+        return out
+
+    # --- reporting ---------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """JSON-able description for status pages and `lookupctl inspect --json`."""
+        return {
+            "version_id": self.version_id,
+            "sha256": self.sha256,
+            "created_at": self.created_at,
+            "origin": self.origin,
+            "build": self.build.model_dump(),
+            "source": self.source,
+            "scopes": {
+                name: {
+                    "datasets": list(s.datasets),
+                    "num_configs": len(s.configs),
+                    "frontier": [c.to_record() for c in s.frontier.entries],
+                }
+                for name, s in ((n, self.scope_map[n]) for n in self.scopes)
+            },
+        }

@@ -1,0 +1,268 @@
+"""The table file: versioned JSON with a sha256 of its canonical content, checked on load.
+Also reads the reference implementation's own table JSON so existing checkpoints keep working."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from controller.errors import ControllerError, TableLoadError
+from controller.knobs import Knobs
+from controller.params import BuildParams
+from controller.stats import ConfigStats
+from controller.table import GLOBAL_SCOPE, Scope, Table
+
+FORMAT = "moe-budget-controller/lookup-table"
+SCHEMA_VERSION = 1
+
+
+class _ConfigRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    tier: Literal["low", "medium", "high"]
+    top_k: int = Field(ge=1)
+    num_active_blocks: int = Field(ge=1)
+    num_samples: int = Field(ge=1)
+    accuracy: float
+    latency_ms: float = Field(gt=0)
+    accuracy_std: float = Field(ge=0)
+    latency_std: float = Field(ge=0)
+    accuracy_mean: float | None = None
+    accuracy_median: float | None = None
+    latency_mean: float | None = None
+    latency_median: float | None = None
+    latency_min: float | None = None
+    latency_max: float | None = None
+    latency_p90: float | None = None
+    latency_p95: float | None = None
+    latency_p99: float | None = None
+
+
+class _ScopeRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    datasets: list[str]
+    configs: list[_ConfigRecord] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_configs(self) -> _ScopeRecord:
+        keys = [(c.tier, c.top_k, c.num_active_blocks) for c in self.configs]
+        if len(set(keys)) != len(keys):
+            dup = next(k for k in keys if keys.count(k) > 1)
+            raise ValueError(f"config {dup} appears twice")
+        return self
+
+
+class _TableRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    format: Literal["moe-budget-controller/lookup-table"]
+    schema_version: Literal[1]
+    version_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    created_at: str
+    build: BuildParams
+    source: dict[str, Any]
+    scopes: dict[str, _ScopeRecord]
+    sha256: str
+
+    @model_validator(mode="after")
+    def _has_global(self) -> _TableRecord:
+        if GLOBAL_SCOPE not in self.scopes:
+            raise ValueError(f"no '{GLOBAL_SCOPE}' scope")
+        return self
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+def canonical_bytes(content: dict[str, Any]) -> bytes:
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode()
+
+
+def content_sha256(content: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_bytes({k: v for k, v in content.items() if k != "sha256"})).hexdigest()
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _unsigned_dict(table: Table) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "version_id": table.version_id,
+        "created_at": table.created_at,
+        "build": table.build.model_dump(),
+        "source": table.source,
+        "scopes": {
+            name: {
+                "datasets": list(table.scope_map[name].datasets),
+                "configs": [c.to_record() for c in table.scope_map[name].configs],
+            }
+            for name in table.scopes
+        },
+    }
+
+
+def table_to_dict(table: Table) -> dict[str, Any]:
+    content = _unsigned_dict(table)
+    content["sha256"] = content_sha256(content)
+    return content
+
+
+def table_to_bytes(table: Table) -> bytes:
+    return json.dumps(table_to_dict(table), indent=1, allow_nan=False).encode() + b"\n"
+
+
+def make_table(scopes: dict[str, Scope], build: BuildParams, source: dict[str, Any],
+               *, version_id: str | None = None, created_at: str | None = None) -> Table:
+    """A new table with its sha256 computed; the default version id sorts by creation time."""
+    created = created_at or utc_now_iso()
+    draft = Table(version_id="draft", created_at=created, build=build, source=source, scope_map=scopes)
+    if version_id is None:
+        body = _unsigned_dict(draft)
+        digest = hashlib.sha256(canonical_bytes({"b": body["build"], "s": body["scopes"]})).hexdigest()
+        stamp = created.replace("-", "").replace(":", "").replace(".", "")
+        version_id = f"{stamp}-{digest[:8]}"
+    return restamp(draft, version_id=version_id)
+
+
+def restamp(table: Table, *, version_id: str) -> Table:
+    stamped = Table(version_id, table.created_at, table.build, table.source, table.scope_map, "", table.origin)
+    sha = content_sha256(_unsigned_dict(stamped))
+    return Table(version_id, table.created_at, table.build, table.source, table.scope_map, sha, table.origin)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_table(table: Table, path: str | Path) -> Path:
+    out = Path(path)
+    atomic_write(out, table_to_bytes(table))
+    return out
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def load_table(path: str | Path) -> Table:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise TableLoadError(str(p), "file not found") from None
+    except IsADirectoryError:
+        raise TableLoadError(str(p), "is a directory, not a table file") from None
+    except OSError as e:
+        raise TableLoadError(str(p), f"cannot read: {e.strerror or e}") from e
+    return table_from_bytes(data, str(p))
+
+
+def table_from_bytes(data: bytes, source: str) -> Table:
+    if not data.strip():
+        raise TableLoadError(source, "file is empty")
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TableLoadError(source, f"not valid JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise TableLoadError(source, f"expected a JSON object, found {type(raw).__name__}")
+    if "config_table" in raw and "format" not in raw:
+        return _from_seed_format(raw, source, data)
+    return _from_native(raw, source)
+
+
+def _from_native(raw: dict[str, Any], source: str) -> Table:
+    try:
+        rec = _TableRecord.model_validate(raw)
+    except ValidationError as e:
+        raise TableLoadError(source, f"schema error: {_first_errors(e)}") from e
+    actual = content_sha256(raw)
+    if actual != rec.sha256:
+        raise TableLoadError(source, f"checksum mismatch: file says sha256 {rec.sha256[:12]}..., "
+                                     f"content hashes to {actual[:12]}... (file altered or truncated)")
+    scopes = {
+        name: Scope(name, s.datasets, [ConfigStats.from_record(c.model_dump()) for c in s.configs])
+        for name, s in rec.scopes.items()
+    }
+    return Table(rec.version_id, rec.created_at, rec.build, rec.source, scopes, rec.sha256, origin=source)
+
+
+def _first_errors(e: ValidationError, limit: int = 3) -> str:
+    parts = []
+    for err in e.errors()[:limit]:
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = len(e.errors()) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _from_seed_format(raw: dict[str, Any], source: str, data: bytes) -> Table:
+    """The reference implementation's file: config_table keyed "tier_k_n", lookup_table (derived,
+    ignored), statistics, metadata. Configs with a NaN accuracy (its mean-of-NaN bug) are dropped."""
+    table = raw["config_table"]
+    if not isinstance(table, dict):
+        raise TableLoadError(source, "config_table is not an object")
+    configs: list[ConfigStats] = []
+    dropped: dict[str, int] = {}
+    for key, info in table.items():
+        try:
+            tier, k, n = str(key).split("_")
+            knobs = Knobs(tier, int(k), int(n))
+        except (ValueError, ControllerError):
+            dropped["bad_config_key"] = dropped.get("bad_config_key", 0) + 1
+            continue
+        if not isinstance(info, dict) or not _finite(info.get("accuracy")) or not _finite(info.get("latency")) \
+                or info["latency"] <= 0:
+            dropped["nonfinite_config"] = dropped.get("nonfinite_config", 0) + 1
+            continue
+        n_samples = info.get("num_samples", 1)
+        configs.append(ConfigStats(
+            knobs=knobs,
+            num_samples=int(n_samples) if _finite(n_samples) and n_samples >= 1 else 1,
+            accuracy=float(info["accuracy"]),
+            latency_ms=float(info["latency"]),
+            accuracy_std=float(info["accuracy_std"]) if _finite(info.get("accuracy_std")) else 0.0,
+            latency_std=float(info["latency_std"]) if _finite(info.get("latency_std")) else 0.0,
+        ))
+    if not configs:
+        raise TableLoadError(source, "reference-format table has no usable configs")
+    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    try:
+        build = BuildParams(
+            aggregation_method=meta.get("aggregation_method", "mean"),
+            tolerance=meta.get("tolerance", 0.05),
+            latency_metric="prefill" if meta.get("use_prefill_only", True) else "total",
+        )
+    except ValidationError as e:
+        raise TableLoadError(source, f"reference-format metadata: {_first_errors(e)}") from e
+    src = {"imported_from": "reference lookup_table_baseline format", "path": source,
+           "file_sha256": hashlib.sha256(data).hexdigest(), "dropped": dropped}
+    digest = src["file_sha256"]
+    t = make_table({GLOBAL_SCOPE: Scope(GLOBAL_SCOPE, [], configs)}, build, src,
+                   version_id=f"seed-{digest[:12]}", created_at="1970-01-01T00:00:00.000000Z")
+    return Table(t.version_id, t.created_at, t.build, t.source, t.scope_map, t.sha256, origin=source)
