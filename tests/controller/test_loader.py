@@ -365,3 +365,36 @@ def test_load_draws_progress_on_stderr_when_forced(results: Path, capsys: pytest
     assert "4/4 files" in capsys.readouterr().err
     load(results, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_generated_quirky_results(tmp_path: Path) -> None:
+    from controller.sample_data import generate_sample_results
+
+    summary = generate_sample_results(tmp_path, samples_per_config=20, seed=3, quirks=True)
+    res = load(tmp_path)
+    s, rep = res.samples, res.report
+    assert s.datasets == ("coco_2014_vqa", "okvqa", "text_vqa")
+    assert rep.dropped == {DROP_NONFINITE_ACCURACY: summary.quirks_added["nan_accuracy_samples"]}
+    assert rep.samples_kept == summary.samples - summary.quirks_added["nan_accuracy_samples"]
+    assert np.isfinite(s["accuracy"]).all() and s["key_from_metadata"].all()
+    reasons = [r for _, r in rep.files_skipped]
+    assert sum("leftover rank file" in r for r in reasons) == summary.quirks_added["leftover_rank_files"]
+    assert sum("unreadable JSON" in r for r in reasons) == summary.quirks_added["truncated_files"]
+    assert (
+        len(reasons) == summary.quirks_added["leftover_rank_files"] + summary.quirks_added["truncated_files"]
+    )
+    assert (s["latency_total"] == 0).sum() == summary.quirks_added["zero_latency_samples"]
+    assert np.isnan(s["latency_prefill"]).sum() == summary.quirks_added["nan_latency_samples"]
+    # Every config holds the same questions.
+    for d in range(3):
+        in_d = s["dataset"] == d
+        per_cfg: dict[tuple[int, int, int], set[int]] = {}
+        for t, k, n, key in zip(
+            s["tier"][in_d],
+            s["top_k"][in_d],
+            s["num_active_blocks"][in_d],
+            s["sample_key"][in_d],
+            strict=True,
+        ):
+            per_cfg.setdefault((int(t), int(k), int(n)), set()).add(int(key))
+        assert len({frozenset(v) for v in per_cfg.values() if len(v) == 20}) == 1
