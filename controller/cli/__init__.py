@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "controller.cli.predict",
     "controller.cli.inspect",
     "controller.cli.sample_data",
+    "controller.cli.profile",
     "controller.cli.store",
 )
 

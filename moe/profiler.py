@@ -1,0 +1,203 @@
+"""Sweep a knob grid on a MoERunner and write one core_exp file per config (resumable)."""
+
+from __future__ import annotations
+
+import itertools
+import platform
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from controller.core_exp_writer import (
+    build_config_result,
+    config_filename,
+    dataset_folder,
+    sample_record,
+    write_json_atomic,
+)
+from controller.knobs import TIER_CROP_RANGE, Knobs
+from moe.runner import GenerationResult, MoERunner, PromptInput, choose_crops
+from moe.samples import AccuracyHook, ProfileSample, score
+
+NO_ACCURACY = "none (random weights): accuracy is 0.0 placeholder, take it from another table"
+IMAGE_SIZE_PER_CROP = 336
+
+
+@dataclass(frozen=True)
+class Grid:
+    tiers: tuple[str, ...]
+    top_ks: tuple[int, ...]
+    blocks: tuple[int, ...]
+
+    def configs(self) -> list[Knobs]:
+        return [Knobs(t, k, b) for t, k, b in itertools.product(self.tiers, self.top_ks, self.blocks)]
+
+
+@dataclass
+class ProfileReport:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+
+
+def existing_config_file(out_dir: str | Path, dataset: str, knobs: Knobs) -> Path | None:
+    """The merged file of this config if a previous run wrote it (the crops part of the name varies)."""
+    folder = Path(out_dir) / dataset_folder(dataset)
+    task = dataset_folder(dataset)
+    pattern = f"{task}_imgsizetier-{knobs.tier}_crops*_topk{knobs.top_k}_blocks{knobs.num_active_blocks}.json"
+    found = sorted(folder.glob(pattern))
+    return found[0] if found else None
+
+
+def crops_for(sample: ProfileSample, tier: str) -> int:
+    lo, hi = TIER_CROP_RANGE[tier]
+    if sample.num_crops is not None:
+        return min(max(sample.num_crops, lo), hi)  # the tier caps (and floors) the crop count
+    return choose_crops(tier, sample.sample_id)
+
+
+def _record(knobs: Knobs, sample: ProfileSample, res: GenerationResult, accuracy: float) -> dict[str, Any]:
+    t = res.timings_ms
+    content = len(res.token_ids) - (1 if res.ends_with_eos else 0)
+    return sample_record(
+        sample_id=sample.sample_id,
+        tier=knobs.tier,
+        top_k=knobs.top_k,
+        num_active_blocks=knobs.num_active_blocks,
+        accuracy=accuracy,
+        T_vision_total=t["vision"],
+        T_LLM_prefill=t["prefill"],
+        T_LLM_decode=t["decode"],
+        T_total=t["total"],
+        T_decode_per_step=[[ms] for ms in res.decode_per_step_ms],  # [position][run], one run
+        output_tokens=len(res.token_ids),
+        content_tokens=content,
+        ends_with_eos=res.ends_with_eos,
+        actual_num_crops=res.num_crops,
+        actual_tiling=[1, res.num_crops],
+        actual_image_size=[IMAGE_SIZE_PER_CROP, IMAGE_SIZE_PER_CROP * res.num_crops],
+        actual_vision_tokens=res.vision_tokens,
+        actual_text_tokens=res.text_tokens,
+        pred=res.text,
+        question_id=sample.question_id,
+        answers=list(sample.answers),
+        image_id=sample.image_id,
+    )
+
+
+def profile_config(
+    runner: MoERunner,
+    knobs: Knobs,
+    samples: Sequence[ProfileSample],
+    *,
+    max_new_tokens: int = 8,
+    warmup: int = 2,
+    prefill_only: bool = False,
+    hook: AccuracyHook | None = None,
+) -> list[dict[str, Any]]:
+    """Per-sample core_exp records at batch size 1; the `warmup` passes are run and thrown away."""
+    inputs = [PromptInput(s.prompt, crops_for(s, knobs.tier), image_seed=s.sample_id) for s in samples]
+    for i in range(warmup):
+        runner.generate(
+            knobs, [inputs[i % len(inputs)]], max_new_tokens=max_new_tokens, prefill_only=prefill_only
+        )
+    records = []
+    for sample, inp in zip(samples, inputs, strict=True):
+        (res,) = runner.generate(knobs, [inp], max_new_tokens=max_new_tokens, prefill_only=prefill_only)
+        accuracy = 0.0 if hook is None else score(hook, res.text, sample)
+        records.append(_record(knobs, sample, res, accuracy))
+    return records
+
+
+def environment(runner: MoERunner) -> dict[str, Any]:
+    import transformers
+
+    m = runner.model
+    dev = m.device
+    return {
+        "backend": "torch",
+        "model_source": m.source,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "dtype": str(m.dtype).removeprefix("torch."),
+        "experts_implementation": m.experts_implementation,
+        "block_order": runner.block_order
+        if isinstance(runner.block_order, str)
+        else list(runner.block_order),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def profile_grid(
+    runner: MoERunner,
+    *,
+    dataset: str,
+    grid: Grid,
+    samples: Sequence[ProfileSample],
+    out_dir: str | Path,
+    max_new_tokens: int = 8,
+    warmup: int = 2,
+    prefill_only: bool = False,
+    hook: AccuracyHook | None = None,
+    hook_name: str | None = None,
+    progress: bool = True,
+) -> ProfileReport:
+    """Profile every config of `grid` not already in `out_dir`; each file is written atomically
+    as soon as its config is done, so an interrupted sweep resumes where it stopped."""
+    if not samples:
+        raise ValueError("samples is empty; give at least one sample to profile")
+    configs = grid.configs()
+    for knobs in configs:
+        runner.validate(knobs)  # fail before the first (long) config, not in the middle
+    report = ProfileReport()
+    env = environment(runner)
+    source = NO_ACCURACY if hook is None else f"eval hook {hook_name or getattr(hook, '__name__', 'hook')}"
+    bar = _bar(len(configs), progress)
+    try:
+        for knobs in configs:
+            bar.set_postfix_str(f"{knobs.tier} k{knobs.top_k} b{knobs.num_active_blocks}")
+            done = existing_config_file(out_dir, dataset, knobs)
+            if done is not None:
+                report.skipped.append(done)
+                bar.update(1)
+                continue
+            records = profile_config(
+                runner,
+                knobs,
+                samples,
+                max_new_tokens=max_new_tokens,
+                warmup=warmup,
+                prefill_only=prefill_only,
+                hook=hook,
+            )
+            result = build_config_result(
+                tier=knobs.tier,
+                top_k=knobs.top_k,
+                num_active_blocks=knobs.num_active_blocks,
+                per_sample_results=records,
+                num_total_blocks=runner.model.num_blocks,
+                active_block_indices=runner.active_blocks(knobs.num_active_blocks),
+            )
+            result["accuracy_source"] = source
+            result["profiler"] = dict(
+                env, max_new_tokens=max_new_tokens, warmup_passes=warmup, prefill_only=prefill_only
+            )
+            name = config_filename(
+                dataset, knobs.tier, result["selected_crops_mean"], knobs.top_k, knobs.num_active_blocks
+            )
+            path = write_json_atomic(Path(out_dir) / dataset_folder(dataset) / name, result)
+            report.written.append(path)
+            bar.update(1)
+    finally:
+        bar.close()
+    return report
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm  # a dependency of transformers, so present wherever this module runs
+
+    return tqdm(total=total, desc="profile", unit="config", disable=not enabled, file=sys.stderr)

@@ -1,0 +1,76 @@
+"""The vision stage: a CLIP ViT over the global image plus its crops, pooled to 144 tokens each.
+
+What is real and what is a stand-in: with `checkpoint` the ViT weights come from a local CLIP
+vision checkpoint; otherwise the ViT is random-initialised in the CLIP ViT-L/14-336 shape (the
+`tiny` preset shrinks its width and depth). Pixels are random (no image preprocessing), and the
+connector (2x2 average pooling of the 24x24 patch grid + a 2-layer MLP into the LM width) is a
+random stand-in for MolmoE's attention-pooling connector. Its cost, not its output, is the point.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from controller.knobs import TOKENS_PER_CROP
+
+
+class VisionStage(torch.nn.Module):
+    def __init__(self, vit: CLIPVisionModel, lm_hidden: int) -> None:
+        super().__init__()
+        self.vit = vit
+        cfg = vit.config
+        self.image_size = int(cfg.image_size)
+        self.grid = self.image_size // int(cfg.patch_size)
+        width = int(cfg.hidden_size)
+        self.connector = torch.nn.Sequential(
+            torch.nn.Linear(width, lm_hidden), torch.nn.GELU(), torch.nn.Linear(lm_hidden, lm_hidden)
+        )
+        pooled = (self.grid // 2) ** 2
+        assert pooled == TOKENS_PER_CROP, f"vision grid {self.grid} gives {pooled} tokens per crop, not 144"
+
+    def pixels(self, num_images: int, *, device: torch.device, dtype: torch.dtype, seed: int) -> torch.Tensor:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        x = torch.randn(num_images, 3, self.image_size, self.image_size, generator=g)
+        return x.to(device=device, dtype=dtype)
+
+    @torch.inference_mode()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(images, 3, H, W) -> (images, 144, lm_hidden)."""
+        hidden = self.vit(pixel_values=pixel_values).last_hidden_state[:, 1:]  # drop CLS
+        n, _, width = hidden.shape
+        grid = hidden.reshape(n, self.grid, self.grid, width).permute(0, 3, 1, 2)
+        pooled = torch.nn.functional.avg_pool2d(grid, 2).flatten(2).transpose(1, 2)
+        return self.connector(pooled)
+
+
+def build_vision_stage(
+    shape: dict[str, Any],
+    *,
+    lm_hidden: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    checkpoint: str | None = None,
+) -> VisionStage:
+    if checkpoint is not None:
+        from moe.presets import ModelLoadError
+
+        try:
+            vit = CLIPVisionModel.from_pretrained(checkpoint, local_files_only=True, dtype=dtype)
+        except OSError as e:
+            raise ModelLoadError(
+                f"vision_checkpoint={checkpoint!r} is not a local CLIP vision model: {e}"
+            ) from e
+        vit = vit.to(device)
+    else:
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with device:
+                vit = CLIPVisionModel(CLIPVisionConfig(**shape, attn_implementation="sdpa"))
+        finally:
+            torch.set_default_dtype(prev)
+    stage = VisionStage(vit, lm_hidden).to(device=device, dtype=dtype)
+    return stage.eval().requires_grad_(False)
