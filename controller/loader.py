@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -150,6 +152,7 @@ def _key_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
+@functools.lru_cache(maxsize=1 << 17, typed=True)  # the same questions recur in every config
 def question_key(dataset: str, qid: Any) -> int:
     """sample_key of a record whose metadata carries a question id."""
     return _key_hash(f"{dataset}\x00q\x00{qid}")
@@ -291,7 +294,10 @@ def _records_to_entry(
     for out_i, i in enumerate(idx.tolist()):
         q = qids[i]
         if q is not None:
-            qkeys[out_i] = question_key(ds_names[ds_col[i]], q)
+            try:
+                qkeys[out_i] = question_key(ds_names[ds_col[i]], q)
+            except TypeError:  # an unhashable id (list, object) is still an id
+                qkeys[out_i] = question_key(ds_names[ds_col[i]], json.dumps(q, sort_keys=True))
             has[out_i] = True
     meta = {"datasets": ds_names, "dropped": dropped, "records": n, "skipped": None}
     return CacheEntry(rows, meta)

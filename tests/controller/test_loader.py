@@ -398,3 +398,12 @@ def test_generated_quirky_results(tmp_path: Path) -> None:
         ):
             per_cfg.setdefault((int(t), int(k), int(n)), set()).add(int(key))
         assert len({frozenset(v) for v in per_cfg.values() if len(v) == 20}) == 1
+
+
+def test_unhashable_question_id_still_keys(tmp_path: Path) -> None:
+    for k in (4, 8):
+        write_config(
+            tmp_path, "okvqa", "low", k, 16, [record(0, top_k=k, metadata={"question_id": ["a", 1]})]
+        )
+    s = load(tmp_path).samples
+    assert s["key_from_metadata"].all() and s["sample_key"][0] == s["sample_key"][1]
