@@ -32,9 +32,9 @@ def validate_budgets(values: Any) -> npt.NDArray[np.float64]:
         arr = np.asarray(values, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
         raise BudgetError(values, "is not a sequence of numbers") from None
-    ok = np.isfinite(arr) & (arr > 0)
-    if not ok.all():
-        i = int(np.flatnonzero(~ok)[0])
+    # Two reductions and no temporaries: min/max propagate NaN, which then fails both comparisons.
+    if len(arr) and not (arr.min() > 0.0 and arr.max() < np.inf):
+        i = int(np.flatnonzero(~(np.isfinite(arr) & (arr > 0)))[0])
         validate_budget(float(arr[i]))  # raises with the precise reason
     return arr
 
