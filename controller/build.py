@@ -28,7 +28,9 @@ def usable_latency(samples: SampleColumns, metric: str) -> tuple[npt.NDArray[np.
     return lat, {k: v for k, v in dropped.items() if v}
 
 
-def valid_samples(samples: SampleColumns, params: BuildParams) -> tuple[SampleColumns, npt.NDArray[np.float64], dict[str, int]]:
+def valid_samples(
+    samples: SampleColumns, params: BuildParams
+) -> tuple[SampleColumns, npt.NDArray[np.float64], dict[str, int]]:
     lat, dropped = usable_latency(samples, params.latency_metric)
     keep = np.isfinite(lat) & (lat > 0) & np.isfinite(samples["accuracy"].astype(np.float64))
     return samples.select(keep), lat[keep], dropped

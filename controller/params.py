@@ -32,7 +32,7 @@ def make_build_params(**values: object) -> BuildParams:
     from controller.errors import BuildError
 
     try:
-        return BuildParams(**values)  # type: ignore[arg-type]
+        return BuildParams(**values)  # type: ignore[arg-type,unused-ignore]
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(x) for x in err["loc"])

@@ -52,7 +52,7 @@ def records_to_samples(records: Iterable[Mapping[str, Any]]) -> tuple[SampleColu
         rows.append((dataset, TIERS.index(str(tier)), k, n, acc, prefill_latency(r), _num(r.get("T_total", 0.0)),
                      identity, qid is not None))
     names = tuple(sorted({row[0] for row in rows}))
-    cols = {
+    cols: dict[str, np.ndarray[Any, Any]] = {
         "dataset": np.array([names.index(row[0]) for row in rows], dtype=np.int16),
         "tier": np.array([row[1] for row in rows], dtype=np.int8),
         "top_k": np.array([row[2] for row in rows], dtype=np.int16),

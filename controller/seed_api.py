@@ -33,15 +33,15 @@ class LookupTableBaselineController:
         params = make_build_params(aggregation_method=aggregation_method, tolerance=tolerance,
                              latency_metric="prefill" if use_prefill_only else "total", **build_options)
         self._init_from_table(build_table(samples, params, source={"records": len(profiling_results),
-                                                                    "dropped": dropped}))
-        self.profiling_results = profiling_results
+                                                                    "dropped": dropped}),
+                              profiling_results)
 
-    def _init_from_table(self, table: Table) -> None:
+    def _init_from_table(self, table: Table, profiling_results: list[dict[str, Any]] | None = None) -> None:
         self.table = table
         self.aggregation_method = table.build.aggregation_method
         self.tolerance = table.build.tolerance
         self.use_prefill_only = table.build.latency_metric == "prefill"
-        self.profiling_results: list[dict[str, Any]] = []
+        self.profiling_results: list[dict[str, Any]] = profiling_results or []
         latencies = [c.latency_ms for c in table.configs()]
         self.min_latency = float(min(latencies))
         self.max_latency = float(max(latencies))

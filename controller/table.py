@@ -185,3 +185,8 @@ class Table:
                 for name, s in ((n, self.scope_map[n]) for n in self.scopes)
             },
         }
+
+
+def load_table(path: str | Path) -> Table:
+    """Load a table file (this project's format or the reference implementation's)."""
+    return Table.load(path)

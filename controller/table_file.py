@@ -251,7 +251,7 @@ def _from_seed_format(raw: dict[str, Any], source: str, data: bytes) -> Table:
         ))
     if not configs:
         raise TableLoadError(source, "reference-format table has no usable configs")
-    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    meta: dict[str, Any] = raw["metadata"] if isinstance(raw.get("metadata"), dict) else {}
     try:
         build = BuildParams(
             aggregation_method=meta.get("aggregation_method", "mean"),
@@ -260,9 +260,9 @@ def _from_seed_format(raw: dict[str, Any], source: str, data: bytes) -> Table:
         )
     except ValidationError as e:
         raise TableLoadError(source, f"reference-format metadata: {_first_errors(e)}") from e
-    src = {"imported_from": "reference lookup_table_baseline format", "path": source,
+    src: dict[str, Any] = {"imported_from": "reference lookup_table_baseline format", "path": source,
            "file_sha256": hashlib.sha256(data).hexdigest(), "dropped": dropped}
-    digest = src["file_sha256"]
+    digest = hashlib.sha256(data).hexdigest()
     t = make_table({GLOBAL_SCOPE: Scope(GLOBAL_SCOPE, [], configs)}, build, src,
                    version_id=f"seed-{digest[:12]}", created_at="1970-01-01T00:00:00.000000Z")
     return Table(t.version_id, t.created_at, t.build, t.source, t.scope_map, t.sha256, origin=source)
