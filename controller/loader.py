@@ -177,7 +177,7 @@ def _count(dropped: dict[str, int], reason: str, n: int = 1) -> None:
         dropped[reason] = dropped.get(reason, 0) + n
 
 
-def _records_to_entry(
+def records_to_entry(
     records: list[Any],
     datasets_per_record: list[str | None] | None,
     default_dataset: str | None,
@@ -323,7 +323,7 @@ def _parse_json(raw: bytes, dataset: str) -> CacheEntry:
     first = summary[0] if isinstance(summary, list) and summary and isinstance(summary[0], dict) else {}
     knobs = tuple(data[k] if data.get(k) is not None else first.get(k) for k in KNOB_KEYS)
     del data, summary, first
-    return _records_to_entry(records, None, dataset, (knobs[0], knobs[1], knobs[2]), pos_per_config=False)
+    return records_to_entry(records, None, dataset, (knobs[0], knobs[1], knobs[2]), pos_per_config=False)
 
 
 def _parse_jsonl(raw: bytes, dataset: str | None) -> CacheEntry:
@@ -352,7 +352,7 @@ def _parse_jsonl(raw: bytes, dataset: str | None) -> CacheEntry:
             per_record.append(
                 normalize_dataset_name(name) if isinstance(name, str) and name.strip() else None
             )
-    return _records_to_entry(records, per_record, dataset, (None, None, None), True, dropped)
+    return records_to_entry(records, per_record, dataset, (None, None, None), True, dropped)
 
 
 def parse_file(path: Path, dataset: str | None, raw: bytes) -> CacheEntry:

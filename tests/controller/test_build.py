@@ -14,6 +14,7 @@ from controller.build import build_table, build_table_from_results
 from controller.errors import BuildError
 from controller.knobs import Knobs
 from controller.params import BuildParams, make_build_params
+from controller.loader import DROP_MISSING_KNOBS, DROP_NONFINITE_ACCURACY
 from controller.records import records_to_samples
 from controller.sample_data import generate_sample_results
 
@@ -131,7 +132,7 @@ def test_bad_samples_are_dropped_and_counted_never_nan() -> None:
     recs[3]["T_LLM_prefill"] = math.nan
     recs[3]["T_total"] = math.nan
     samples, dropped = records_to_samples(recs)
-    assert dropped == {"nonfinite_accuracy": 1, "missing_knobs": 1}
+    assert dropped == {DROP_NONFINITE_ACCURACY: 1, DROP_MISSING_KNOBS: 1}
     table = build_table(samples)
     assert table.source["dropped_at_build"] == {"nonpositive_latency": 1, "nonfinite_latency": 1}
     assert table.source["samples_used"] == 26
