@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.loader import records_to_entry, position_keys
+from controller.loader import position_keys, records_to_entry
 from controller.samples import SampleColumns
 
 DEFAULT_DATASET = "default"
@@ -17,8 +17,8 @@ DEFAULT_DATASET = "default"
 def records_to_samples(records: Iterable[Mapping[str, Any]]) -> tuple[SampleColumns, dict[str, int]]:
     """Columns from record dicts (knob keys in each record; optional `dataset` and `metadata`);
     records with missing/invalid knobs or non-finite accuracy are dropped and counted by reason."""
-    recs = list(records)
-    datasets = [str(r.get("dataset") or DEFAULT_DATASET) if isinstance(r, Mapping) else None for r in recs]
+    recs: list[Any] = list(records)
+    datasets: list[str | None] = [str(r.get("dataset") or DEFAULT_DATASET) if isinstance(r, Mapping) else None for r in recs]
     entry = records_to_entry(recs, datasets, None, (None, None, None), pos_per_config=True)
     rows, names = entry.rows, list(entry.meta["datasets"])
     keys = rows["qkey"].copy()

@@ -13,8 +13,8 @@ import pytest
 from controller.build import build_table, build_table_from_results
 from controller.errors import BuildError
 from controller.knobs import Knobs
-from controller.params import BuildParams, make_build_params
 from controller.loader import DROP_MISSING_KNOBS, DROP_NONFINITE_ACCURACY
+from controller.params import BuildParams, make_build_params
 from controller.records import records_to_samples
 from controller.sample_data import generate_sample_results
 
