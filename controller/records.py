@@ -18,7 +18,9 @@ def records_to_samples(records: Iterable[Mapping[str, Any]]) -> tuple[SampleColu
     """Columns from record dicts (knob keys in each record; optional `dataset` and `metadata`);
     records with missing/invalid knobs or non-finite accuracy are dropped and counted by reason."""
     recs: list[Any] = list(records)
-    datasets: list[str | None] = [str(r.get("dataset") or DEFAULT_DATASET) if isinstance(r, Mapping) else None for r in recs]
+    datasets: list[str | None] = [
+        str(r.get("dataset") or DEFAULT_DATASET) if isinstance(r, Mapping) else None for r in recs
+    ]
     entry = records_to_entry(recs, datasets, None, (None, None, None), pos_per_config=True)
     rows, names = entry.rows, list(entry.meta["datasets"])
     keys = rows["qkey"].copy()
