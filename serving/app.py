@@ -1,0 +1,81 @@
+"""Typed app builder: `serve run serving.app:build_app config_path=...` or a Serve config file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from ray.serve import Application
+
+from controller.store import REMOTE_SCHEMES, TableStore
+from serving.config import ServingConfig, load_config
+from serving.lookup_controller import LookupController
+from serving.model import MoEModel
+from serving.router import Router
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("ray.serve")
+
+
+class AppArgs(BaseModel):
+    """Exactly one of config_path / config. `store` overrides the config's store location;
+    `seed_results_dir` builds and publishes a first table when the store is empty (CPU demos)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config_path: str | None = None
+    config: ServingConfig | None = None
+    store: str | None = None
+    seed_results_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AppArgs:
+        if (self.config_path is None) == (self.config is None):
+            raise ValueError("give exactly one of config_path (a YAML under configs/) or config (inline)")
+        return self
+
+
+def _project_path(p: str) -> Path:
+    """Relative paths are tried from the working directory, then from the project root, so that a
+    Serve config file works wherever `serve run` is started."""
+    path = Path(p).expanduser()
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    return PROJECT_ROOT / path
+
+
+def resolve_config(args: AppArgs) -> ServingConfig:
+    config = args.config if args.config is not None else load_config(_project_path(str(args.config_path)))
+    store = args.store or config.controller.store
+    if not store.startswith(REMOTE_SCHEMES):
+        store = str(_project_path(store))
+    controller = config.controller.model_copy(update={"store": store})
+    return config.model_copy(update={"controller": controller})
+
+
+def seed_store(store: str, results_dir: str) -> str | None:
+    """Publish a table built from `results_dir` if the store has none yet; returns its id."""
+    if TableStore(store).latest_id() is not None:
+        return None
+    from controller import build_table_from_results
+
+    table = build_table_from_results(str(_project_path(results_dir)), progress=False).table
+    published = TableStore(store).publish(table)
+    log.info("seeded empty store %s with %s from %s", store, published.version_id, results_dir)
+    return published.version_id
+
+
+def build_app_from_config(config: ServingConfig) -> Application:
+    c = config.controller
+    # user_config too, so that a deploy file can move the store or pin a version without a redeploy.
+    controller = LookupController.options(user_config=c.user_config()).bind(c.user_config())
+    model = MoEModel.bind(config.model.model_dump(), c.store, c.version, config.fallback.knobs.model_dump())
+    return Router.bind(controller, model, config.model_dump())
+
+
+def build_app(args: AppArgs) -> Application:
+    config = resolve_config(args)
+    if args.seed_results_dir:
+        seed_store(config.controller.store, args.seed_results_dir)
+    return build_app_from_config(config)

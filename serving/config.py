@@ -1,0 +1,127 @@
+"""Serving settings (headers, budgets, controller, fallback, model), validated strictly."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from controller.knobs import Knobs
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HeaderNames(_Strict):
+    budget: str = "X-Latency-Budget-Ms"
+    dataset: str = "X-Dataset"
+    tolerance: str = "X-Latency-Tolerance"
+
+
+class BudgetSettings(_Strict):
+    # None with require_budget=False is refused below: a missing header must lead somewhere.
+    default_budget_ms: float | None = Field(default=None, gt=0)
+    max_budget_ms: float = Field(default=60_000.0, gt=0)
+    require_budget: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> BudgetSettings:
+        if self.default_budget_ms is None and not self.require_budget:
+            raise ValueError(
+                "budget.default_budget_ms is unset and budget.require_budget is false; "
+                "set a default (e.g. default_budget_ms: 250) or require_budget: true"
+            )
+        if self.default_budget_ms is not None and not math.isfinite(self.default_budget_ms):
+            raise ValueError(f"budget.default_budget_ms={self.default_budget_ms} must be finite")
+        if self.default_budget_ms is not None and self.default_budget_ms > self.max_budget_ms:
+            raise ValueError(
+                f"budget.default_budget_ms={self.default_budget_ms} exceeds "
+                f"budget.max_budget_ms={self.max_budget_ms}; lower the default or raise the maximum"
+            )
+        return self
+
+
+class BatchSettings(_Strict):
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    batch_wait_timeout_s: float = Field(default=0.002, ge=0, le=10)
+
+
+class ControllerSettings(_Strict):
+    """What `LookupController` gets as `user_config` (store, version, polling, batching), plus how
+    the router talks to it."""
+
+    store: str = Field(min_length=1)
+    version: str = Field(default="latest", min_length=1)
+    poll_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    batch: BatchSettings = BatchSettings()
+    # "local": the router resolves on its own copy of the table, kept current by version from the
+    # controller (no remote call per request). "remote": one batched remote resolve per request.
+    resolve_mode: Literal["local", "remote"] = "local"
+    timeout_s: float = Field(default=0.5, gt=0, le=60)
+
+    def user_config(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "version": self.version,
+            "poll_interval_s": self.poll_interval_s,
+            "max_batch_size": self.batch.max_batch_size,
+            "batch_wait_timeout_s": self.batch.batch_wait_timeout_s,
+        }
+
+
+class KnobsModel(_Strict):
+    tier: Literal["low", "medium", "high"]
+    top_k: int = Field(ge=1)
+    num_active_blocks: int = Field(ge=1)
+
+    def to_knobs(self) -> Knobs:
+        return Knobs(self.tier, self.top_k, self.num_active_blocks)
+
+
+class FallbackSettings(_Strict):
+    """Knobs the router uses when the controller does not answer within controller.timeout_s."""
+
+    knobs: KnobsModel = KnobsModel(tier="low", top_k=4, num_active_blocks=12)
+    expected_latency_ms: float | None = Field(default=None, ge=0)
+
+
+class ModelSettings(_Strict):
+    backend: Literal["simulated", "torch"] = "simulated"
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    batch: BatchSettings = BatchSettings(max_batch_size=8, batch_wait_timeout_s=0.005)
+    max_new_tokens_limit: int = Field(default=512, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+class ServingConfig(_Strict):
+    headers: HeaderNames = HeaderNames()
+    budget: BudgetSettings = BudgetSettings(default_budget_ms=250.0)
+    controller: ControllerSettings
+    fallback: FallbackSettings = FallbackSettings()
+    model: ModelSettings = ModelSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> ServingConfig:
+        names = [self.headers.budget, self.headers.dataset, self.headers.tolerance]
+        if len({n.lower() for n in names}) != len(names):
+            raise ValueError(f"headers must be three different names, got {names}")
+        return self
+
+
+def load_config(path: str | Path) -> ServingConfig:
+    """Read a serving YAML; a bad value raises with the field that holds it."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"serving config {p} not found") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"serving config {p}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return ServingConfig.model_validate(data)
+    except ValueError as e:
+        raise ValueError(f"serving config {p}: {e}") from e

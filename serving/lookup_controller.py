@@ -1,0 +1,174 @@
+"""`LookupController`: serves budget -> knobs from the newest valid table in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from controller import Table
+from controller.store import TableStore
+from controller.validate import validate_budget, validate_tolerance
+from serving.metrics import controller_metrics
+from serving.table_watcher import TableWatcher
+
+log = logging.getLogger("ray.serve")
+
+
+class ControllerUserConfig(BaseModel):
+    """The deployment's `user_config`: small, so that `reconfigure` returns at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str = Field(min_length=1)
+    version: str = Field(default="latest", min_length=1)
+    poll_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    batch_wait_timeout_s: float = Field(default=0.002, ge=0, le=10)
+
+
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a replica (direct unit use)
+        return "local"
+
+
+@serve.deployment(
+    name="LookupController",
+    max_ongoing_requests=1000,
+    ray_actor_options={"num_cpus": 0},
+    health_check_period_s=2,
+    # Long-polls from routers end on their own within watch_timeout_s; no need to wait long.
+    graceful_shutdown_timeout_s=2,
+)
+class LookupController:
+    async def __init__(self, user_config: dict[str, Any]) -> None:
+        # The table is loaded here, not only in reconfigure: a replica is useful from its first request.
+        self.config = ControllerUserConfig.model_validate(user_config)
+        self.replica_id = _replica_id()
+        self.metrics = controller_metrics()
+        self.watcher = TableWatcher(TableStore(self.config.store), self.config.version)
+        self.table: Table | None = None
+        self._table_bytes = b""
+        self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        await self._check_once()
+        if self.watcher.table is None:
+            log.warning("LookupController: no valid table yet (%s); polling", self._why_no_table())
+        self._task = asyncio.get_running_loop().create_task(self._watch_forever())
+
+    # -- configuration and health ----------------------------------------------------------------
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Quick by design: Serve takes the replica out of routing while this runs."""
+        new = ControllerUserConfig.model_validate(user_config)
+        if (new.store, new.version) != (self.config.store, self.config.version):
+            self.watcher.retarget(TableStore(new.store), new.version)
+            self._wake.set()  # the watcher task loads the newly targeted version off the loop
+        self.config = new
+        self._resolve_batch.set_max_batch_size(new.max_batch_size)
+        self._resolve_batch.set_batch_wait_timeout_s(new.batch_wait_timeout_s)
+
+    def check_health(self) -> None:
+        # A rejected new version is not a health problem: the old table keeps serving.
+        if self.watcher.table is None:
+            raise RuntimeError(f"LookupController has never loaded a valid table: {self._why_no_table()}")
+
+    def _why_no_table(self) -> str:
+        rej = self.watcher.last_rejection
+        return self.watcher.last_error or (f"{rej.version_id} rejected: {rej.reason}" if rej else "unknown")
+
+    # -- hot reload --------------------------------------------------------------------------------
+
+    async def _check_once(self) -> None:
+        outcome, table = await asyncio.to_thread(self.watcher.check)
+        if outcome == "accepted" and table is not None:
+            data = await asyncio.to_thread(table.to_json_bytes)
+            self._swap(table, data)
+        elif outcome == "rejected" and self.watcher.last_rejection is not None:
+            rej = self.watcher.last_rejection
+            self.metrics.reloads.inc(tags={"outcome": "rejected"})
+            log.warning("LookupController: rejected table %s: %s", rej.version_id, rej.reason)
+
+    def _swap(self, table: Table, data: bytes) -> None:
+        old = self.table
+        self._table_bytes = data
+        self.table = table  # the one reference assignment readers see
+        self.metrics.reloads.inc(tags={"outcome": "accepted"})
+        if old is not None:
+            self.metrics.version.set(0, tags={"version": old.version_id})
+        self.metrics.version.set(1, tags={"version": table.version_id})
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        log.info("LookupController %s: serving table %s", self.replica_id, table.version_id)
+
+    async def _watch_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._check_once()
+            except Exception:  # never let the watcher die; the next poll tries again
+                log.exception("LookupController: table check failed")
+
+    # -- answers -----------------------------------------------------------------------------------
+
+    async def resolve(
+        self, budget_ms: float, tolerance: float | None = None, dataset: str | None = None
+    ) -> dict[str, Any]:
+        # Validated one by one so that one bad budget cannot fail a whole batch.
+        budget = validate_budget(budget_ms)
+        tol = None if tolerance is None else validate_tolerance(tolerance)
+        return await self._resolve_batch(budget, tol, dataset)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _resolve_batch(
+        self, budgets: list[float], tolerances: list[float | None], datasets: list[str | None]
+    ) -> list[dict[str, Any]]:
+        table = self.table  # one table for the whole batch: every answer carries its version
+        if table is None:
+            raise RuntimeError(f"no table loaded yet: {self._why_no_table()}")
+        self.metrics.batch_size.observe(len(budgets))
+        groups: dict[tuple[float | None, str | None], list[int]] = {}
+        for i, key in enumerate(zip(tolerances, datasets, strict=True)):
+            groups.setdefault(key, []).append(i)
+        out: list[dict[str, Any]] = [{} for _ in budgets]
+        for (tol, dataset), idx in groups.items():
+            decisions = table.resolve_many([budgets[i] for i in idx], tolerance=tol, dataset=dataset)
+            for i, d in zip(idx, decisions, strict=True):
+                out[i] = d.to_dict()
+        return out
+
+    async def current_version(self) -> str | None:
+        table = self.table
+        return table.version_id if table else None
+
+    async def watch(self, known_version: str | None, timeout_s: float = 5.0) -> tuple[str, bytes] | None:
+        """Long-poll for routers that keep a local copy: returns (version, table bytes) as soon as
+        this replica serves a version other than `known_version`, or None after timeout_s."""
+        table, data = self.table, self._table_bytes
+        if table is None or table.version_id == known_version:
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=min(timeout_s, 30.0))
+            except asyncio.TimeoutError:
+                return None
+            table, data = self.table, self._table_bytes
+        if table is None or table.version_id == known_version:
+            return None
+        return table.version_id, data
+
+    async def status(self) -> dict[str, Any]:
+        table = self.table
+        return {
+            "replica_id": self.replica_id,
+            **self.watcher.status(),
+            "poll_interval_s": self.config.poll_interval_s,
+            "summary": table.summary() if table else None,
+        }

@@ -1,0 +1,60 @@
+"""Serve metrics, created lazily inside replicas (Ray's metric objects need a running worker)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from ray.serve import metrics
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.requests = metrics.Counter(
+            "lookup_requests_total",
+            description="Generate requests answered, by chosen config and feasibility.",
+            tag_keys=("config", "feasible", "fallback"),
+        )
+        self.infeasible = metrics.Counter(
+            "lookup_infeasible_total", description="Requests whose budget no config meets."
+        )
+        self.fallback = metrics.Counter(
+            "lookup_fallback_total",
+            description="Requests served with the fallback config (controller slow or absent).",
+        )
+        self.bad_requests = metrics.Counter(
+            "lookup_bad_requests_total", description="Requests refused with 4xx.", tag_keys=("reason",)
+        )
+        self.resolve_ms = metrics.Histogram(
+            "lookup_resolve_latency_ms",
+            description="Time to turn a budget into knobs, milliseconds.",
+            boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 50, 250, 1000],
+        )
+
+
+class ControllerMetrics:
+    def __init__(self) -> None:
+        self.reloads = metrics.Counter(
+            "lookup_table_reloads_total",
+            description="Table versions seen by a controller replica, by outcome.",
+            tag_keys=("outcome",),
+        )
+        self.version = metrics.Gauge(
+            "lookup_table_version_info",
+            description="1 for the table version a replica serves (the version is a tag).",
+            tag_keys=("version",),
+        )
+        self.batch_size = metrics.Histogram(
+            "lookup_resolve_batch_size",
+            description="Budgets resolved per vectorised call.",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
+        )
+
+
+@cache
+def router_metrics() -> RouterMetrics:
+    return RouterMetrics()
+
+
+@cache
+def controller_metrics() -> ControllerMetrics:
+    return ControllerMetrics()

@@ -1,0 +1,67 @@
+"""`MoEModel`: runs the backend with knobs given as arguments, batching equal-knob requests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ray import serve
+
+from controller.errors import KnobError
+from controller.knobs import Knobs
+from controller.store import TableStore
+from serving.backends.base import Backend, ModelRequest
+from serving.backends.registry import create_backend
+from serving.config import ModelSettings
+
+
+def check_configs(backend: Backend, knobs: list[Knobs], what: str) -> None:
+    """Every config the router could send must run; fail the deployment naming the first bad one."""
+    for k in knobs:
+        try:
+            backend.validate_knobs(k)
+        except KnobError as e:
+            raise ValueError(
+                f"{what} config {k.key} is not valid for the {backend.name!r} backend: {e}; "
+                "publish a table built for this model, or change the backend options"
+            ) from e
+
+
+@serve.deployment(name="MoEModel", max_ongoing_requests=64)
+class MoEModel:
+    def __init__(self, settings: dict[str, Any], store: str, version: str, fallback_knobs: dict[str, Any]) -> None:
+        self.settings = ModelSettings.model_validate(settings)
+        self.backend = create_backend(self.settings.backend, self.settings.backend_options)
+        table = TableStore(store).load(version)
+        check_configs(self.backend, table.all_knobs(), f"table {table.version_id}")
+        check_configs(self.backend, [Knobs.from_mapping(fallback_knobs)], "fallback")
+        self._batched.set_max_batch_size(self.settings.batch.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.settings.batch.batch_wait_timeout_s)
+
+    async def generate(self, knobs: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+        k = Knobs.from_mapping(knobs)
+        # A table published after start may hold a config this backend cannot run: refuse that
+        # one request with the reason, not the whole batch it would have joined.
+        self.backend.validate_knobs(k)
+        return await self._batched(k, ModelRequest(**request))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def _batched(self, knobs: list[Knobs], requests: list[ModelRequest]) -> list[dict[str, Any]]:
+        groups: dict[Knobs, list[int]] = {}
+        for i, k in enumerate(knobs):
+            groups.setdefault(k, []).append(i)
+        out: list[dict[str, Any]] = [{} for _ in requests]
+        for k, idx in groups.items():
+            # Backends are synchronous (a GPU forward pass); keep the replica's event loop free.
+            outputs = await asyncio.to_thread(self.backend.generate_batch, k, [requests[i] for i in idx])
+            for i, o in zip(idx, outputs, strict=True):
+                out[i] = {
+                    "text": o.text,
+                    "output_tokens": o.output_tokens,
+                    "timings_ms": o.timings_ms,
+                    "batch_size": len(idx),
+                }
+        return out
+
+    def backend_name(self) -> str:
+        return self.backend.name

@@ -1,0 +1,166 @@
+"""How the router gets knobs: a local table copy kept current by version, or a remote batched call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from controller import Table
+from controller.knobs import Knobs
+from serving.config import ControllerSettings, FallbackSettings
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the router needs from a decision; `fallback` marks answers made without a table."""
+
+    knobs: Knobs
+    expected_accuracy: float | None
+    expected_latency_ms: float | None
+    feasible: bool | None
+    scope: str | None
+    table_version: str | None
+    budget_ms: float
+    tolerance: float | None
+    fallback: bool = False
+
+    @classmethod
+    def from_decision_dict(cls, d: dict[str, Any]) -> Answer:
+        return cls(
+            Knobs(d["tier"], d["top_k"], d["num_active_blocks"]),
+            d["accuracy"],
+            d["latency"],
+            d["feasible"],
+            d["scope"],
+            d["table_version"],
+            d["budget_ms"],
+            d["tolerance"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "knobs": self.knobs.as_dict(),
+            "expected_accuracy": self.expected_accuracy,
+            "expected_latency_ms": self.expected_latency_ms,
+            "feasible": self.feasible,
+            "scope": self.scope,
+            "table_version": self.table_version,
+            "budget_ms": self.budget_ms,
+            "tolerance": self.tolerance,
+            "fallback": self.fallback,
+        }
+
+
+def fallback_answer(fallback: FallbackSettings, budget_ms: float, tolerance: float | None) -> Answer:
+    latency = fallback.expected_latency_ms
+    feasible = None if latency is None else latency <= budget_ms * (1 + (tolerance or 0.0))
+    return Answer(fallback.knobs.to_knobs(), None, latency, feasible, None, None, budget_ms, tolerance, True)
+
+
+async def _await(response: Any) -> Any:
+    return await response
+
+
+class LocalTable:
+    """The router's copy of the controller's table. A background task long-polls the controller
+    (`LookupController.watch`) and swaps in each new version with one reference assignment."""
+
+    def __init__(self, controller: Any, watch_timeout_s: float = 5.0) -> None:
+        self.controller = controller
+        self.watch_timeout_s = watch_timeout_s
+        self.table: Table | None = None
+        self.loaded_at: str | None = None
+        self.syncs = 0
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._sync_forever())
+
+    async def sync_once(self) -> bool:
+        known = self.table.version_id if self.table else None
+        got = await self.controller.watch.remote(known, self.watch_timeout_s)
+        if got is None:
+            return False
+        version, data = got
+        # Full validation (schema, sha256) again: the copy must be exactly what the controller holds.
+        table = await asyncio.to_thread(Table.from_json_bytes, data, f"controller:{version}")
+        self.table = table
+        self.loaded_at = datetime.now(timezone.utc).isoformat()
+        self.syncs += 1
+        return True
+
+    async def _sync_forever(self) -> None:
+        while True:
+            try:
+                await self.sync_once()
+                self.last_error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # controller replica gone or restarting: try again shortly
+                self.last_error = f"{type(e).__name__}: {e}"
+                await asyncio.sleep(0.2)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "table_version": self.table.version_id if self.table else None,
+            "loaded_at": self.loaded_at,
+            "loaded_from": "LookupController (long-poll)",
+            "syncs": self.syncs,
+            "last_error": self.last_error,
+        }
+
+
+class Resolver:
+    def __init__(self, controller: Any, settings: ControllerSettings, fallback: FallbackSettings) -> None:
+        self.controller, self.settings, self.fallback = controller, settings, fallback
+        self.local = LocalTable(controller, watch_timeout_s=max(1.0, 4 * settings.poll_interval_s))
+
+    async def start(self) -> None:
+        if self.settings.resolve_mode != "local":
+            return
+        try:
+            await asyncio.wait_for(self.local.sync_once(), timeout=10.0)
+        except Exception as e:  # the router still answers, with the fallback config, until a table arrives
+            log.warning("Router: no table from the controller at start (%s); using fallback until then", e)
+        self.local.start()
+
+    async def resolve(self, budget_ms: float, tolerance: float | None, dataset: str | None) -> Answer:
+        if self.settings.resolve_mode == "local":
+            table = self.local.table
+            if table is None:
+                return fallback_answer(self.fallback, budget_ms, tolerance)
+            d = table.resolve(budget_ms, tolerance=tolerance, dataset=dataset)
+            return Answer(
+                d.knobs,
+                d.expected_accuracy,
+                d.expected_latency_ms,
+                d.feasible,
+                d.scope,
+                d.table_version,
+                d.budget_ms,
+                d.tolerance,
+            )
+        response = self.controller.resolve.remote(budget_ms, tolerance, dataset)
+        try:
+            d = await asyncio.wait_for(_await(response), timeout=self.settings.timeout_s)
+        except Exception as e:  # timeout, replica died, controller without a table: fall back
+            response.cancel()
+            log.debug("Router: controller did not answer (%s); fallback", e)
+            return fallback_answer(self.fallback, budget_ms, tolerance)
+        return Answer.from_decision_dict(d)
+
+    async def controller_status(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            status = await asyncio.wait_for(_await(self.controller.status.remote()), self.settings.timeout_s * 4)
+        except Exception as e:
+            return {"error": f"controller did not answer: {type(e).__name__}: {e}"}
+        status["answered_in_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        return dict(status)

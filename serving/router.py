@@ -1,0 +1,157 @@
+"""`Router`: the HTTP ingress. Budget header -> knobs -> model replica -> response with knobs."""
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serving.config import ServingConfig
+from serving.inputs import BadInput, GenerateBody, check_body, parse_budget, parse_dataset, parse_tolerance
+from serving.metrics import router_metrics
+from serving.resolver import Answer, Resolver, _await
+
+api = FastAPI(title="MoE latency-budget router")
+
+
+@api.exception_handler(BadInput)
+async def _bad_input(_: Request, e: BadInput) -> JSONResponse:
+    router_metrics().bad_requests.inc(tags={"reason": e.field})
+    return JSONResponse(e.to_dict(), status_code=400)
+
+
+@api.exception_handler(RequestValidationError)
+async def _bad_body(_: Request, e: RequestValidationError) -> JSONResponse:
+    err = e.errors()[0] if e.errors() else {"loc": ("body",), "msg": "invalid", "input": None}
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    field = "body" if err.get("type") == "json_invalid" or not loc else ".".join(loc)
+    value = err.get("input")
+    bad = BadInput(
+        field,
+        value if isinstance(value, (str, int, float, bool, type(None))) else str(value)[:200],
+        f"is not valid: {err.get('msg')}",
+        'send JSON like {"prompt": "...", "max_new_tokens": 16, "image": "<base64>"}',
+    )
+    return await _bad_input(_, bad)
+
+
+def _server_timing(controller_ms: float, model_ms: float, total_ms: float) -> str:
+    return f"controller;dur={controller_ms:.3f}, model;dur={model_ms:.3f}, total;dur={total_ms:.3f}"
+
+
+def _knob_headers(a: Answer) -> dict[str, str]:
+    return {
+        "X-Knob-Tier": a.knobs.tier,
+        "X-Knob-Top-K": str(a.knobs.top_k),
+        "X-Knob-Active-Blocks": str(a.knobs.num_active_blocks),
+        "X-Table-Version": a.table_version or "none",
+        "X-Budget-Feasible": {True: "true", False: "false", None: "unknown"}[a.feasible],
+        "X-Fallback": "true" if a.fallback else "false",
+    }
+
+
+@serve.deployment(name="Router", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class Router:
+    async def __init__(self, controller: DeploymentHandle, model: DeploymentHandle, config: dict[str, Any]) -> None:
+        self.config = ServingConfig.model_validate(config)
+        self.model = model
+        self.resolver = Resolver(controller, self.config.controller, self.config.fallback)
+        self.metrics = router_metrics()
+        await self.resolver.start()
+
+    async def _answer(self, budget_ms: float, tolerance: float | None, dataset: str | None) -> tuple[Answer, float]:
+        started = time.perf_counter()
+        answer = await self.resolver.resolve(budget_ms, tolerance, dataset)
+        ms = (time.perf_counter() - started) * 1000
+        self.metrics.resolve_ms.observe(ms)
+        if answer.fallback:
+            self.metrics.fallback.inc()
+        if answer.feasible is False:
+            self.metrics.infeasible.inc()
+        return answer, ms
+
+    def _inputs(
+        self, get: Any, budget_field: str, dataset_field: str, tol_field: str
+    ) -> tuple[float, float | None, str | None]:
+        return (
+            parse_budget(get(budget_field), budget_field, self.config.budget),
+            parse_tolerance(get(tol_field), tol_field),
+            parse_dataset(get(dataset_field), dataset_field),
+        )
+
+    @api.post("/v1/generate")
+    async def generate(self, request: Request, body: GenerateBody) -> JSONResponse:
+        started = time.perf_counter()
+        h = self.config.headers
+        budget, tolerance, dataset = self._inputs(request.headers.get, h.budget, h.dataset, h.tolerance)
+        check_body(body, self.config.model.max_new_tokens_limit)
+        answer, controller_ms = await self._answer(budget, tolerance, dataset)
+        model_started = time.perf_counter()
+        payload = {"prompt": body.prompt, "max_new_tokens": body.max_new_tokens, "image_b64": body.image}
+        try:
+            output = await asyncio.wait_for(
+                _await(self.model.generate.remote(answer.knobs.as_dict(), payload)),
+                timeout=self.config.model.timeout_s,
+            )
+        except asyncio.TimeoutError:
+            return self._model_error(answer, 504, f"model did not answer within {self.config.model.timeout_s} s")
+        except Exception as e:  # a replica failure is ours, not the client's: 503, never a bare 500
+            return self._model_error(answer, 503, f"model replica failed: {type(e).__name__}: {e}")
+        model_ms = (time.perf_counter() - model_started) * 1000
+        self.metrics.requests.inc(
+            tags={
+                "config": answer.knobs.key,
+                "feasible": str(answer.feasible).lower(),
+                "fallback": str(answer.fallback).lower(),
+            }
+        )
+        total_ms = (time.perf_counter() - started) * 1000
+        content = {
+            "output": output,
+            **answer.to_dict(),
+            "timings_ms": {"controller": controller_ms, "model": model_ms, "total": total_ms},
+        }
+        headers = _knob_headers(answer) | {"Server-Timing": _server_timing(controller_ms, model_ms, total_ms)}
+        return JSONResponse(content, headers=headers)
+
+    def _model_error(self, answer: Answer, status: int, message: str) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"message": message}, **answer.to_dict()},
+            status_code=status,
+            headers=_knob_headers(answer),
+        )
+
+    @api.get("/v1/knobs")
+    async def knobs(self, request: Request) -> JSONResponse:
+        budget, tolerance, dataset = self._inputs(request.query_params.get, "budget_ms", "dataset", "tolerance")
+        answer, controller_ms = await self._answer(budget, tolerance, dataset)
+        return JSONResponse(
+            answer.to_dict(),
+            headers=_knob_headers(answer) | {"Server-Timing": _server_timing(controller_ms, 0.0, controller_ms)},
+        )
+
+    @api.get("/v1/table")
+    async def table(self) -> dict[str, Any]:
+        controller = await self.resolver.controller_status()
+        local = self.resolver.local.status() if self.config.controller.resolve_mode == "local" else None
+        in_use = local["table_version"] if local else controller.get("table_version")
+        return {
+            "resolve_mode": self.config.controller.resolve_mode,
+            "table_version": in_use,
+            "router": {"replica_id": serve.get_replica_context().replica_id.unique_id, "local_table": local},
+            "controller": controller,
+        }
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        local = self.resolver.local.table
+        return {
+            "status": "ok",
+            "resolve_mode": self.config.controller.resolve_mode,
+            "table_version": local.version_id if local else None,
+        }
