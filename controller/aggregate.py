@@ -28,17 +28,21 @@ def knobs_from_code(code: int) -> Knobs:
 def aggregate_group(knobs: Knobs, accuracy: FloatArray, latency: FloatArray,
                     params: BuildParams) -> ConfigStats:
     """Reduce one config's samples (in load order: max_accuracy takes the first best sample)."""
+    # One quantile call for every latency order statistic (np.median is the 0.5 quantile).
+    qs = (0.0, 0.5, 0.90, 0.95, 0.99, 1.0) + ((params.latency_quantile,) if params.latency_quantile else ())
+    lat_q = np.quantile(latency, qs).tolist()
+    acc_mean, acc_median = float(np.mean(accuracy)), float(np.median(accuracy))
+    lat_mean = float(np.mean(latency))
     method = params.aggregation_method
     if method == "mean":
-        acc, lat = float(np.mean(accuracy)), float(np.mean(latency))
+        acc, lat = acc_mean, lat_mean
     elif method == "median":
-        acc, lat = float(np.median(accuracy)), float(np.median(latency))
+        acc, lat = acc_median, lat_q[1]
     else:  # max_accuracy: accuracy and latency of the best-accuracy sample
         best = int(np.argmax(accuracy))
         acc, lat = float(accuracy[best]), float(latency[best])
-    p90, p95, p99 = (float(q) for q in np.quantile(latency, (0.90, 0.95, 0.99)))
     if params.latency_quantile is not None:
-        lat = float(np.quantile(latency, params.latency_quantile))
+        lat = lat_q[6]
     return ConfigStats(
         knobs=knobs,
         num_samples=int(len(accuracy)),
@@ -46,15 +50,15 @@ def aggregate_group(knobs: Knobs, accuracy: FloatArray, latency: FloatArray,
         latency_ms=lat,
         accuracy_std=float(np.std(accuracy)),
         latency_std=float(np.std(latency)),
-        accuracy_mean=float(np.mean(accuracy)),
-        accuracy_median=float(np.median(accuracy)),
-        latency_mean=float(np.mean(latency)),
-        latency_median=float(np.median(latency)),
-        latency_min=float(np.min(latency)),
-        latency_max=float(np.max(latency)),
-        latency_p90=p90,
-        latency_p95=p95,
-        latency_p99=p99,
+        accuracy_mean=acc_mean,
+        accuracy_median=acc_median,
+        latency_mean=lat_mean,
+        latency_median=lat_q[1],
+        latency_min=lat_q[0],
+        latency_max=lat_q[5],
+        latency_p90=lat_q[2],
+        latency_p95=lat_q[3],
+        latency_p99=lat_q[4],
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from controller.knobs import Knobs
@@ -32,8 +32,9 @@ class ConfigStats:
     latency_p99: float | None = None
 
     def to_record(self) -> dict[str, Any]:
+        # Explicit fields rather than dataclasses.asdict, whose deep copy dominated table writes.
         record = self.knobs.as_dict()
-        record.update({k: v for k, v in asdict(self).items() if k != "knobs"})
+        record.update({name: getattr(self, name) for name in _VALUE_FIELDS})
         return record
 
     @classmethod
@@ -50,3 +51,6 @@ class ConfigStats:
             "accuracy_std": self.accuracy_std,
             "latency_std": self.latency_std,
         }
+
+
+_VALUE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ConfigStats) if f.name != "knobs")

@@ -128,17 +128,19 @@ def make_table(scopes: dict[str, Scope], build: BuildParams, source: dict[str, A
     """A new table with its sha256 computed; the default version id sorts by creation time."""
     created = created_at or utc_now_iso()
     draft = Table(version_id="draft", created_at=created, build=build, source=source, scope_map=scopes)
+    body = _unsigned_dict(draft)
     if version_id is None:
-        body = _unsigned_dict(draft)
         digest = hashlib.sha256(canonical_bytes({"b": body["build"], "s": body["scopes"]})).hexdigest()
         stamp = created.replace("-", "").replace(":", "").replace(".", "")
         version_id = f"{stamp}-{digest[:8]}"
-    return restamp(draft, version_id=version_id)
+    body["version_id"] = version_id
+    return Table(version_id, created, build, source, scopes, content_sha256(body))
 
 
 def restamp(table: Table, *, version_id: str) -> Table:
-    stamped = Table(version_id, table.created_at, table.build, table.source, table.scope_map, "", table.origin)
-    sha = content_sha256(_unsigned_dict(stamped))
+    body = _unsigned_dict(table)
+    body["version_id"] = version_id
+    sha = content_sha256(body)
     return Table(version_id, table.created_at, table.build, table.source, table.scope_map, sha, table.origin)
 
 
