@@ -56,23 +56,49 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def import_ray_quietly() -> None:
+    """Import ray.serve once with its own import-time warnings silenced: Ray 2.60 passes a
+    pydantic-v1-style extra argument to `Field` (PydanticDeprecatedSince20), which the test suite's
+    `filterwarnings = error` would turn into a collection error."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using extra keyword arguments on `Field`")
+        import ray.serve  # noqa: F401
+
+
+_shared: dict[str, object] = {"users": 0}
+
+
+def acquire_shared_serve() -> int:
+    """One Ray + Serve per test session, shared by every test directory; returns its HTTP port."""
+    if _shared["users"] == 0:
+        port = free_port()
+        cm = local_serve(port)
+        cm.__enter__()
+        _shared.update(port=port, cm=cm)
+    _shared["users"] = int(_shared["users"]) + 1  # type: ignore[call-overload]
+    return int(_shared["port"])  # type: ignore[call-overload]
+
+
+def release_shared_serve() -> None:
+    _shared["users"] = int(_shared["users"]) - 1  # type: ignore[call-overload]
+    if _shared["users"] == 0:
+        _shared.pop("cm").__exit__(None, None, None)  # type: ignore[attr-defined]
+
+
 @contextlib.contextmanager
 def local_serve(http_port: int, num_cpus: int = 4) -> Iterator[None]:
     """One local Ray + Serve on 127.0.0.1; always shut down, whatever happens inside."""
+    import_ray_quietly()
     import ray
     from ray import serve
 
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
-    with warnings.catch_warnings():
-        # Ray 2.60 itself uses a pydantic-v1-style Field argument at import time.
-        warnings.filterwarnings("ignore", module=r"ray\..*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+        yield
+    finally:
         try:
-            serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-            yield
+            serve.shutdown()
         finally:
-            try:
-                serve.shutdown()
-            finally:
-                ray.shutdown()
+            ray.shutdown()
