@@ -66,12 +66,19 @@ def seed_store(store: str, results_dir: str) -> str | None:
     return published.version_id
 
 
-def build_app_from_config(config: ServingConfig) -> Application:
+def build_app_from_config(config: ServingConfig, replicas: dict[str, int] | None = None) -> Application:
+    """`replicas` ({"LookupController": 2, ...}) is for tests and benchmarks; deploy files set
+    replica counts per deployment name instead."""
+    n = replicas or {}
     c = config.controller
     # user_config too, so that a deploy file can move the store or pin a version without a redeploy.
-    controller = LookupController.options(user_config=c.user_config()).bind(c.user_config())
-    model = MoEModel.bind(config.model.model_dump(), c.store, c.version, config.fallback.knobs.model_dump())
-    return Router.bind(controller, model, config.model_dump())
+    controller = LookupController.options(
+        user_config=c.user_config(), num_replicas=n.get("LookupController", 1)
+    ).bind(c.user_config())
+    model = MoEModel.options(num_replicas=n.get("MoEModel", 1)).bind(
+        config.model.model_dump(), c.store, c.version, config.fallback.knobs.model_dump()
+    )
+    return Router.options(num_replicas=n.get("Router", 1)).bind(controller, model, config.model_dump())
 
 
 def build_app(args: AppArgs) -> Application:
