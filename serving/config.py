@@ -60,7 +60,8 @@ class ControllerSettings(_Strict):
     batch: BatchSettings = BatchSettings()
     # "local": the router resolves on its own copy of the table, kept current by version from the
     # controller (no remote call per request). "remote": one batched remote resolve per request.
-    resolve_mode: Literal["local", "remote"] = "local"
+    # "fixed": no controller at all, every request gets the fallback knobs (the overhead baseline).
+    resolve_mode: Literal["local", "remote", "fixed"] = "local"
     timeout_s: float = Field(default=0.5, gt=0, le=60)
 
     def user_config(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -132,6 +132,8 @@ class Resolver:
         self.local.start()
 
     async def resolve(self, budget_ms: float, tolerance: float | None, dataset: str | None) -> Answer:
+        if self.settings.resolve_mode == "fixed":
+            return replace(fallback_answer(self.fallback, budget_ms, tolerance), fallback=False)
         if self.settings.resolve_mode == "local":
             table = self.local.table
             if table is None:
@@ -157,6 +159,8 @@ class Resolver:
         return Answer.from_decision_dict(d)
 
     async def controller_status(self) -> dict[str, Any]:
+        if self.controller is None:
+            return {"error": "no controller in resolve_mode=fixed"}
         started = time.perf_counter()
         try:
             status = await asyncio.wait_for(_await(self.controller.status.remote()), self.settings.timeout_s * 4)

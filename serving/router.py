@@ -57,7 +57,9 @@ def _knob_headers(a: Answer) -> dict[str, str]:
 @serve.deployment(name="Router", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Router:
-    async def __init__(self, controller: DeploymentHandle, model: DeploymentHandle, config: dict[str, Any]) -> None:
+    async def __init__(
+        self, controller: DeploymentHandle | None, model: DeploymentHandle, config: dict[str, Any]
+    ) -> None:
         self.config = ServingConfig.model_validate(config)
         self.model = model
         self.resolver = Resolver(controller, self.config.controller, self.config.fallback)
