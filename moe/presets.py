@@ -151,8 +151,10 @@ def build_model(
     dtype: str | torch.dtype | None = None,
     experts_implementation: str = "auto",
     seed: int = 0,
+    knobs: bool = True,
 ) -> LoadedModel:
-    """A preset built with random weights directly on `device`, or a local checkpoint."""
+    """A preset built with random weights directly on `device`, or a local checkpoint.
+    `knobs=False` leaves the transformers model unmodified (the overhead benchmark's baseline)."""
     if (preset is None) == (checkpoint is None):
         raise ModelLoadError(
             "give exactly one of preset (e.g. 'olmoe-1b-7b', 'tiny') or checkpoint (a local path)"
@@ -176,7 +178,8 @@ def build_model(
             )
         vision_cfg, source = p.vision, f"preset:{preset} (random weights)"
     lm.eval().requires_grad_(False)
-    install_knobs(lm)
+    if knobs:
+        install_knobs(lm)
     vision = build_vision_stage(
         vision_cfg,
         lm_hidden=int(lm.config.hidden_size),

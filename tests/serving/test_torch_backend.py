@@ -1,0 +1,57 @@
+"""TorchBackend on the tiny preset: protocol, knob validation, batching, options."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.errors import KnobError
+from controller.knobs import Knobs
+from moe.presets import ModelLoadError
+from serving.backends.base import Backend, ModelRequest
+from serving.backends.torch_backend import TorchBackend
+
+
+@pytest.fixture(scope="module")
+def backend() -> TorchBackend:
+    return TorchBackend.from_options({"preset": "tiny", "device": "cpu", "max_batch_size": 2})
+
+
+def test_implements_protocol(backend: TorchBackend) -> None:
+    assert isinstance(backend, Backend) and backend.name == "torch"
+
+
+def test_generate_batch(backend: TorchBackend) -> None:
+    reqs = [ModelRequest("what?", 3, image_b64="aGk="), ModelRequest("a longer question", 2), ModelRequest("x", 1)]
+    outs = backend.generate_batch(Knobs("medium", 4, 14), reqs)
+    assert [o.output_tokens for o in outs] == [3, 2, 1]
+    for o in outs:
+        assert set(o.timings_ms) == {"vision", "prefill", "decode", "total"}
+        assert o.timings_ms["total"] >= o.timings_ms["prefill"] > 0
+    # Same knobs and request alone or in a batch: the same greedy answer (padding is masked).
+    (alone,) = backend.generate_batch(Knobs("medium", 4, 14), [reqs[1]])
+    assert alone.text == outs[1].text
+
+
+@pytest.mark.parametrize(
+    ("knobs", "pattern"),
+    [(Knobs("low", 17, 16), r"top_k=17 .*1\.\.16"), (Knobs("low", 8, 17), r"num_active_blocks=17 .*1\.\.16")],
+)
+def test_validate_knobs_names_knob_and_range(backend: TorchBackend, knobs: Knobs, pattern: str) -> None:
+    with pytest.raises(KnobError, match=pattern):
+        backend.validate_knobs(knobs)
+    with pytest.raises(KnobError, match=pattern):
+        backend.generate_batch(knobs, [ModelRequest("hi")])
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ModelLoadError, match=r"checkpoint=.*missing.*config\.json"):
+        TorchBackend(checkpoint=str(tmp_path / "missing"))
+
+
+def test_options_are_strict() -> None:
+    with pytest.raises(ValueError, match="exactly one of preset"):
+        TorchBackend(device="cpu")
+    with pytest.raises(ValueError, match="extra"):
+        TorchBackend(preset="tiny", colour="blue")
+    with pytest.raises(ModelLoadError, match="preset='huge' is not known"):
+        TorchBackend(preset="huge", warmup=False)
