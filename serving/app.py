@@ -1,7 +1,5 @@
 """Typed app builder: `serve run serving.app:build_app config_path=...` or a Serve config file."""
 
-from __future__ import annotations
-
 import logging
 from pathlib import Path
 
@@ -30,7 +28,7 @@ class AppArgs(BaseModel):
     seed_results_dir: str | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> AppArgs:
+    def _one_source(self) -> "AppArgs":
         if (self.config_path is None) == (self.config is None):
             raise ValueError("give exactly one of config_path (a YAML under configs/) or config (inline)")
         return self
@@ -84,6 +82,8 @@ def build_app_from_config(config: ServingConfig, replicas: dict[str, int] | None
     return router.bind(controller, model, config.model_dump())
 
 
+# No `from __future__ import annotations` in this module: Serve reads the builder's annotation at
+# runtime to turn the `args` mapping of a config file into AppArgs.
 def build_app(args: AppArgs) -> Application:
     config = resolve_config(args)
     if args.seed_results_dir:
