@@ -64,3 +64,24 @@ def _model(store: str, **backend_options: object) -> MoEModel:
 def test_model_refuses_a_table_its_backend_cannot_run(store: str) -> None:
     with pytest.raises(ValueError, match="num_active_blocks"):
         _model(store, num_blocks=12)
+
+
+def test_torch_backend_is_imported_lazily_and_checks_its_options() -> None:
+    import subprocess
+    import sys
+
+    code = "import serving.backends.registry, serving.model, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="preset"):
+        create_backend("torch", {})  # neither preset nor checkpoint: refused before any model loads
+
+
+def test_h100_config_options_are_valid_torch_options() -> None:
+    from serving.backends.torch_backend import TorchOptions
+    from serving.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "serving_h100.yaml")
+    assert config.model.backend == "torch"
+    TorchOptions.model_validate(config.model.backend_options)
