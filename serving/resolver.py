@@ -63,7 +63,7 @@ def fallback_answer(fallback: FallbackSettings, budget_ms: float, tolerance: flo
     return Answer(fallback.knobs.to_knobs(), None, latency, feasible, None, None, budget_ms, tolerance, True)
 
 
-async def _await(response: Any) -> Any:
+async def await_response(response: Any) -> Any:
     return await response
 
 
@@ -151,7 +151,7 @@ class Resolver:
             )
         response = self.controller.resolve.remote(budget_ms, tolerance, dataset)
         try:
-            d = await asyncio.wait_for(_await(response), timeout=self.settings.timeout_s)
+            d = await asyncio.wait_for(await_response(response), timeout=self.settings.timeout_s)
         except Exception as e:  # timeout, replica died, controller without a table: fall back
             response.cancel()
             log.debug("Router: controller did not answer (%s); fallback", e)
@@ -163,7 +163,9 @@ class Resolver:
             return {"error": "no controller in resolve_mode=fixed"}
         started = time.perf_counter()
         try:
-            status = await asyncio.wait_for(_await(self.controller.status.remote()), self.settings.timeout_s * 4)
+            status = await asyncio.wait_for(
+                await_response(self.controller.status.remote()), self.settings.timeout_s * 4
+            )
         except Exception as e:
             return {"error": f"controller did not answer: {type(e).__name__}: {e}"}
         status["answered_in_ms"] = round((time.perf_counter() - started) * 1000, 3)

@@ -13,7 +13,7 @@ from ray.serve.handle import DeploymentHandle
 from serving.config import ServingConfig
 from serving.inputs import BadInput, GenerateBody, check_body, parse_budget, parse_dataset, parse_tolerance
 from serving.metrics import router_metrics
-from serving.resolver import Answer, Resolver, _await
+from serving.resolver import Answer, Resolver, await_response
 
 api = FastAPI(title="MoE latency-budget router")
 
@@ -97,7 +97,7 @@ class Router:
         payload = {"prompt": body.prompt, "max_new_tokens": body.max_new_tokens, "image_b64": body.image}
         try:
             output = await asyncio.wait_for(
-                _await(self.model.generate.remote(answer.knobs.as_dict(), payload)),
+                await_response(self.model.generate.remote(answer.knobs.as_dict(), payload)),
                 timeout=self.config.model.timeout_s,
             )
         except asyncio.TimeoutError:
