@@ -10,13 +10,14 @@ header), publishes a second table (p90 latencies instead of means) and shows the
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from serving.app import PROJECT_ROOT
-
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # as serving.app has it, without importing ray yet
 RESULTS = PROJECT_ROOT / "sample_results" / "core_exp_synthetic"
 CONFIG = PROJECT_ROOT / "configs" / "serving_local.yaml"
 HEADER = "X-Latency-Budget-Ms"
@@ -30,11 +31,13 @@ def _row(label: str, r: object) -> str:
         return f"{label:>10}  -> {r.status_code} {r.json()['error']['message']}"
     b = r.json()
     k = b["knobs"]
-    feasible = "feasible" if b["feasible"] else "INFEASIBLE (fastest config)"
+    feasible = "feasible" if b["feasible"] else "INFEASIBLE"
+    t, backend_ms = b["timings_ms"], b["output"]["timings_ms"]["total"]
     return (
         f"{label:>10}  -> {k['tier']:<6} top_k={k['top_k']} blocks={k['num_active_blocks']:<2}  "
-        f"expect {b['expected_latency_ms']:7.1f} ms acc {b['expected_accuracy']:.3f}  {feasible:<9}  "
-        f"table {b['table_version'][-8:]}  [{r.headers['Server-Timing']}]"
+        f"expect {b['expected_latency_ms']:6.1f} ms  acc {b['expected_accuracy']:.3f}  {feasible:<10}  "
+        f"model {t['model']:5.1f} ms (backend {backend_ms:5.1f})  controller {t['controller'] * 1000:3.0f} us  "
+        f"table {b['table_version'][-8:]}"
     )
 
 
@@ -42,6 +45,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
     args = parser.parse_args()
+
+    # Token authentication, chosen explicitly: Ray 2.60 turns it on for a new local cluster anyway
+    # and warns at start when the mode is left unset. Ray reads the mode when it is imported, so
+    # this must come first; a mode set by the caller wins.
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
     import httpx
     from ray import serve
@@ -63,11 +72,19 @@ def main() -> int:
     config = config.model_copy(
         update={"controller": config.controller.model_copy(update={"store": str(store_dir), "poll_interval_s": 0.5})}
     )
+    model = config.model.backend_options
     port = args.port or free_port()
-    with local_serve(port, num_cpus=4):
+    with local_serve(port, num_cpus=4, quiet=True):
         started = time.perf_counter()
         serve.run(build_app_from_config(config), name="moe", route_prefix="/")
-        print(f"Serve app up on http://127.0.0.1:{port} in {time.perf_counter() - started:.1f} s\n")
+        print(f"Serve app up on http://127.0.0.1:{port} in {time.perf_counter() - started:.1f} s")
+        if model.get("latency_source") == "table":
+            print(
+                f"the simulated model runs at {model.get('latency_scale', 1.0)}x of the table's expected latency "
+                f"(jitter sigma {model.get('jitter_sigma', 0.05)}): model times follow the chosen configs\n"
+            )
+        else:
+            print(f"the simulated model uses its cost model, latency_scale {model.get('latency_scale', 1.0)}\n")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
             print(f"POST /v1/generate with {HEADER}:")
             for budget in ("400", "250", "180", "150", "130", "5"):
@@ -93,6 +110,15 @@ def main() -> int:
             info = c.get("/v1/table").json()["controller"]
             print(f"\ncontroller: version {info['table_version']}, loaded {info['loaded_at']}")
             print(f"            from {info['loaded_from']}; last rejection: {info['last_rejection']}")
+            stats = c.get("/v1/stats").json()
+            router, ctl = stats["router"], stats["controller"]
+            lat = router["resolve_latency_us"]
+            print(
+                f"stats:      {router['requests_total']} requests, {router['infeasible']} infeasible, "
+                f"{router['fallback']} fallback, bad {router['bad_requests_by_reason']}; "
+                f"resolve p50 {lat['p50']:.0f} us p99 {lat['p99']:.0f} us; "
+                f"reloads accepted {ctl['reloads_accepted']} rejected {ctl['reloads_rejected']}"
+            )
         print("\nshutting down Serve and Ray ...")
     shutil.rmtree(store_dir, ignore_errors=True)
     print("done")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +55,7 @@ class LookupController:
         self.watcher = TableWatcher(TableStore(self.config.store), self.config.version)
         self.table: Table | None = None
         self._table_bytes = b""
+        self._served_since: float | None = None  # wall clock of the last swap (unix seconds)
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         await self._check_once()
@@ -98,6 +100,7 @@ class LookupController:
         old = self.table
         self._table_bytes = data
         self.table = table  # the one reference assignment readers see
+        self._served_since = time.time()
         self.metrics.reloads.inc(tags={"outcome": "accepted"})
         if old is not None:
             self.metrics.version.set(0, tags={"version": old.version_id})
@@ -171,5 +174,7 @@ class LookupController:
             "replica_id": self.replica_id,
             **self.watcher.status(),
             "poll_interval_s": self.config.poll_interval_s,
+            # When this replica started answering with table_version (loaded_at is when it was read).
+            "serving_since_unix": self._served_since,
             "summary": table.summary() if table else None,
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 from ray import serve
@@ -12,6 +13,7 @@ from controller.knobs import Knobs
 from controller.store import TableStore
 from serving.backends.base import Backend, ModelRequest
 from serving.backends.registry import create_backend
+from serving.backends.simulated import SimulatedBackend
 from serving.config import ModelSettings
 
 
@@ -27,6 +29,13 @@ def check_configs(backend: Backend, knobs: list[Knobs], what: str) -> None:
             ) from e
 
 
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a replica (direct unit use)
+        return "local"
+
+
 @serve.deployment(name="MoEModel", max_ongoing_requests=64)
 class MoEModel:
     def __init__(self, settings: dict[str, Any], store: str, version: str, fallback_knobs: dict[str, Any]) -> None:
@@ -37,29 +46,47 @@ class MoEModel:
         check_configs(self.backend, [Knobs.from_mapping(fallback_knobs)], "fallback")
         self._batched.set_max_batch_size(self.settings.batch.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.settings.batch.batch_wait_timeout_s)
+        # Only the simulated backend can follow the table's latencies; others never get them.
+        self._pass_expected = isinstance(self.backend, SimulatedBackend)
+        self._batch_ids = itertools.count(1)
+        self._replica = _replica_id()
 
-    async def generate(self, knobs: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    async def generate(
+        self, knobs: dict[str, Any], request: dict[str, Any], expected_latency_ms: float | None = None
+    ) -> dict[str, Any]:
+        """`expected_latency_ms` is the table's latency for these knobs (None: unknown, e.g. fallback)."""
         k = Knobs.from_mapping(knobs)
         # A table published after start may hold a config this backend cannot run: refuse that
         # one request with the reason, not the whole batch it would have joined.
         self.backend.validate_knobs(k)
-        return await self._batched(k, ModelRequest(**request))
+        return await self._batched(k, ModelRequest(**request), expected_latency_ms)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _batched(self, knobs: list[Knobs], requests: list[ModelRequest]) -> list[dict[str, Any]]:
+    async def _batched(
+        self, knobs: list[Knobs], requests: list[ModelRequest], expected: list[float | None]
+    ) -> list[dict[str, Any]]:
         groups: dict[Knobs, list[int]] = {}
         for i, k in enumerate(knobs):
             groups.setdefault(k, []).append(i)
         out: list[dict[str, Any]] = [{} for _ in requests]
         for k, idx in groups.items():
+            batch_id = f"{self._replica}:{next(self._batch_ids)}"
+            args: tuple[Any, ...] = (k, [requests[i] for i in idx])
+            if self._pass_expected:
+                args += ([expected[i] for i in idx],)
             # Backends are synchronous (a GPU forward pass); keep the replica's event loop free.
-            outputs = await asyncio.to_thread(self.backend.generate_batch, k, [requests[i] for i in idx])
+            outputs = await asyncio.to_thread(self.backend.generate_batch, *args)
             for i, o in zip(idx, outputs, strict=True):
                 out[i] = {
                     "text": o.text,
                     "output_tokens": o.output_tokens,
                     "timings_ms": o.timings_ms,
+                    # The backend call this request ran in: its size, id and knobs (one knob set
+                    # per call), and how many requests the Serve batch that held it collected.
                     "batch_size": len(idx),
+                    "batch_id": batch_id,
+                    "batch_knobs": k.as_dict(),
+                    "serve_batch_size": len(requests),
                 }
         return out
 

@@ -14,6 +14,7 @@ from serving.config import ServingConfig
 from serving.inputs import BadInput, GenerateBody, check_body, parse_budget, parse_dataset, parse_tolerance
 from serving.metrics import router_metrics
 from serving.resolver import Answer, Resolver, await_response
+from serving.stats import router_stats
 
 api = FastAPI(title="MoE latency-budget router")
 
@@ -21,6 +22,7 @@ api = FastAPI(title="MoE latency-budget router")
 @api.exception_handler(BadInput)
 async def _bad_input(_: Request, e: BadInput) -> JSONResponse:
     router_metrics().bad_requests.inc(tags={"reason": e.field})
+    router_stats().bad_request(e.field)
     return JSONResponse(e.to_dict(), status_code=400)
 
 
@@ -64,6 +66,7 @@ class Router:
         self.model = model
         self.resolver = Resolver(controller, self.config.controller, self.config.fallback)
         self.metrics = router_metrics()
+        self.stats = router_stats()
         await self.resolver.start()
 
     async def _answer(self, budget_ms: float, tolerance: float | None, dataset: str | None) -> tuple[Answer, float]:
@@ -71,6 +74,7 @@ class Router:
         answer = await self.resolver.resolve(budget_ms, tolerance, dataset)
         ms = (time.perf_counter() - started) * 1000
         self.metrics.resolve_ms.observe(ms)
+        self.stats.answered(ms, answer.feasible, answer.fallback)
         if answer.fallback:
             self.metrics.fallback.inc()
         if answer.feasible is False:
@@ -97,7 +101,9 @@ class Router:
         payload = {"prompt": body.prompt, "max_new_tokens": body.max_new_tokens, "image_b64": body.image}
         try:
             output = await asyncio.wait_for(
-                await_response(self.model.generate.remote(answer.knobs.as_dict(), payload)),
+                await_response(
+                    self.model.generate.remote(answer.knobs.as_dict(), payload, answer.expected_latency_ms)
+                ),
                 timeout=self.config.model.timeout_s,
             )
         except asyncio.TimeoutError:
@@ -112,6 +118,7 @@ class Router:
                 "fallback": str(answer.fallback).lower(),
             }
         )
+        self.stats.served(answer.knobs.key)
         total_ms = (time.perf_counter() - started) * 1000
         content = {
             "output": output,
@@ -146,6 +153,31 @@ class Router:
             "resolve_mode": self.config.controller.resolve_mode,
             "table_version": in_use,
             "router": {"replica_id": serve.get_replica_context().replica_id.unique_id, "local_table": local},
+            "controller": controller,
+        }
+
+    @api.get("/v1/stats")
+    async def stats_endpoint(self) -> dict[str, Any]:
+        """This router replica's counters, and the reload counters of the controller replica that
+        answers (the Ray metrics carry the same numbers, for Prometheus)."""
+        local = self.resolver.local.status() if self.config.controller.resolve_mode == "local" else None
+        controller = await self.resolver.controller_status()
+        if "error" not in controller:
+            controller = {
+                "replica_id": controller.get("replica_id"),
+                "table_version": controller.get("table_version"),
+                "reloads_accepted": controller.get("reloads_accepted"),
+                "reloads_rejected": controller.get("reloads_rejected"),
+                "last_rejection": controller.get("last_rejection"),
+            }
+        return {
+            "resolve_mode": self.config.controller.resolve_mode,
+            "table_version": local["table_version"] if local else controller.get("table_version"),
+            "router": {
+                "replica_id": serve.get_replica_context().replica_id.unique_id,
+                **self.stats.snapshot(),
+                "local_table_syncs": local["syncs"] if local else None,
+            },
             "controller": controller,
         }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -91,22 +92,62 @@ def release_shared_serve() -> None:
 
 
 @contextlib.contextmanager
-def local_serve(http_port: int, num_cpus: int = 4) -> Iterator[None]:
-    """One local Ray + Serve on 127.0.0.1; always shut down, whatever happens inside."""
+def local_serve(http_port: int, num_cpus: int = 4, quiet: bool = False) -> Iterator[None]:
+    """One local Ray + Serve on 127.0.0.1; always shut down, whatever happens inside. `quiet` keeps
+    Ray's and Serve's INFO lines out of this process's output (warnings and errors still show)."""
     import_ray_quietly()
     import ray
     from ray import serve
 
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    if quiet:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING if quiet else logging.INFO,
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         yield
     finally:
         try:
-            serve.shutdown()
+            stop_serve()
         finally:
             ray.shutdown()
+
+
+def stop_serve(timeout_s: float = 30.0) -> None:
+    """`serve.shutdown()` without its noise. Serve's own shutdown waits on a controller call that
+    only ends when the controller kills itself; the controller retries actor tasks forever, so the
+    driver prints "Task ServeController.graceful_shutdown failed ... killed by ray.kill" every time.
+    Here the controller is only told to shut down (the call returns at once), and we wait until its
+    named actor is gone. Any surprise falls back to `serve.shutdown()`."""
+    import ray
+    from ray import serve
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+    from ray.serve.context import _get_global_client, _set_global_client
+
+    try:
+        client = _get_global_client(raise_if_no_controller_running=False)
+        if client is None:
+            return
+        client.shutdown_cached_handles()
+        ray.get(client._controller.graceful_shutdown.remote(False), timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+            except ValueError:  # the named actor is gone: Serve is down
+                client._shutdown = True
+                _set_global_client(None)
+                return
+            time.sleep(0.05)
+        logging.getLogger(__name__).warning("Serve controller still alive after %.0f s; serve.shutdown()", timeout_s)
+    except Exception as e:  # a Ray version without these internals: the public way, noise and all
+        logging.getLogger(__name__).warning("quiet Serve shutdown failed (%s); serve.shutdown()", e)
+    serve.shutdown()
 
 
 @dataclass(frozen=True)

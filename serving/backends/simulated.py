@@ -1,9 +1,15 @@
-"""A CPU stand-in for the MoE model: latency from a cost model of tier, top_k and blocks."""
+"""A CPU stand-in for the MoE model: latency from a cost model of tier, top_k and blocks, or
+calibrated to the lookup table's expected latency of each config."""
 
 from __future__ import annotations
 
 import hashlib
+import math
+import random
+import threading
 import time
+from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +25,13 @@ class SimulatedOptions(BaseModel):
     num_experts: int = Field(default=64, ge=1)
     # Multiplies every simulated duration; 0 makes the model answer at once (overhead benchmarks).
     latency_scale: float = Field(default=1.0, ge=0)
+    # "cost_model": the formula below. "table": the expected_latency_ms of the config in the table
+    # the router resolved with (times latency_scale, with lognormal jitter), so that simulated model
+    # times follow the table; requests without a table latency (fallback) use the cost model.
+    latency_source: Literal["cost_model", "table"] = "cost_model"
+    # Sigma of the multiplicative lognormal jitter in "table" mode (median stays at the table value).
+    jitter_sigma: float = Field(default=0.05, ge=0, le=1)
+    seed: int = 0
     # Cost model, milliseconds at scale 1: roughly MolmoE-1B on an H100 for a short answer.
     vision_ms_per_token: float = Field(default=0.02, ge=0)
     prefill_ms_per_token_block: float = Field(default=0.0015, ge=0)
@@ -31,6 +44,8 @@ class SimulatedBackend:
 
     def __init__(self, **options: object) -> None:
         self.options = SimulatedOptions.model_validate(options)
+        self._rng = random.Random(self.options.seed)
+        self._rng_lock = threading.Lock()  # batches of different knobs may run in parallel threads
 
     def validate_knobs(self, knobs: Knobs) -> None:
         o = self.options
@@ -55,9 +70,32 @@ class SimulatedBackend:
         scaled["total"] = sum(scaled.values())
         return scaled
 
-    def generate_batch(self, knobs: Knobs, requests: list[ModelRequest]) -> list[ModelOutput]:
+    def calibrated_timings_ms(self, knobs: Knobs, request: ModelRequest, expected_ms: float) -> dict[str, float]:
+        """The table's latency for the config times latency_scale, with seeded lognormal jitter; split
+        into vision / prefill / decode in the cost model's proportions."""
+        o = self.options
+        with self._rng_lock:
+            noise = math.exp(self._rng.gauss(0.0, o.jitter_sigma)) if o.jitter_sigma > 0 else 1.0
+        total = expected_ms * o.latency_scale * noise
+        shape = self.timings_ms(knobs, request)
+        parts = ("vision", "prefill", "decode")
+        weight = sum(shape[p] for p in parts)
+        out = {p: total * shape[p] / weight if weight > 0 else 0.0 for p in parts}
+        out["total"] = total
+        return out
+
+    def generate_batch(
+        self, knobs: Knobs, requests: list[ModelRequest], expected_latency_ms: Sequence[float | None] | None = None
+    ) -> list[ModelOutput]:
+        """`expected_latency_ms` (one per request, None where unknown) is used in "table" mode only;
+        other backends take no such argument, so the model deployment passes it only to this one."""
         self.validate_knobs(knobs)
-        timings = [self.timings_ms(knobs, r) for r in requests]
+        expected = list(expected_latency_ms) if expected_latency_ms is not None else [None] * len(requests)
+        table_mode = self.options.latency_source == "table"
+        timings = [
+            self.calibrated_timings_ms(knobs, r, e) if table_mode and e is not None else self.timings_ms(knobs, r)
+            for r, e in zip(requests, expected, strict=True)
+        ]
         # A batch on a real GPU takes about as long as its slowest member.
         longest_s = max((t["total"] for t in timings), default=0.0) / 1000
         if longest_s > 0:

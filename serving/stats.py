@@ -1,0 +1,73 @@
+"""Plain in-process counters behind `GET /v1/stats`, kept next to the Ray metrics so that they can
+be read (and tested) without a Prometheus scrape."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter, deque
+from functools import cache
+from typing import Any
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an ascending list; None when empty."""
+    if not sorted_values:
+        return None
+    rank = min(max(1, math.ceil(q * len(sorted_values))), len(sorted_values))
+    return sorted_values[rank - 1]
+
+
+class RouterStats:
+    """Counts per router replica since it started. Resolve latency percentiles cover the last
+    `window` answers (a recent window, not all time)."""
+
+    def __init__(self, window: int = 1024) -> None:
+        self._lock = threading.Lock()
+        self.requests_by_config: Counter[str] = Counter()
+        self.infeasible = 0
+        self.fallback = 0
+        self.bad_requests: Counter[str] = Counter()
+        self._resolve_us: deque[float] = deque(maxlen=window)
+
+    def answered(self, resolve_ms: float, feasible: bool | None, fallback: bool) -> None:
+        """One budget turned into knobs (a generate or a knobs request)."""
+        with self._lock:
+            self._resolve_us.append(resolve_ms * 1000)
+            self.infeasible += feasible is False
+            self.fallback += fallback
+
+    def served(self, config_key: str) -> None:
+        """One generate request answered by the model with this config."""
+        with self._lock:
+            self.requests_by_config[config_key] += 1
+
+    def bad_request(self, reason: str) -> None:
+        with self._lock:
+            self.bad_requests[reason] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            latencies = sorted(self._resolve_us)
+            by_config = dict(self.requests_by_config)
+            bad = dict(self.bad_requests)
+            infeasible, fallback = self.infeasible, self.fallback
+        return {
+            "requests_total": sum(by_config.values()),
+            "requests_by_config": by_config,
+            "infeasible": infeasible,
+            "fallback": fallback,
+            "bad_requests_total": sum(bad.values()),
+            "bad_requests_by_reason": bad,
+            "resolve_latency_us": {
+                "p50": _percentile(latencies, 0.50),
+                "p99": _percentile(latencies, 0.99),
+                "window": len(latencies),
+            },
+        }
+
+
+@cache
+def router_stats() -> RouterStats:
+    """One per process, like the Ray metrics: a router replica is its own process."""
+    return RouterStats()
