@@ -85,3 +85,44 @@ def test_h100_config_options_are_valid_torch_options() -> None:
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / "serving_h100.yaml")
     assert config.model.backend == "torch"
     TorchOptions.model_validate(config.model.backend_options)
+
+
+def _calibrated(**options: object) -> SimulatedBackend:
+    return SimulatedBackend(latency_source="table", **options)
+
+
+def test_calibrated_latency_follows_the_table() -> None:
+    table = synthetic_table()
+    fast, slow = table.frontier()[0], table.frontier()[-1]
+    b = _calibrated(latency_scale=1.0, jitter_sigma=0.05, seed=3)
+    req = ModelRequest("p", image_b64="aGk=")
+    draws = {
+        c.knobs: sorted(b.calibrated_timings_ms(c.knobs, req, c.latency_ms)["total"] for _ in range(101))
+        for c in (fast, slow)
+    }
+    median = {k: v[50] for k, v in draws.items()}
+    assert median[fast.knobs] == pytest.approx(fast.latency_ms, rel=0.03)
+    assert median[slow.knobs] == pytest.approx(slow.latency_ms, rel=0.03)
+    assert median[slow.knobs] > median[fast.knobs]
+    assert median[slow.knobs] / median[fast.knobs] == pytest.approx(slow.latency_ms / fast.latency_ms, rel=0.05)
+    parts = b.calibrated_timings_ms(slow.knobs, req, 100.0)
+    assert parts["vision"] + parts["prefill"] + parts["decode"] == pytest.approx(parts["total"])
+
+
+def test_calibrated_latency_scale_jitter_and_seed() -> None:
+    k, req = Knobs("high", 8, 16), ModelRequest("p")
+    exact = _calibrated(latency_scale=0.25, jitter_sigma=0)
+    assert exact.calibrated_timings_ms(k, req, 184.0)["total"] == pytest.approx(46.0)
+    same = [_calibrated(seed=7).calibrated_timings_ms(k, req, 100.0)["total"] for _ in range(2)]
+    assert same[0] == same[1] and same[0] != 100.0  # seeded jitter: reproducible, not zero
+    assert _calibrated(latency_scale=0).calibrated_timings_ms(k, req, 184.0)["total"] == 0
+
+
+def test_generate_batch_uses_table_latency_only_in_table_mode() -> None:
+    k, reqs = Knobs("low", 4, 12), [ModelRequest("a"), ModelRequest("b")]
+    cost = SimulatedBackend(latency_scale=0.001).timings_ms(k, reqs[0])["total"]
+    table_mode = _calibrated(latency_scale=0.001, jitter_sigma=0)
+    outs = table_mode.generate_batch(k, reqs, [50.0, None])  # None (fallback): the cost model
+    assert outs[0].timings_ms["total"] == pytest.approx(0.05) and outs[1].timings_ms["total"] == pytest.approx(cost)
+    default = SimulatedBackend(latency_scale=0.001).generate_batch(k, reqs, [50.0, 50.0])
+    assert [o.timings_ms["total"] for o in default] == pytest.approx([cost, cost])

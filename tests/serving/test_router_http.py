@@ -201,3 +201,122 @@ def test_slow_controller_means_fallback_marked_and_counted(app) -> None:
     assert body["knobs"] == {"tier": "low", "top_k": 4, "num_active_blocks": 12}
     assert body["feasible"] is True and body["table_version"] is None
     assert r.headers["X-Budget-Feasible"] == "true"
+
+
+def _stats(c: httpx.Client) -> dict[str, Any]:
+    r = c.get("/v1/stats")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_stats_count_feasible_infeasible_bad_and_fallback(app) -> None:
+    c, table, slow = app
+    before, slow_before = _stats(c), _stats(slow)
+    best, fastest = table.resolve(400).knobs.key, table.frontier()[0].knobs.key
+    for _ in range(3):
+        assert _gen(c, {BUDGET: "400"}).status_code == 200
+    assert _gen(c, {BUDGET: "1"}).json()["feasible"] is False
+    assert _gen(c, {BUDGET: "abc"}).status_code == 400 and _gen(c, {BUDGET: "0"}).status_code == 400
+    assert _gen(c, {BUDGET: "100"}, max_new_tokens=0).status_code == 400
+    assert _gen(slow, {BUDGET: "120"}).json()["fallback"] is True
+    assert _gen(slow, {BUDGET: "60"}).json()["fallback"] is True
+    after, slow_after = _stats(c), _stats(slow)
+
+    def delta(a: dict[str, Any], b: dict[str, Any], *path: str) -> int:
+        for p in path[:-1]:
+            a, b = a[p], b[p]
+        return int(b.get(path[-1], 0) - a.get(path[-1], 0))
+
+    r0, r1 = before["router"], after["router"]
+    assert delta(r0, r1, "requests_by_config", best) == 3
+    assert delta(r0, r1, "requests_by_config", fastest) == 1 and delta(r0, r1, "requests_total") == 4
+    assert delta(r0, r1, "infeasible") == 1 and delta(r0, r1, "fallback") == 0
+    assert delta(r0, r1, "bad_requests_by_reason", BUDGET) == 2
+    assert delta(r0, r1, "bad_requests_by_reason", "max_new_tokens") == 1
+    assert delta(r0, r1, "bad_requests_total") == 3
+    lat = r1["resolve_latency_us"]
+    assert lat["window"] >= 4 and 0 < lat["p50"] <= lat["p99"] < 1_000_000
+    assert after["table_version"] == table.version_id
+    ctl = after["controller"]
+    assert ctl["table_version"] == table.version_id
+    assert ctl["reloads_accepted"] == 1 and ctl["reloads_rejected"] == 0
+    s0, s1 = slow_before["router"], slow_after["router"]
+    assert delta(s0, s1, "fallback") == 2 and delta(s0, s1, "requests_by_config", "low_4_12") == 2
+    assert delta(s0, s1, "infeasible") == 1  # the fallback expects 90 ms: 120 fits, 60 does not
+    assert "error" in slow_after["controller"]  # that controller never answers in time
+
+
+STRICT = "X-Deadline-Ms"
+SCALE = 0.1
+
+
+@pytest.fixture(scope="module")
+def strict(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Table]]:
+    """require_budget under a custom header name; a model that sleeps SCALE x the table's latency
+    and waits long enough for batches to fill."""
+    store = str(tmp_path_factory.mktemp("strict-store"))
+    table = TableStore(store).publish(synthetic_table())
+    config = ServingConfig.model_validate(
+        {
+            "headers": {"budget": STRICT},
+            "budget": {"require_budget": True, "max_budget_ms": 10_000},
+            "controller": {"store": store, "poll_interval_s": 0.5},
+            "model": {
+                "backend_options": {"latency_source": "table", "latency_scale": SCALE, "jitter_sigma": 0},
+                "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
+            },
+        }
+    )
+    serve.run(build_app_from_config(config), name="strict", route_prefix="/strict")
+    with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}/strict", timeout=30) as c:
+        yield c, table
+    serve.delete("strict")
+
+
+@pytest.mark.parametrize("headers", [{}, {STRICT: ""}, {BUDGET: "150"}])
+def test_required_budget_missing_is_a_400_naming_the_header(strict, headers: dict[str, str]) -> None:
+    c, _ = strict
+    r = _gen(c, headers)  # the default header name means nothing here: only X-Deadline-Ms counts
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["field"] == STRICT and err["value"] == headers.get(STRICT)
+    assert "requires a budget" in err["problem"]
+    assert "milliseconds" in err["accepted"] and STRICT in err["accepted"] and STRICT in err["message"]
+
+
+def test_required_budget_present_is_served_and_knobs_needs_budget_ms(strict) -> None:
+    c, table = strict
+    r = _gen(c, {STRICT: "150"})
+    assert r.status_code == 200 and r.json()["knobs"] == table.resolve(150).knobs.as_dict()
+    missing = c.get("/v1/knobs")
+    assert missing.status_code == 400 and missing.json()["error"]["field"] == "budget_ms"
+
+
+def test_model_time_follows_the_table_latency(strict) -> None:
+    c, table = strict
+    fast, slow = (_gen(c, {STRICT: b}).json() for b in ("1", "400"))
+    assert slow["expected_latency_ms"] > fast["expected_latency_ms"]
+    for body in (fast, slow):  # jitter 0: the backend sleeps exactly SCALE x the table's latency
+        assert body["output"]["timings_ms"]["total"] == pytest.approx(SCALE * body["expected_latency_ms"])
+        assert body["timings_ms"]["model"] >= body["output"]["timings_ms"]["total"]
+    ratio = slow["output"]["timings_ms"]["total"] / fast["output"]["timings_ms"]["total"]
+    assert ratio == pytest.approx(slow["expected_latency_ms"] / fast["expected_latency_ms"])
+
+
+def test_concurrent_equal_knobs_share_batches_and_batches_never_mix_knobs(strict) -> None:
+    c, table = strict
+    budgets = ["400", "100"] * 12
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda b: _gen(c, {STRICT: b}), budgets))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    batches: dict[str, list[dict[str, Any]]] = {}
+    for b, r in zip(budgets, responses, strict=True):
+        body = r.json()
+        assert body["knobs"] == table.resolve(float(b)).knobs.as_dict()
+        batches.setdefault(body["output"]["batch_id"], []).append(body)
+    for members in batches.values():
+        sizes = {m["output"]["batch_size"] for m in members}
+        assert sizes == {len(members)}, (sizes, len(members))  # every member of the batch is ours
+        assert all(m["knobs"] == m["output"]["batch_knobs"] for m in members)  # ran with its own knobs
+        assert len({tuple(sorted(m["knobs"].items())) for m in members}) == 1  # one knob set per batch
+    assert max(len(m) for m in batches.values()) > 1, {k: len(v) for k, v in batches.items()}
