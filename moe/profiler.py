@@ -19,7 +19,7 @@ from controller.core_exp_writer import (
     sample_record,
     write_json_atomic,
 )
-from controller.knobs import TIER_CROP_RANGE, Knobs
+from controller.knobs import TIER_CROP_RANGE, TIERS, Knobs
 from moe.runner import GenerationResult, MoERunner, PromptInput, choose_crops
 from moe.samples import AccuracyHook, ProfileSample, score
 
@@ -156,6 +156,12 @@ def profile_grid(
     report = ProfileReport()
     env = environment(runner)
     source = NO_ACCURACY if hook is None else f"eval hook {hook_name or getattr(hook, '__name__', 'hook')}"
+    if warmup > 0:  # every shape the sweep's samples produce, once, before any config is timed
+        from moe.warmup import freeze_heap, warm_shapes
+
+        tiers = sorted({k.tier for k in configs}, key=TIERS.index)
+        warm_shapes(runner, tiers, prompts=list(dict.fromkeys(s.prompt for s in samples))[:2])
+        freeze_heap()
     bar = _bar(len(configs), progress)
     try:
         for knobs in configs:

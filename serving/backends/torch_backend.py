@@ -59,8 +59,11 @@ class TorchBackend:
             seed=o.seed,
         )
         self.runner = MoERunner(model, block_order=o.block_order, checkpoint=o.checkpoint)
-        if o.warmup:  # first-call costs (allocator, kernel selection) stay out of request latency
-            self.generate_batch(Knobs("low", 1, self.runner.blocks_range()[1]), [ModelRequest("warm up", 2)])
+        if o.warmup:  # first-call costs (kernel selection, allocator, GC) stay out of request latency
+            from moe.warmup import freeze_heap, warm_shapes
+
+            warm_shapes(self.runner, TIER_CROP_RANGE)
+            freeze_heap()
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TorchBackend:
