@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.errors import StoreError, TableLoadError
 from controller.optional import require
+from controller.table_file import atomic_write
 
 if TYPE_CHECKING:
     from controller.table import Table
@@ -69,26 +70,7 @@ class _LocalFS:
         return os.path.exists(self.path(rel))
 
     def write_atomic(self, rel: str, data: bytes) -> None:
-        target = self.path(rel)
-        directory = os.path.dirname(target)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        # fsync the directory too, so that the rename itself survives a crash.
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(Path(self.path(rel)), data)
 
     def list(self, rel: str) -> list[str]:
         try:

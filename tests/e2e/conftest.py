@@ -1,20 +1,3 @@
-"""Shared parts for end-to-end tests: Ray imported quietly, one Serve instance for the session."""
+"""End-to-end tests share the serving tests' Ray setup and their one Serve instance."""
 
-from __future__ import annotations
-
-from collections.abc import Iterator
-
-import pytest
-
-from serving.testing import acquire_shared_serve, import_ray_quietly, release_shared_serve
-
-import_ray_quietly()
-
-
-@pytest.fixture(scope="session")
-def serve_port() -> Iterator[int]:
-    port = acquire_shared_serve()
-    try:
-        yield port
-    finally:
-        release_shared_serve()
+from tests.serving.conftest import serve_port  # noqa: F401  (a fixture, re-exported)

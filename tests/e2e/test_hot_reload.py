@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from ray import serve
 
-from controller import Table
 from controller.store import LATEST, TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
-from serving.testing import LoadLoop, synthetic_table
+from serving.testing import LoadLoop, ReloadProbe, synthetic_table
 
 pytestmark = pytest.mark.serve
 POLL_S = 1.0
@@ -24,49 +21,8 @@ BUDGETS = (60.0, 95.0, 120.0, 170.0, 400.0)
 CONTROLLERS = 2
 
 
-class App:
-    def __init__(self, base: str, store: Path) -> None:
-        self.base, self.store_dir, self.store = base, store, TableStore(str(store))
-        self.tables: dict[str, Table] = {}
-        self.published_at: dict[str, tuple[float, float]] = {}
-        self.handle = serve.get_deployment_handle("LookupController", app_name="reload")
-        self.http = httpx.Client(base_url=base, timeout=30)
-
-    def publish(self, table: Table) -> Table:
-        published = self.store.publish(table)
-        # The publish's completion, on both clocks: wall time for the controllers' swap stamps,
-        # perf_counter for the load loop's response times.
-        self.published_at[published.version_id] = (time.time(), time.perf_counter())
-        self.tables[published.version_id] = published
-        return published
-
-    def controller_versions(self) -> dict[str, dict[str, Any]]:
-        """Status of every controller replica (calls are spread over replicas at random)."""
-        seen: dict[str, dict[str, Any]] = {}
-        for _ in range(5):
-            for r in [self.handle.status.remote() for _ in range(8)]:
-                s = r.result(timeout_s=30)
-                seen[s["replica_id"]] = s
-            if len(seen) >= CONTROLLERS:
-                break
-        return seen
-
-    def wait_all_serving(self, version: str, limit_s: float) -> dict[str, dict[str, Any]]:
-        """Waits until every controller replica and the router serve `version`; returns the replicas'
-        statuses. Only a wait: how long each part took is measured from timestamps, see _lags."""
-        started = time.monotonic()
-        while time.monotonic() - started < limit_s + 5:
-            ctl = self.controller_versions()
-            router = self.http.get("/v1/table").json()["table_version"]
-            if len(ctl) >= CONTROLLERS and all(s["table_version"] == version for s in ctl.values()):
-                if router == version:
-                    return ctl
-            time.sleep(0.05)
-        raise AssertionError(f"{version} not served everywhere after {limit_s + 5} s")
-
-
 @pytest.fixture(scope="module")
-def app(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+def app(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReloadProbe]:
     store = tmp_path_factory.mktemp("store")
     first = TableStore(str(store)).publish(synthetic_table())
     config = ServingConfig.model_validate(
@@ -76,14 +32,14 @@ def app(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
         }
     )
     serve.run(build_app_from_config(config, {"LookupController": CONTROLLERS}), name="reload", route_prefix="/reload")
-    a = App(f"http://127.0.0.1:{serve_port}/reload", store)
+    a = ReloadProbe(f"http://127.0.0.1:{serve_port}/reload", str(store), "reload", CONTROLLERS)
     a.tables[first.version_id] = first
     yield a
     a.http.close()
     serve.delete("reload")
 
 
-def _check_samples(app: App, load: LoadLoop) -> None:
+def _check_samples(app: ReloadProbe, load: LoadLoop) -> None:
     assert load.samples, "the load loop sent nothing"
     failed = [s for s in load.samples if s.status != 200]
     assert not failed, f"{len(failed)} failed requests, first: {failed[0]}"
@@ -93,19 +49,7 @@ def _check_samples(app: App, load: LoadLoop) -> None:
         assert s.knobs == expected, (s, expected)
 
 
-def _lags(app: App, version: str, controllers: dict[str, dict[str, Any]], load: LoadLoop) -> dict[str, float]:
-    """Seconds from the publish's completion until each controller replica swapped the version in
-    (its own clock stamp) and until the router's first response carrying it completed (the load
-    loop's clock): no polling delay of the test itself is counted."""
-    wall, perf = app.published_at[version]
-    lags = {f"controller {rid}": s["serving_since_unix"] - wall for rid, s in controllers.items()}
-    carried = [s.started + s.latency_s for s in load.samples if s.table_version == version]
-    assert carried, f"no response carried {version}"
-    lags["router (first response)"] = min(carried) - perf
-    return lags
-
-
-def test_ten_publishes_under_load(app: App) -> None:
+def test_ten_publishes_under_load(app: ReloadProbe) -> None:
     published_versions: list[tuple[str, dict[str, dict[str, Any]]]] = []
     with LoadLoop(f"{app.base}/v1/generate", BUDGETS, concurrency=8) as load:
         time.sleep(0.5)
@@ -115,7 +59,7 @@ def test_ten_publishes_under_load(app: App) -> None:
             controllers = app.wait_all_serving(published.version_id, 2 * POLL_S)
             published_versions.append((published.version_id, controllers))
         time.sleep(0.3)
-    lags = [_lags(app, v, ctl, load) for v, ctl in published_versions]
+    lags = [app.lags(v, ctl, load) for v, ctl in published_versions]
     worst = {part: max(lag[part] for lag in lags) for part in lags[0]}
     print(f"publish -> serving, worst of 10 per replica (s): {worst}; {len(load.samples)} requests")
     assert max(worst.values()) <= 2 * POLL_S, lags
@@ -124,7 +68,7 @@ def test_ten_publishes_under_load(app: App) -> None:
     assert len(versions_seen) >= 5  # requests really were served by many versions
 
 
-def _point_latest_at(app: App, version_id: str, data: bytes) -> None:
+def _point_latest_at(app: ReloadProbe, version_id: str, data: bytes) -> None:
     """A bad file reaching the store around `lookupctl publish` (a manual copy, a torn upload)."""
     (app.store_dir / "versions" / f"{version_id}.json").write_bytes(data)
     tmp = app.store_dir / ".LATEST.tmp"
@@ -132,7 +76,7 @@ def _point_latest_at(app: App, version_id: str, data: bytes) -> None:
     tmp.replace(app.store_dir / LATEST)
 
 
-def test_corrupt_and_truncated_tables_are_rejected_while_old_keeps_serving(app: App) -> None:
+def test_corrupt_and_truncated_tables_are_rejected_while_old_keeps_serving(app: ReloadProbe) -> None:
     good = app.publish(synthetic_table(latency_scale=0.9))
     app.wait_all_serving(good.version_id, 2 * POLL_S)
     data = good.to_json_bytes()
