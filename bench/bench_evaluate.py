@@ -8,12 +8,12 @@ than mean budgets.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.report import cli_main
 from controller.build import build_table
 from controller.evaluate import budget_range, evaluate, parse_strategies
 from controller.loader import load_samples
@@ -76,14 +76,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    result = run(parser.parse_args().quick)
-    print(result["title"])
-    for f in result["figures"]:
-        mark = {True: "PASS", False: "FAIL", None: "info"}[f["passed"]]
-        print(f"  {f['name']:<42} {f['value']:>8} {f['unit']:<3} baseline {f['baseline']} "
-              f"({f['baseline_name']})  goal {f['goal'] or '-'}  {mark}")
+    cli_main(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,13 @@ faster than the seed-style scan measured in the same run; batch >= 20 million bu
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from typing import Any
 
 import numpy as np
 
+from bench.report import cli_main
 from controller.params import BuildParams
 from controller.sample_data import knob_grid
 from controller.stats import ConfigStats
@@ -104,14 +104,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    result = run(parser.parse_args().quick)
-    print(result["title"])
-    for f in result["figures"]:
-        mark = "PASS" if f["passed"] else "FAIL"
-        print(f"  {f['name']:<40} {f['value']:>10} {f['unit']:<12} baseline {f['baseline']} "
-              f"({f['baseline_name']})  goal {f['goal']}  {mark}")
+    cli_main(run, __doc__)
 
 
 if __name__ == "__main__":

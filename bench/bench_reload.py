@@ -9,11 +9,12 @@ Baseline from the same run: loading and validating that table from the store in-
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from typing import Any
+
+from bench.report import cli_main
 
 POLL_S = 1.0
 CONTROLLERS = 2
@@ -100,15 +101,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    result = run(parser.parse_args().quick)
-    print(result["title"])
-    for f in result["figures"]:
-        print(
-            f"{f['name']}: {f['value']} {f['unit']} (baseline {f['baseline']} {f['baseline_name']})"
-            f"  goal {f['goal']}: {'PASS' if f['passed'] else 'FAIL'}"
-        )
+    cli_main(run, __doc__)
 
 
 if __name__ == "__main__":

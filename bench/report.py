@@ -150,3 +150,19 @@ def render(outcomes: list[Outcome], *, generated_at: str, quick: bool, total_s: 
     for o in outcomes:
         lines += _section(o)
     return "\n".join(lines)
+
+
+def cli_main(run: Any, doc: str | None) -> None:
+    """`python -m bench.bench_x [--quick]`: run one benchmark and print its figures."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--quick", action="store_true")
+    result = run(parser.parse_args().quick)
+    print(result["title"])
+    for f in result["figures"]:
+        mark = {True: "PASS", False: "FAIL", None: "info"}[f["passed"]]
+        base = f"  baseline {f['baseline']} ({f['baseline_name']})" if f.get("baseline") is not None else ""
+        print(f"  {f['name']:<44} {f['value']} {f['unit']}{base}  goal {f['goal'] or '-'}  {mark}")
+    for note in result.get("notes", []):
+        print(f"  note: {note}")
