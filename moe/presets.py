@@ -152,9 +152,12 @@ def build_model(
     experts_implementation: str = "auto",
     seed: int = 0,
     knobs: bool = True,
+    vision_preset: str | None = None,
 ) -> LoadedModel:
     """A preset built with random weights directly on `device`, or a local checkpoint.
-    `knobs=False` leaves the transformers model unmodified (the overhead benchmark's baseline)."""
+    `knobs=False` leaves the transformers model unmodified (the overhead benchmark's baseline).
+    `vision_preset`: with a checkpoint and no vision checkpoint, take that preset's vision stand-in
+    instead of the CLIP ViT-L/14-336-shaped one (e.g. "tiny" for quick CPU tests)."""
     if (preset is None) == (checkpoint is None):
         raise ModelLoadError(
             "give exactly one of preset (e.g. 'olmoe-1b-7b', 'tiny') or checkpoint (a local path)"
@@ -165,6 +168,11 @@ def build_model(
     torch.manual_seed(seed)
     if checkpoint is not None:
         lm, vision_cfg, source = _load_checkpoint(checkpoint, dev, torch_dtype, impl)
+        if vision_preset is not None:
+            if vision_preset not in PRESETS:
+                known = ", ".join(PRESETS)
+                raise ModelLoadError(f"vision_preset={vision_preset!r} is not known; expected one of {known}")
+            vision_cfg = PRESETS[vision_preset].vision
     else:
         if preset not in PRESETS:
             raise ModelLoadError(f"preset={preset!r} is not known; expected one of {', '.join(PRESETS)}")
@@ -202,14 +210,14 @@ def _load_checkpoint(
     config = AutoConfig.from_pretrained(p, local_files_only=True)
     if not any(hasattr(config, a) for a in ("num_experts", "num_local_experts")):
         raise ModelLoadError(f"checkpoint={p!r} is a {config.model_type!r} model, not a MoE causal LM")
+    # No device_map: that path needs `accelerate`, an extra dependency for a single-device load.
     lm = AutoModelForCausalLM.from_pretrained(
         p,
         local_files_only=True,
         dtype=dtype,
-        device_map=str(dev),
         experts_implementation=impl,
         attn_implementation="sdpa",
-    )
+    ).to(dev)
     # The checkpoint holds only the language model: the vision stage is the CLIP-shaped stand-in
     # unless a vision checkpoint is given.
     return lm, CLIP_VIT_L_14_336, f"checkpoint:{p}"
