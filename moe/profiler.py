@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import platform
+import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,42 @@ def profile_config(
     return records
 
 
+def profile_interleaved(
+    runner: MoERunner,
+    configs: Sequence[Knobs],
+    samples: Sequence[ProfileSample],
+    *,
+    max_new_tokens: int = 8,
+    warmup: int = 2,
+    prefill_only: bool = False,
+    hook: AccuracyHook | None = None,
+    seed: int = 0,
+    on_round: Any = None,
+) -> dict[Knobs, list[dict[str, Any]]]:
+    """Per-sample records for every config, measured in rounds: round i runs sample i under every
+    config in a fresh random order. On a host-bound stack, drift (clocks, contention, first use of a
+    code path) then spreads over all configs alike instead of landing on whichever config was being
+    timed, which is what makes per-config differences trustworthy."""
+    inputs = {k: [PromptInput(s.prompt, crops_for(s, k.tier), image_seed=s.sample_id) for s in samples]
+              for k in configs}
+    for k in configs:  # every config's code path once before anything is timed
+        for i in range(warmup):
+            runner.generate(k, [inputs[k][i % len(samples)]], max_new_tokens=max_new_tokens,
+                            prefill_only=prefill_only)
+    rng = random.Random(seed)
+    records: dict[Knobs, list[dict[str, Any]]] = {k: [] for k in configs}
+    for i, sample in enumerate(samples):
+        order = list(configs)
+        rng.shuffle(order)
+        for k in order:
+            (res,) = runner.generate(k, [inputs[k][i]], max_new_tokens=max_new_tokens, prefill_only=prefill_only)
+            accuracy = 0.0 if hook is None else score(hook, res.text, sample)
+            records[k].append(_record(k, sample, res, accuracy))
+        if on_round is not None:
+            on_round()
+    return records
+
+
 def environment(runner: MoERunner) -> dict[str, Any]:
     import transformers
 
@@ -145,9 +182,12 @@ def profile_grid(
     hook: AccuracyHook | None = None,
     hook_name: str | None = None,
     progress: bool = True,
+    interleave: bool = True,
 ) -> ProfileReport:
-    """Profile every config of `grid` not already in `out_dir`; each file is written atomically
-    as soon as its config is done, so an interrupted sweep resumes where it stopped."""
+    """Profile every config of `grid` not already in `out_dir` (a rerun resumes: written configs are
+    skipped). `interleave` (default): rounds over samples, every config once per round in random
+    order, files written when all rounds are done. Otherwise config after config, each file written
+    as soon as its config is done."""
     if not samples:
         raise ValueError("samples is empty; give at least one sample to profile")
     configs = grid.configs()
@@ -162,48 +202,54 @@ def profile_grid(
         tiers = sorted({k.tier for k in configs}, key=TIERS.index)
         warm_shapes(runner, tiers, prompts=list(dict.fromkeys(s.prompt for s in samples))[:2])
         freeze_heap()
-    bar = _bar(len(configs), progress)
+    todo = []
+    for knobs in configs:
+        done = existing_config_file(out_dir, dataset, knobs)
+        if done is not None:
+            report.skipped.append(done)
+        else:
+            todo.append(knobs)
+    meta = dict(env, max_new_tokens=max_new_tokens, warmup_passes=warmup, prefill_only=prefill_only,
+                order="interleaved" if interleave else "sequential")
+
+    def write(knobs: Knobs, records: list[dict[str, Any]]) -> None:
+        result = build_config_result(
+            tier=knobs.tier,
+            top_k=knobs.top_k,
+            num_active_blocks=knobs.num_active_blocks,
+            per_sample_results=records,
+            num_total_blocks=runner.model.num_blocks,
+            active_block_indices=runner.active_blocks(knobs.num_active_blocks),
+        )
+        result["accuracy_source"] = source
+        result["profiler"] = meta
+        name = config_filename(dataset, knobs.tier, result["selected_crops_mean"], knobs.top_k, knobs.num_active_blocks)
+        report.written.append(write_json_atomic(Path(out_dir) / dataset_folder(dataset) / name, result))
+
+    if interleave and todo:
+        bar = _bar(len(samples), progress, unit="round")
+        try:
+            by_config = profile_interleaved(runner, todo, samples, max_new_tokens=max_new_tokens, warmup=warmup,
+                                            prefill_only=prefill_only, hook=hook, on_round=lambda: bar.update(1))
+        finally:
+            bar.close()
+        for knobs in todo:
+            write(knobs, by_config[knobs])
+        return report
+    bar = _bar(len(todo), progress)
     try:
-        for knobs in configs:
+        for knobs in todo:
             bar.set_postfix_str(f"{knobs.tier} k{knobs.top_k} b{knobs.num_active_blocks}")
-            done = existing_config_file(out_dir, dataset, knobs)
-            if done is not None:
-                report.skipped.append(done)
-                bar.update(1)
-                continue
-            records = profile_config(
-                runner,
-                knobs,
-                samples,
-                max_new_tokens=max_new_tokens,
-                warmup=warmup,
-                prefill_only=prefill_only,
-                hook=hook,
-            )
-            result = build_config_result(
-                tier=knobs.tier,
-                top_k=knobs.top_k,
-                num_active_blocks=knobs.num_active_blocks,
-                per_sample_results=records,
-                num_total_blocks=runner.model.num_blocks,
-                active_block_indices=runner.active_blocks(knobs.num_active_blocks),
-            )
-            result["accuracy_source"] = source
-            result["profiler"] = dict(
-                env, max_new_tokens=max_new_tokens, warmup_passes=warmup, prefill_only=prefill_only
-            )
-            name = config_filename(
-                dataset, knobs.tier, result["selected_crops_mean"], knobs.top_k, knobs.num_active_blocks
-            )
-            path = write_json_atomic(Path(out_dir) / dataset_folder(dataset) / name, result)
-            report.written.append(path)
+            records = profile_config(runner, knobs, samples, max_new_tokens=max_new_tokens, warmup=warmup,
+                                     prefill_only=prefill_only, hook=hook)
+            write(knobs, records)
             bar.update(1)
     finally:
         bar.close()
     return report
 
 
-def _bar(total: int, enabled: bool) -> Any:
+def _bar(total: int, enabled: bool, unit: str = "config") -> Any:
     from tqdm import tqdm  # a dependency of transformers, so present wherever this module runs
 
-    return tqdm(total=total, desc="profile", unit="config", disable=not enabled, file=sys.stderr)
+    return tqdm(total=total, desc="profile", unit=unit, disable=not enabled, file=sys.stderr)

@@ -46,6 +46,8 @@ def register(subparsers: Any) -> None:
     add_flag(parser, "prefill_only", action="store_true", help="stop after the first token")
     add_flag(parser, "seed", type=int, default=0)
     add_flag(parser, "no_progress", action="store_true")
+    add_flag(parser, "sequential", action="store_true",
+             help="time config after config (default: interleaved rounds, every config once per sample)")
     parser.set_defaults(func=run)
 
 
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         hook=hook,
         hook_name=args.eval_hook,
         progress=not args.no_progress,
+        interleave=not args.sequential,
     )
     print(
         f"profiled {len(report.written)} configs, skipped {len(report.skipped)} already written; "

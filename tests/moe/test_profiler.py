@@ -122,3 +122,43 @@ def test_cli_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert len(list((tmp_path / "coco-2014-vqa").glob("*_topk8_blocks16.json"))) == 1
     assert main(["profile", "--checkpoint", str(tmp_path / "missing"), *common]) == 2
     assert "checkpoint=" in capsys.readouterr().err
+
+
+def test_interleaved_rounds_visit_every_config_per_sample(runner, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from controller.knobs import Knobs
+
+    calls: list[tuple[Knobs, str]] = []
+    real = runner.generate
+
+    def spy(knobs, inputs, **kw):  # type: ignore[no-untyped-def]
+        calls.append((knobs, inputs[0].prompt))
+        return real(knobs, inputs, **kw)
+
+    runner.generate = spy
+    grid = Grid(("low", "high"), (2, 4), (16,))
+    samples = synthetic_samples(3)
+    try:
+        profile_grid(runner, dataset="d", grid=grid, samples=samples, out_dir=tmp_path, warmup=1,
+                     max_new_tokens=2, progress=False)
+    finally:
+        del runner.generate
+    configs = set(grid.configs())
+    timed = calls[-len(configs) * len(samples):]  # after warm-ups: rounds of every config
+    for r, sample in enumerate(samples):
+        round_calls = timed[r * len(configs):(r + 1) * len(configs)]
+        assert {k for k, _ in round_calls} == configs
+        assert {p for _, p in round_calls} == {sample.prompt}
+    files = sorted((tmp_path / "d").glob("*.json"))
+    assert len(files) == 4
+    for f in files:
+        data = json.loads(f.read_text())
+        assert data["profiler"]["order"] == "interleaved"
+        assert [r["metadata"]["question_id"] for r in data["per_sample_results"]] == \
+            [s.question_id for s in samples]
+
+
+def test_sequential_order_still_available(runner, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    profile_grid(runner, dataset="d", grid=Grid(("low",), (2,), (16,)), samples=synthetic_samples(2),
+                 out_dir=tmp_path, warmup=0, max_new_tokens=2, progress=False, interleave=False)
+    (f,) = (tmp_path / "d").glob("*.json")
+    assert json.loads(f.read_text())["profiler"]["order"] == "sequential"
