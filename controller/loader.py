@@ -559,18 +559,20 @@ def load_samples(
             + (f" (skipped: {skipped})" if skipped else "")
             + (f" (dropped: {report.dropped})" if report.dropped else ""),
         )
-    columns: dict[str, npt.NDArray[np.generic]] = {
-        "dataset": np.concatenate(part_ds),
-        "tier": rows["tier"],
-        "top_k": rows["top_k"],
-        "num_active_blocks": rows["num_active_blocks"],
-        "accuracy": rows["accuracy"],
-        "latency_prefill": rows["latency_prefill"],
-        "latency_total": rows["latency_total"],
-        "sample_key": np.concatenate(part_keys),
-        "key_from_metadata": rows["has_qkey"],
-    }
+    columns = columns_from_rows(rows, np.concatenate(part_ds), np.concatenate(part_keys))
     return LoadResult(SampleColumns(names, {k: np.ascontiguousarray(v) for k, v in columns.items()}), report)
+
+
+def columns_from_rows(
+    rows: npt.NDArray[Any], dataset: npt.NDArray[np.generic], sample_key: npt.NDArray[np.generic]
+) -> dict[str, npt.NDArray[np.generic]]:
+    """SampleColumns' columns from parsed ROW_DTYPE rows, given their final dataset index and key."""
+    columns: dict[str, npt.NDArray[np.generic]] = {
+        name: rows[name]
+        for name in ("tier", "top_k", "num_active_blocks", "accuracy", "latency_prefill", "latency_total")
+    }
+    columns.update(dataset=dataset, sample_key=sample_key, key_from_metadata=rows["has_qkey"])
+    return columns
 
 
 def _collect(

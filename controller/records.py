@@ -6,9 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
-
-from controller.loader import position_keys, records_to_entry
+from controller.loader import columns_from_rows, position_keys, records_to_entry
 from controller.samples import SampleColumns
 
 DEFAULT_DATASET = "default"
@@ -28,15 +26,5 @@ def records_to_samples(records: Iterable[Mapping[str, Any]]) -> tuple[SampleColu
         sel = ~rows["has_qkey"] & (rows["ds"] == i)
         if sel.any():
             keys[sel] = position_keys(name, rows["pos"][sel])
-    columns: dict[str, np.ndarray[Any, Any]] = {
-        "dataset": rows["ds"],
-        "tier": rows["tier"],
-        "top_k": rows["top_k"],
-        "num_active_blocks": rows["num_active_blocks"],
-        "accuracy": rows["accuracy"],
-        "latency_prefill": rows["latency_prefill"],
-        "latency_total": rows["latency_total"],
-        "sample_key": keys,
-        "key_from_metadata": rows["has_qkey"],
-    }
+    columns = columns_from_rows(rows, rows["ds"], keys)
     return SampleColumns(tuple(names), columns), dict(entry.meta["dropped"])
