@@ -169,7 +169,7 @@ def test_remote_batched_resolve_equals_the_library(app) -> None:
         assert got["table_version"] == table.version_id
 
 
-def test_concurrent_requests_are_batched_by_equal_knobs(app) -> None:
+def test_concurrent_requests_with_different_budgets_each_run_their_own_knobs(app) -> None:
     c, table, _ = app
     budgets = ["60", "400"] * 12
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
@@ -177,7 +177,6 @@ def test_concurrent_requests_are_batched_by_equal_knobs(app) -> None:
     assert all(r.status_code == 200 for r in responses)
     for b, r in zip(budgets, responses, strict=True):
         assert r.json()["output"]["text"].startswith(f"[simulated {table.resolve(float(b)).knobs.key}]")
-    assert max(r.json()["output"]["batch_size"] for r in responses) >= 1
 
 
 def test_table_and_health_endpoints(app) -> None:
