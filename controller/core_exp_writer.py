@@ -246,10 +246,12 @@ def write_config_file(
     active_block_indices: Sequence[int] | None = None,
     max_crops: int | None = None,
     rank: int | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write one config file to `<results_dir>/<dataset-folder>/<name>.json` and return its path.
 
     `rank` writes the per-rank file `<name>_rank<r>.json` that multi-GPU runs leave before merging.
+    `extra`: more top-level keys (e.g. a profiler's environment), added after the standard ones.
     """
     result = build_config_result(
         tier=tier,
@@ -260,6 +262,7 @@ def write_config_file(
         active_block_indices=active_block_indices,
         max_crops=max_crops,
     )
+    result.update(extra or {})
     name = config_filename(dataset, tier, result["selected_crops_mean"], top_k, num_active_blocks)
     if rank is not None:
         name = name.removesuffix(".json") + f"_rank{rank}.json"

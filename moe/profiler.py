@@ -13,13 +13,7 @@ from typing import Any
 
 import torch
 
-from controller.core_exp_writer import (
-    build_config_result,
-    config_filename,
-    dataset_folder,
-    sample_record,
-    write_json_atomic,
-)
+from controller.core_exp_writer import dataset_folder, sample_record, write_config_file
 from controller.knobs import TIER_CROP_RANGE, TIERS, Knobs
 from moe.runner import GenerationResult, MoERunner, PromptInput, choose_crops
 from moe.samples import AccuracyHook, ProfileSample, score
@@ -213,18 +207,17 @@ def profile_grid(
                 order="interleaved" if interleave else "sequential")
 
     def write(knobs: Knobs, records: list[dict[str, Any]]) -> None:
-        result = build_config_result(
+        report.written.append(write_config_file(
+            out_dir,
+            dataset,
             tier=knobs.tier,
             top_k=knobs.top_k,
             num_active_blocks=knobs.num_active_blocks,
             per_sample_results=records,
             num_total_blocks=runner.model.num_blocks,
             active_block_indices=runner.active_blocks(knobs.num_active_blocks),
-        )
-        result["accuracy_source"] = source
-        result["profiler"] = meta
-        name = config_filename(dataset, knobs.tier, result["selected_crops_mean"], knobs.top_k, knobs.num_active_blocks)
-        report.written.append(write_json_atomic(Path(out_dir) / dataset_folder(dataset) / name, result))
+            extra={"accuracy_source": source, "profiler": meta},
+        ))
 
     if interleave and todo:
         bar = _bar(len(samples), progress, unit="round")
