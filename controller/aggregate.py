@@ -25,8 +25,23 @@ def knobs_from_code(code: int) -> Knobs:
     return Knobs(TIERS[code // 1_000_000], (code // 1_000) % 1_000, code % 1_000)
 
 
+def decode_per_token(decode: FloatArray | None, params: BuildParams) -> float | None:
+    """Per-token decode time of one config, reduced like its latency (the quantile when the table
+    uses one, else the median for `median`, else the mean); None when no sample has decode times."""
+    if decode is None:
+        return None
+    known = decode[np.isfinite(decode) & (decode > 0)]
+    if len(known) == 0:
+        return None
+    if params.latency_quantile is not None:
+        return float(np.quantile(known, params.latency_quantile))
+    if params.aggregation_method == "median":
+        return float(np.median(known))
+    return float(np.mean(known))
+
+
 def aggregate_group(knobs: Knobs, accuracy: FloatArray, latency: FloatArray,
-                    params: BuildParams) -> ConfigStats:
+                    params: BuildParams, decode: FloatArray | None = None) -> ConfigStats:
     """Reduce one config's samples (in load order: max_accuracy takes the first best sample)."""
     # One quantile call for every latency order statistic (np.median is the 0.5 quantile).
     qs = (0.0, 0.5, 0.90, 0.95, 0.99, 1.0) + ((params.latency_quantile,) if params.latency_quantile else ())
@@ -59,11 +74,12 @@ def aggregate_group(knobs: Knobs, accuracy: FloatArray, latency: FloatArray,
         latency_p90=lat_q[2],
         latency_p95=lat_q[3],
         latency_p99=lat_q[4],
+        decode_ms_per_token=decode_per_token(decode, params),
     )
 
 
 def aggregate_by_config(codes: IntArray, accuracy: FloatArray, latency: FloatArray,
-                        params: BuildParams) -> list[ConfigStats]:
+                        params: BuildParams, decode: FloatArray | None = None) -> list[ConfigStats]:
     """ConfigStats for every config present, in canonical knob order."""
     if len(codes) == 0:
         return []
@@ -74,5 +90,6 @@ def aggregate_by_config(codes: IntArray, accuracy: FloatArray, latency: FloatArr
     out = []
     for s, e in zip(starts, ends):
         idx = order[s:e]
-        out.append(aggregate_group(knobs_from_code(int(sorted_codes[s])), accuracy[idx], latency[idx], params))
+        out.append(aggregate_group(knobs_from_code(int(sorted_codes[s])), accuracy[idx], latency[idx], params,
+                                   None if decode is None else decode[idx]))
     return out

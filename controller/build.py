@@ -49,7 +49,8 @@ def _scope_groups(samples: SampleColumns) -> list[tuple[str, list[str], npt.NDAr
 def _aggregate(samples: SampleColumns, latency: npt.NDArray[np.float64], rows: npt.NDArray[np.bool_],
                params: BuildParams) -> list[ConfigStats]:
     codes = config_codes(samples["tier"][rows], samples["top_k"][rows], samples["num_active_blocks"][rows])
-    return aggregate_by_config(codes, samples["accuracy"][rows].astype(np.float64), latency[rows], params)
+    return aggregate_by_config(codes, samples["accuracy"][rows].astype(np.float64), latency[rows], params,
+                               samples["decode_ms_per_token"][rows].astype(np.float64))
 
 
 def _recalibrate(acc_stats: list[ConfigStats], lat_stats: list[ConfigStats], scope: str,
@@ -68,6 +69,8 @@ def _recalibrate(acc_stats: list[ConfigStats], lat_stats: list[ConfigStats], sco
             accuracy_median=a.accuracy_median, latency_mean=lat.latency_mean, latency_median=lat.latency_median,
             latency_min=lat.latency_min, latency_max=lat.latency_max, latency_p90=lat.latency_p90,
             latency_p95=lat.latency_p95, latency_p99=lat.latency_p99,
+            decode_ms_per_token=lat.decode_ms_per_token if lat.decode_ms_per_token is not None
+            else a.decode_ms_per_token,
         ))
     for k in sorted(by_knobs, key=lambda k: k.sort_key):
         report["missing_in_accuracy_source"].append({"scope": scope, **k.as_dict()})

@@ -31,6 +31,8 @@ ROW_DTYPE: np.dtype[Any] = np.dtype(
         ("accuracy", np.float64),
         ("latency_prefill", np.float64),
         ("latency_total", np.float64),
+        # T_LLM_decode / output_tokens (ms per generated token); NaN where either is missing or 0.
+        ("decode_per_token", np.float64),
         ("qkey", np.uint64),  # hash of (dataset, question id); valid where has_qkey
         ("has_qkey", np.bool_),
         ("pos", np.int64),  # record index within its config in this file (before any drop)
@@ -219,6 +221,7 @@ def records_to_entry(
     pre = _floats([r.get("T_LLM_prefill") or 0.0 for r in records])
     dec = _floats([r.get("T_LLM_decode") or 0.0 for r in records])
     tot_raw = _floats([r.get("T_total") or 0.0 for r in records])
+    out_tok = _floats([r.get("output_tokens") or 0.0 for r in records])
     qids = [_qid(r.get("metadata")) for r in records]
 
     # Datasets: per record (JSONL at the top level) or the folder's.
@@ -244,6 +247,9 @@ def records_to_entry(
     total = np.where(tot_raw == 0, vis + pre + dec, tot_raw)
     prefill = vis + pre
     prefill = np.where((vis == 0) & (pre == 0), tot_raw, prefill)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_token = np.where((dec > 0) & (out_tok > 0), dec / out_tok, np.nan)
+    per_token = np.where(np.isfinite(per_token), per_token, np.nan)
 
     # Keep mask and per-reason drops, first reason wins.
     keep = np.ones(n, dtype=bool)
@@ -288,6 +294,7 @@ def records_to_entry(
     rows["accuracy"] = acc[idx]
     rows["latency_prefill"] = prefill[idx]
     rows["latency_total"] = total[idx]
+    rows["decode_per_token"] = per_token[idx]
     rows["pos"] = pos[idx]
     qkeys = rows["qkey"]
     has = rows["has_qkey"]
@@ -571,6 +578,7 @@ def columns_from_rows(
         name: rows[name]
         for name in ("tier", "top_k", "num_active_blocks", "accuracy", "latency_prefill", "latency_total")
     }
+    columns["decode_ms_per_token"] = rows["decode_per_token"]
     columns.update(dataset=dataset, sample_key=sample_key, key_from_metadata=rows["has_qkey"])
     return columns
 

@@ -19,9 +19,13 @@ COLUMNS: dict[str, type] = {
     "accuracy": np.float64,  # always finite (loaders drop the rest)
     "latency_prefill": np.float64,  # T_vision_total + T_LLM_prefill, else T_total
     "latency_total": np.float64,  # T_total
+    "decode_ms_per_token": np.float64,  # T_LLM_decode / output_tokens; NaN where unknown
     "sample_key": np.uint64,  # identity of the input sample across configs (dataset + question id)
     "key_from_metadata": np.bool_,  # False: key came from the record's position, not a question id
 }
+
+# Columns added after the first release: callers that leave them out get NaN ("unknown").
+OPTIONAL_COLUMNS = frozenset({"decode_ms_per_token"})
 
 
 @dataclass
@@ -30,8 +34,11 @@ class SampleColumns:
     columns: dict[str, npt.NDArray[np.generic]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        n = len(self.columns["accuracy"]) if "accuracy" in self.columns else 0
         for name, dtype in COLUMNS.items():
             col = self.columns.get(name)
+            if col is None and name in OPTIONAL_COLUMNS:
+                col = np.full(n, np.nan)  # callers that predate the column: unknown, not zero
             self.columns[name] = np.zeros(0, dtype=dtype) if col is None else np.asarray(col, dtype=dtype)
         lengths = {len(c) for c in self.columns.values()}
         assert len(lengths) == 1, f"columns of unequal length: {lengths}"

@@ -30,6 +30,9 @@ class ConfigStats:
     latency_p90: float | None = None
     latency_p95: float | None = None
     latency_p99: float | None = None
+    # Decode milliseconds per generated token (core_exp T_LLM_decode / output_tokens), aggregated
+    # like the latency; None for tables built before it existed or from files without decode times.
+    decode_ms_per_token: float | None = None
 
     def to_record(self) -> dict[str, Any]:
         # Explicit fields rather than dataclasses.asdict, whose deep copy dominated table writes.

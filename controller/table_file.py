@@ -44,6 +44,8 @@ class _ConfigRecord(BaseModel):
     latency_p90: float | None = None
     latency_p95: float | None = None
     latency_p99: float | None = None
+    # Optional, so that table files written before decode statistics existed still load.
+    decode_ms_per_token: float | None = Field(default=None, gt=0)
 
 
 class _ScopeRecord(BaseModel):
