@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "controller.cli.sample_data",
     "controller.cli.profile",
     "controller.cli.store",
+    "controller.cli.recalibrate",
     "controller.cli.evaluate",
 )
 
