@@ -5,8 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 
+def _rebuild(cls: type[ControllerError], args: tuple[Any, ...], state: dict[str, Any]) -> ControllerError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
+
 class ControllerError(ValueError):
     """Base of every error the controller library raises on bad input."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take their own constructor arguments, which default pickling cannot replay; Ray
+        # pickles a replica's exception to its caller, and without this it arrives as an
+        # UnserializableException instead of the error that names the value.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 class KnobError(ControllerError):
@@ -58,3 +71,16 @@ class TableLoadError(ControllerError):
 
 class StoreError(ControllerError):
     """A table store operation failed (unknown version, unreadable store, refused publish)."""
+
+
+class StoreReadError(StoreError):
+    """A store read did not finish in time or could not run (hung NFS mount, slow object store).
+    Transient: the same read may work at the next poll, so a version is not rejected for it."""
+
+
+class StoreLockError(StoreError):
+    """Another publisher held the store's publish lock for longer than the wait allowed."""
+
+
+class PointerError(StoreError):
+    """The store's LATEST pointer holds something other than a version id (a path, binary)."""

@@ -69,12 +69,13 @@ def build_app_from_config(config: ServingConfig, replicas: dict[str, int] | None
     replica counts per deployment name instead."""
     n = replicas or {}
     c = config.controller
-    # user_config too, so that a deploy file can move the store or pin a version without a redeploy.
-    controller = LookupController.options(user_config=c.user_config(), num_replicas=n.get("LookupController", 1)).bind(
-        c.user_config()
-    )
     model = MoEModel.options(num_replicas=n.get("MoEModel", 1)).bind(
-        config.model.model_dump(), c.store, c.version, config.fallback.knobs.model_dump()
+        config.model.model_dump(), config.fallback.knobs.model_dump()
+    )
+    # user_config too, so that a deploy file can move the store or pin a version without a redeploy.
+    # The model handle lets the controller refuse tables with configs the model cannot run.
+    controller = LookupController.options(user_config=c.user_config(), num_replicas=n.get("LookupController", 1)).bind(
+        c.user_config(), model
     )
     router = Router.options(num_replicas=n.get("Router", 1))
     if c.resolve_mode == "fixed":  # the overhead baseline: no controller deployment at all

@@ -96,6 +96,9 @@ class ModelSettings(_Strict):
     batch: BatchSettings = BatchSettings(max_batch_size=8, batch_wait_timeout_s=0.005)
     max_new_tokens_limit: int = Field(default=512, ge=1)
     timeout_s: float = Field(default=60.0, gt=0)
+    # How long a request waits for a model replica to take it. Past it: 503 model_unavailable at
+    # once, rather than holding the client for timeout_s while a replica restarts.
+    assign_timeout_s: float = Field(default=5.0, gt=0)
 
 
 class ServingConfig(_Strict):

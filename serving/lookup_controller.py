@@ -13,10 +13,13 @@ from ray import serve
 from controller import Table
 from controller.store import TableStore
 from controller.validate import validate_budget, validate_tolerance
+from serving.backends.base import SupportedRanges
 from serving.metrics import controller_metrics
 from serving.table_watcher import TableWatcher
 
 log = logging.getLogger("ray.serve")
+RANGES_TIMEOUT_S = 5.0
+RANGES_REFRESH_S = 30.0
 
 
 class ControllerUserConfig(BaseModel):
@@ -29,6 +32,10 @@ class ControllerUserConfig(BaseModel):
     poll_interval_s: float = Field(default=1.0, gt=0, le=3600)
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     batch_wait_timeout_s: float = Field(default=0.002, ge=0, le=10)
+
+
+async def _awaited(response: Any) -> Any:
+    return await response
 
 
 def _replica_id() -> str:
@@ -47,9 +54,14 @@ def _replica_id() -> str:
     graceful_shutdown_timeout_s=2,
 )
 class LookupController:
-    async def __init__(self, user_config: dict[str, Any]) -> None:
+    async def __init__(self, user_config: dict[str, Any], model: Any = None) -> None:
         # The table is loaded here, not only in reconfigure: a replica is useful from its first request.
         self.config = ControllerUserConfig.model_validate(user_config)
+        # The model deployment publishes the knob ranges it can run; a table with a config outside
+        # them is rejected like a corrupt one (None: no model to ask, e.g. a bare controller).
+        self.model = model
+        self.ranges: SupportedRanges | None = None
+        self._ranges_at = 0.0
         self.replica_id = _replica_id()
         self.metrics = controller_metrics()
         self.watcher = TableWatcher(TableStore(self.config.store), self.config.version)
@@ -76,8 +88,9 @@ class LookupController:
         self._resolve_batch.set_batch_wait_timeout_s(new.batch_wait_timeout_s)
 
     def check_health(self) -> None:
-        # A rejected new version is not a health problem: the old table keeps serving.
-        if self.watcher.table is None:
+        # A rejected new version is not a health problem: the old table keeps serving. Nor is a
+        # model still loading: restarting the controller would not make it load faster.
+        if self.watcher.table is None and not (self.model is not None and self.ranges is None):
             raise RuntimeError(f"LookupController has never loaded a valid table: {self._why_no_table()}")
 
     def _why_no_table(self) -> str:
@@ -86,8 +99,34 @@ class LookupController:
 
     # -- hot reload --------------------------------------------------------------------------------
 
+    async def _refresh_ranges(self) -> bool:
+        """True when the model's supported ranges are known (fetched at most every RANGES_REFRESH_S;
+        a model redeployed with other options may change them)."""
+        if self.model is None:
+            return True
+        if self.ranges is not None and time.monotonic() - self._ranges_at < RANGES_REFRESH_S:
+            return True
+        response = self.model.supported_ranges.remote()
+        try:
+            got = await asyncio.wait_for(_awaited(response), timeout=RANGES_TIMEOUT_S)
+            self.ranges, self._ranges_at = SupportedRanges.from_dict(got), time.monotonic()
+        except Exception as e:  # model starting or down: keep the ranges known, if any
+            response.cancel()
+            if self.ranges is None:
+                self.watcher.last_error = (
+                    f"waiting for the model deployment's supported knob ranges ({type(e).__name__}); "
+                    "no table is accepted before they are known"
+                )
+        return self.ranges is not None
+
+    def _check_supported(self, table: Table) -> None:
+        if self.ranges is not None:
+            self.ranges.check_configs(table.all_knobs())
+
     async def _check_once(self) -> None:
-        outcome, table = await asyncio.to_thread(self.watcher.check)
+        if not await self._refresh_ranges():
+            return
+        outcome, table = await asyncio.to_thread(self.watcher.check, self._check_supported)
         if outcome == "accepted" and table is not None:
             data = await asyncio.to_thread(table.to_json_bytes)
             self._swap(table, data)

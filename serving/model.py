@@ -10,7 +10,6 @@ from ray import serve
 
 from controller.errors import KnobError
 from controller.knobs import Knobs
-from controller.store import TableStore
 from serving.backends.base import Backend, ModelRequest
 from serving.backends.registry import create_backend
 from serving.backends.simulated import SimulatedBackend
@@ -38,11 +37,12 @@ def _replica_id() -> str:
 
 @serve.deployment(name="MoEModel", max_ongoing_requests=64)
 class MoEModel:
-    def __init__(self, settings: dict[str, Any], store: str, version: str, fallback_knobs: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], fallback_knobs: dict[str, Any]) -> None:
         self.settings = ModelSettings.model_validate(settings)
         self.backend = create_backend(self.settings.backend, self.settings.backend_options)
-        table = TableStore(store).load(version)
-        check_configs(self.backend, table.all_knobs(), f"table {table.version_id}")
+        # No store read here: a replica must be able to (re)start while the store is unreadable or
+        # holds a bad version. Tables are checked against supported_ranges() by the controller
+        # before any router sees them; each request's knobs are checked again in generate().
         check_configs(self.backend, [Knobs.from_mapping(fallback_knobs)], "fallback")
         self._batched.set_max_batch_size(self.settings.batch.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.settings.batch.batch_wait_timeout_s)
@@ -89,6 +89,10 @@ class MoEModel:
                     "serve_batch_size": len(requests),
                 }
         return out
+
+    def supported_ranges(self) -> dict[str, Any]:
+        """Published to the controller, which refuses tables with configs outside these ranges."""
+        return self.backend.supported_ranges().to_dict()
 
     def backend_name(self) -> str:
         return self.backend.name

@@ -1,6 +1,5 @@
 """`Router`: the HTTP ingress. Budget header -> knobs -> model replica -> response with knobs."""
 
-import asyncio
 import time
 from typing import Any
 
@@ -13,7 +12,8 @@ from ray.serve.handle import DeploymentHandle
 from serving.config import ServingConfig
 from serving.inputs import BadInput, GenerateBody, check_body, parse_budget, parse_dataset, parse_tolerance
 from serving.metrics import router_metrics
-from serving.resolver import Answer, Resolver, await_response
+from serving.model_call import ModelCallError, call_model
+from serving.resolver import Answer, Resolver
 from serving.stats import router_stats
 
 api = FastAPI(title="MoE latency-budget router")
@@ -99,17 +99,15 @@ class Router:
         answer, controller_ms = await self._answer(budget, tolerance, dataset)
         model_started = time.perf_counter()
         payload = {"prompt": body.prompt, "max_new_tokens": body.max_new_tokens, "image_b64": body.image}
+        m = self.config.model
         try:
-            output = await asyncio.wait_for(
-                await_response(
-                    self.model.generate.remote(answer.knobs.as_dict(), payload, answer.expected_latency_ms)
-                ),
-                timeout=self.config.model.timeout_s,
+            output = await call_model(
+                self.model.generate.remote(answer.knobs.as_dict(), payload, answer.expected_latency_ms),
+                m.assign_timeout_s,
+                m.timeout_s,
             )
-        except asyncio.TimeoutError:
-            return self._model_error(answer, 504, f"model did not answer within {self.config.model.timeout_s} s")
-        except Exception as e:  # a replica failure is ours, not the client's: 503, never a bare 500
-            return self._model_error(answer, 503, f"model replica failed: {type(e).__name__}: {e}")
+        except ModelCallError as e:
+            return self._model_error(answer, e)
         model_ms = (time.perf_counter() - model_started) * 1000
         self.metrics.requests.inc(
             tags={
@@ -128,11 +126,12 @@ class Router:
         headers = _knob_headers(answer) | {"Server-Timing": _server_timing(controller_ms, model_ms, total_ms)}
         return JSONResponse(content, headers=headers)
 
-    def _model_error(self, answer: Answer, status: int, message: str) -> JSONResponse:
+    def _model_error(self, answer: Answer, e: ModelCallError) -> JSONResponse:
+        self.stats.model_error(e.kind)
         return JSONResponse(
-            {"error": {"message": message}, **answer.to_dict()},
-            status_code=status,
-            headers=_knob_headers(answer),
+            {"error": e.to_dict(), **answer.to_dict()},
+            status_code=e.status,
+            headers=_knob_headers(answer) | {"X-Error-Type": e.kind},
         )
 
     @api.get("/v1/knobs")
@@ -169,6 +168,8 @@ class Router:
                 "reloads_accepted": controller.get("reloads_accepted"),
                 "reloads_rejected": controller.get("reloads_rejected"),
                 "last_rejection": controller.get("last_rejection"),
+                "last_error": controller.get("last_error"),
+                "read_failures": controller.get("read_failures"),
             }
         return {
             "resolve_mode": self.config.controller.resolve_mode,

@@ -28,6 +28,7 @@ class RouterStats:
         self.infeasible = 0
         self.fallback = 0
         self.bad_requests: Counter[str] = Counter()
+        self.model_errors: Counter[str] = Counter()  # keys: ModelCallError.KINDS only
         self._resolve_us: deque[float] = deque(maxlen=window)
 
     def answered(self, resolve_ms: float, feasible: bool | None, fallback: bool) -> None:
@@ -46,11 +47,16 @@ class RouterStats:
         with self._lock:
             self.bad_requests[reason] += 1
 
+    def model_error(self, kind: str) -> None:
+        with self._lock:
+            self.model_errors[kind] += 1
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             latencies = sorted(self._resolve_us)
             by_config = dict(self.requests_by_config)
             bad = dict(self.bad_requests)
+            model_errors = dict(self.model_errors)
             infeasible, fallback = self.infeasible, self.fallback
         return {
             "requests_total": sum(by_config.values()),
@@ -59,6 +65,7 @@ class RouterStats:
             "fallback": fallback,
             "bad_requests_total": sum(bad.values()),
             "bad_requests_by_reason": bad,
+            "model_errors": model_errors,
             "resolve_latency_us": {
                 "p50": _percentile(latencies, 0.50),
                 "p99": _percentile(latencies, 0.99),

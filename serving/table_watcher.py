@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -9,9 +10,10 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from controller import Table
-from controller.errors import ControllerError
+from controller.errors import ControllerError, PointerError, StoreReadError
 from controller.store import TableStore
 
+log = logging.getLogger("ray.serve")
 Outcome = Literal["unchanged", "accepted", "rejected", "unavailable"]
 
 
@@ -43,6 +45,7 @@ class TableWatcher:
         self.last_error: str | None = None  # store unreadable or empty; not a rejected version
         self.accepted = 0
         self.rejected = 0
+        self.read_failures = 0  # store reads that timed out or failed (the store, not a version)
         # Versions are immutable once published, so a rejected id is not read again every poll.
         self._rejected_ids: set[str] = set()
 
@@ -50,35 +53,98 @@ class TableWatcher:
         self.store, self.version = store, version
         self._rejected_ids.clear()
 
-    def check(self) -> tuple[Outcome, Table | None]:
-        """Returns ("accepted", new_table) when a new valid version should be swapped in."""
+    def check(self, validate: Callable[[Table], None] | None = None) -> tuple[Outcome, Table | None]:
+        """Returns ("accepted", new_table) when a new valid version should be swapped in.
+        `validate` adds checks of the caller's (e.g. every config runs on the served model); a
+        ControllerError from it rejects the version like a corrupt file."""
         try:
             target = self.store.resolve_id(self.version)
-        except (ControllerError, OSError) as e:
-            self.last_error = str(e)
-            return "unavailable", None
+        except StoreReadError as e:
+            return self._unavailable(str(e), counted=True)
+        except PointerError as e:
+            return self._bad_pointer(str(e), validate)
+        except ControllerError as e:  # empty store, or a pinned id that is not a version id
+            return self._unavailable(str(e), counted=False)
+        except OSError as e:
+            return self._unavailable(f"reading LATEST: {e}", counted=True)
         if self.table is not None and self.loaded_from == self.store.source(target):
             return "unchanged", None
         if target in self._rejected_ids:
             return "unchanged", None
         try:
-            table = self.store.load(target)
-            if not table.all_knobs():
-                raise ControllerError(f"table {target} holds no configs")
+            table = self._load(target, validate)
+        except StoreReadError as e:
+            return self._unavailable(str(e), counted=True)
         except ControllerError as e:
-            self._rejected_ids.add(target)
-            self.rejected += 1
-            self.last_rejection = Rejection(target, str(e), _iso(self.clock()))
+            self._reject(target, str(e))
+            if self.table is None and self.version == "latest":
+                return self._start_with_newest_valid(validate)
             return "rejected", None
         except OSError as e:
-            self.last_error = f"reading version {target}: {e}"
-            return "unavailable", None
+            return self._unavailable(f"reading version {target}: {e}", counted=True)
+        return self._accept(table)
+
+    def _load(self, version_id: str, validate: Callable[[Table], None] | None) -> Table:
+        table = self.store.load(version_id)
+        if not table.all_knobs():
+            raise ControllerError(f"table {version_id} holds no configs")
+        if validate is not None:
+            validate(table)
+        return table
+
+    def _accept(self, table: Table) -> tuple[Outcome, Table | None]:
         self.accepted += 1
         self.last_error = None
         self.table = table
         self.loaded_at = _iso(self.clock())
-        self.loaded_from = self.store.source(target)
+        self.loaded_from = self.store.source(table.version_id)
         return "accepted", table
+
+    def _reject(self, key: str, reason: str) -> None:
+        self._rejected_ids.add(key)
+        self.rejected += 1
+        self.last_rejection = Rejection(key, reason, _iso(self.clock()))
+
+    def _unavailable(self, why: str, counted: bool) -> tuple[Outcome, Table | None]:
+        """The store could not be read (or is empty): nothing is rejected, the next poll tries
+        again. Read failures (timeouts, I/O errors) are counted; an empty store is not."""
+        self.last_error = why
+        self.read_failures += counted
+        return "unavailable", None
+
+    def _bad_pointer(self, why: str, validate: Callable[[Table], None] | None) -> tuple[Outcome, Table | None]:
+        """LATEST holds no version id (a path, NUL bytes, binary): one rejection per distinct
+        problem, the table in use stays."""
+        key = f"LATEST: {why}"
+        if key in self._rejected_ids:
+            return "unchanged", None
+        self._reject("LATEST", why)
+        self._rejected_ids.add(key)
+        if self.table is None:
+            return self._start_with_newest_valid(validate)
+        return "rejected", None
+
+    def _start_with_newest_valid(self, validate: Callable[[Table], None] | None) -> tuple[Outcome, Table | None]:
+        """A replica that starts while LATEST is bad serves the newest version that passes, rather
+        than nothing (which would fail its health check in a loop); the rejection stays visible."""
+        skip = set(self._rejected_ids)
+        for _ in range(5):
+            try:
+                candidate = self.store.newest_valid(skip=skip)
+            except (ControllerError, OSError) as e:
+                self.last_error = f"looking for an earlier valid version: {e}"
+                return "rejected", None
+            if candidate is None:
+                return "rejected", None
+            try:
+                if validate is not None:
+                    validate(candidate)
+            except ControllerError:
+                skip.add(candidate.version_id)
+                continue
+            log.warning("TableWatcher: LATEST unusable; serving the newest valid version %s", candidate.version_id)
+            return self._accept(candidate)
+        return "rejected", None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -92,4 +158,5 @@ class TableWatcher:
             "last_error": self.last_error,
             "reloads_accepted": self.accepted,
             "reloads_rejected": self.rejected,
+            "read_failures": self.read_failures,
         }

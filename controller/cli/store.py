@@ -29,11 +29,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def _publish(args: argparse.Namespace) -> int:
     from controller.table import load_table
 
-    published = TableStore(args.store).publish(load_table(args.table))
+    report = TableStore(args.store).publish_report(load_table(args.table))
+    published = report.table
     if args.json:
-        print(json.dumps({"version_id": published.version_id, "sha256": published.sha256}))
+        print(
+            json.dumps(
+                {
+                    "version_id": published.version_id,
+                    "sha256": published.sha256,
+                    "latest_before": report.latest_before,
+                    "latest_after": report.latest_after,
+                }
+            )
+        )
     else:
-        print(f"published {published.version_id} (sha256 {published.sha256[:12]}) to {args.store}")
+        print(
+            f"published {published.version_id} (sha256 {published.sha256[:12]}) to {args.store}; "
+            f"LATEST now {report.latest_after} (was {report.latest_before})"
+        )
     return 0
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.errors import KnobError
 from controller.knobs import TIER_CROP_RANGE, Knobs, vision_tokens
-from serving.backends.base import ModelOutput, ModelRequest
+from serving.backends.base import ModelOutput, ModelRequest, SupportedRanges
 
 
 class SimulatedOptions(BaseModel):
@@ -53,6 +53,9 @@ class SimulatedBackend:
             raise KnobError("top_k", knobs.top_k, f"an integer in [1, {o.num_experts}] (experts per layer)")
         if not 1 <= knobs.num_active_blocks <= o.num_blocks:
             raise KnobError("num_active_blocks", knobs.num_active_blocks, f"an integer in [1, {o.num_blocks}]")
+
+    def supported_ranges(self) -> SupportedRanges:
+        return SupportedRanges(top_k=(1, self.options.num_experts), num_active_blocks=(1, self.options.num_blocks))
 
     def timings_ms(self, knobs: Knobs, request: ModelRequest) -> dict[str, float]:
         """The cost model, deterministic for given knobs and request (so tests can predict it)."""

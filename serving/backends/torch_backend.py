@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.knobs import TIER_CROP_RANGE, Knobs
-from serving.backends.base import ModelOutput, ModelRequest
+from serving.backends.base import ModelOutput, ModelRequest, SupportedRanges
 
 
 class TorchOptions(BaseModel):
@@ -71,6 +71,10 @@ class TorchBackend:
 
     def validate_knobs(self, knobs: Knobs) -> None:
         self.runner.validate(knobs)
+
+    def supported_ranges(self) -> SupportedRanges:
+        ranges = self.runner.knob_ranges()
+        return SupportedRanges(top_k=ranges["top_k"], num_active_blocks=ranges["num_active_blocks"])
 
     def crops_for(self, knobs: Knobs, request: ModelRequest) -> int | None:
         """Stand-in preprocessing: crops drawn in the tier's range from a hash of the image."""

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from controller.errors import KnobError
-from controller.knobs import Knobs
-from controller.store import TableStore
-from serving.backends.base import Backend, ModelRequest
+from controller.knobs import TIERS, Knobs
+from serving.backends.base import Backend, ModelRequest, SupportedRanges
 from serving.backends.registry import create_backend
 from serving.backends.simulated import SimulatedBackend
 from serving.model import MoEModel, check_configs
@@ -49,21 +48,26 @@ def test_check_configs_names_the_bad_config() -> None:
         check_configs(SimulatedBackend(num_blocks=14), table.all_knobs(), "table")
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> str:
-    TableStore(str(tmp_path)).publish(synthetic_table())
-    return str(tmp_path)
-
-
-def _model(store: str, **backend_options: object) -> MoEModel:
+def _model(fallback_blocks: int = 12, **backend_options: object) -> MoEModel:
     cls = MoEModel.func_or_class
     settings = {"backend_options": {"latency_scale": 0, **backend_options}, "batch": {"max_batch_size": 16}}
-    return cls(settings, store, "latest", {"tier": "low", "top_k": 4, "num_active_blocks": 12})
+    return cls(settings, {"tier": "low", "top_k": 4, "num_active_blocks": fallback_blocks})
 
 
-def test_model_refuses_a_table_its_backend_cannot_run(store: str) -> None:
+def test_supported_ranges_refuse_a_table_the_backend_cannot_run() -> None:
+    model = _model(num_blocks=14)  # starts without any table: it never reads the store
+    ranges = SupportedRanges.from_dict(model.supported_ranges())
+    assert ranges == SimulatedBackend(num_blocks=14).supported_ranges()
+    with pytest.raises(KnobError, match="num_active_blocks=16"):
+        ranges.check_configs(synthetic_table().all_knobs())  # the grid has 16 blocks
+    ranges.check_configs(synthetic_table(grid=(TIERS, (4, 8), (12, 14))).all_knobs())
+    with pytest.raises(KnobError, match="high_8_12"):
+        SupportedRanges((1, 64), (1, 16), disabled=("high_8_12",)).check(Knobs("high", 8, 12))
+
+
+def test_model_refuses_a_fallback_its_backend_cannot_run() -> None:
     with pytest.raises(ValueError, match="num_active_blocks"):
-        _model(store, num_blocks=12)
+        _model(fallback_blocks=16, num_blocks=12)
 
 
 def test_torch_backend_is_imported_lazily_and_checks_its_options() -> None:
