@@ -101,12 +101,30 @@ class ModelSettings(_Strict):
     assign_timeout_s: float = Field(default=5.0, gt=0)
 
 
+class LimitSettings(_Strict):
+    """Request size limits; past them a 413 that names the limit (body read stops at the limit)."""
+
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_prompt_chars: int = Field(default=100_000, ge=1)
+    max_image_bytes: int = Field(default=6 * 1024 * 1024, ge=1)  # decoded, before base64
+
+
+class AuthSettings(_Strict):
+    """Optional API keys for every HTTP route but /healthz (docs/security.md). Off while
+    api_keys_file is unset; the file (e.g. a mounted Secret) holds one key per line, and clients send
+    `Authorization: Bearer <key>`."""
+
+    api_keys_file: str | None = None
+
+
 class ServingConfig(_Strict):
     headers: HeaderNames = HeaderNames()
     budget: BudgetSettings = BudgetSettings(default_budget_ms=250.0)
     controller: ControllerSettings
     fallback: FallbackSettings = FallbackSettings()
     model: ModelSettings = ModelSettings()
+    limits: LimitSettings = LimitSettings()
+    auth: AuthSettings = AuthSettings()
 
     @model_validator(mode="after")
     def _check(self) -> ServingConfig:

@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
+import re
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from serving.config import BudgetSettings
 
+PREFIX_CHARS = 64  # errors quote at most this much of a value: a 10 MB prompt gets a short answer
+# Plain ASCII decimal numbers only: float() would also take "1_000", Unicode digits and "infinity".
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
+def prefix(value: Any) -> Any:
+    """JSON-safe, short form of a client value for an error body."""
+    if value is None or isinstance(value, bool) or (isinstance(value, int) and abs(value) < 10**18):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    text = value if isinstance(value, str) else repr(value)
+    # backslashreplace: a lone surrogate or odd byte must not break the JSON encoder
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= PREFIX_CHARS else f"{text[:PREFIX_CHARS]}... ({len(text)} chars)"
+
 
 class BadInput(Exception):
-    """Becomes a 400 JSON error naming the field, the value and what is accepted."""
+    """Becomes a 400 (413 for sizes) JSON error naming the field, a short prefix of the value and
+    what is accepted. `field` is always one of ours (a configured header, a query or body field
+    name, or "body"), never a client-chosen key: it is also a stats key and a metric tag."""
 
-    def __init__(self, field: str, value: Any, problem: str, accepted: str) -> None:
-        self.field, self.value, self.problem, self.accepted = field, value, problem, accepted
-        super().__init__(f"{field}={value!r} {problem}; {accepted}")
+    def __init__(self, field: str, value: Any, problem: str, accepted: str, status: int = 400) -> None:
+        self.field, self.value, self.problem, self.accepted = field, prefix(value), problem, accepted
+        self.status = status
+        super().__init__(f"{field}={self.value!r} {problem}; {accepted}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -31,12 +47,21 @@ class BadInput(Exception):
         }
 
 
-class GenerateBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def single(values: list[str], field: str) -> str | None:
+    """The one value of a header or query parameter; a repeated one is refused rather than
+    silently taking the first or the last."""
+    if len(values) > 1:
+        raise BadInput(field, values[:3], f"is given {len(values)} times", "send it once")
+    return values[0] if values else None
 
-    prompt: str = Field(min_length=1, max_length=100_000)
-    image: str | None = Field(default=None, description="base64-encoded image bytes")
-    max_new_tokens: int = Field(default=16, ge=1)
+
+def _number(raw: str, field: str, accepted: str) -> float:
+    text = raw.strip()
+    if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        raise BadInput(field, raw, "is NaN" if "nan" in text.lower() else "is infinite", accepted)
+    if not _NUMBER.fullmatch(text):
+        raise BadInput(field, raw, "is not a number", accepted)
+    return float(text)
 
 
 def parse_budget(raw: str | None, field: str, settings: BudgetSettings) -> float:
@@ -46,13 +71,7 @@ def parse_budget(raw: str | None, field: str, settings: BudgetSettings) -> float
         if settings.require_budget or settings.default_budget_ms is None:
             raise BadInput(field, raw, "is missing and this server requires a budget", accepted)
         return settings.default_budget_ms
-    text = raw.strip()
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadInput(field, raw, "is not a number", accepted) from None
-    if math.isnan(value):
-        raise BadInput(field, raw, "is NaN", accepted)
+    value = _number(raw, field, accepted)
     if math.isinf(value):
         raise BadInput(field, raw, "is infinite", accepted)
     if value <= 0:
@@ -66,11 +85,8 @@ def parse_tolerance(raw: str | None, field: str) -> float | None:
     if raw is None or raw.strip() == "":
         return None
     accepted = f"send a number in [0, 1] (relative slack on the budget), e.g. {field}: 0.05"
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise BadInput(field, raw, "is not a number", accepted) from None
-    if not 0.0 <= value <= 1.0:  # also refuses NaN
+    value = _number(raw, field, accepted)
+    if not 0.0 <= value <= 1.0:
         raise BadInput(field, raw, "is outside [0, 1]", accepted)
     return value
 
@@ -80,22 +96,5 @@ def parse_dataset(raw: str | None, field: str) -> str | None:
         return None
     text = raw.strip()
     if len(text) > 200 or not text.isprintable():
-        raise BadInput(field, raw[:200], "is not a dataset name", "send a short name such as vqav2")
+        raise BadInput(field, raw, "is not a dataset name", "send a short name such as vqav2")
     return text
-
-
-def check_body(body: GenerateBody, max_new_tokens_limit: int) -> None:
-    if body.max_new_tokens > max_new_tokens_limit:
-        raise BadInput(
-            "max_new_tokens",
-            body.max_new_tokens,
-            "is above this server's limit",
-            f"send an integer in [1, {max_new_tokens_limit}]",
-        )
-    if body.image is not None:
-        try:
-            base64.b64decode(body.image, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadInput(
-                "image", body.image[:40], "is not valid base64", "send the image bytes base64-encoded"
-            ) from None

@@ -104,9 +104,11 @@ def test_table_with_configs_the_model_cannot_run_is_rejected(app: App) -> None:
     bad = app.store.publish(synthetic_table(grid=(TIERS, (4, 65), (12, 16))))
     with LoadLoop(f"{app.base}/v1/generate", BUDGETS, concurrency=4) as load:
         status = until(
-            lambda: (s := app.controller_status())["last_rejection"]
-            and s["last_rejection"]["version_id"] == bad.version_id
-            and s,
+            lambda: (
+                (s := app.controller_status())["last_rejection"]
+                and s["last_rejection"]["version_id"] == bad.version_id
+                and s
+            ),
             "controller rejects the unsupported table",
         )
         assert "top_k=65" in status["last_rejection"]["reason"]

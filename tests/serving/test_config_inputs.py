@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from serving.config import BudgetSettings, ServingConfig, load_config
-from serving.inputs import BadInput, GenerateBody, check_body, parse_budget, parse_dataset, parse_tolerance
+from serving.body import validate_body
+from serving.config import BudgetSettings, LimitSettings, ServingConfig, load_config
+from serving.inputs import BadInput, parse_budget, parse_dataset, parse_tolerance, single
 
 H = "X-Latency-Budget-Ms"
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,10 +87,32 @@ def test_tolerance_and_dataset() -> None:
 
 
 def test_body_checks() -> None:
-    check_body(GenerateBody(prompt="hi", image="aGVsbG8="), 64)
+    limits = LimitSettings()
+    validate_body({"prompt": "hi", "image": "aGVsbG8="}, limits, 64)
     with pytest.raises(BadInput, match="base64"):
-        check_body(GenerateBody(prompt="hi", image="not base64!"), 64)
+        validate_body({"prompt": "hi", "image": "not base64!"}, limits, 64)
     with pytest.raises(BadInput, match="limit"):
-        check_body(GenerateBody(prompt="hi", max_new_tokens=65), 64)
-    with pytest.raises(ValidationError):
-        GenerateBody.model_validate({"prompt": "hi", "extra": 1})
+        validate_body({"prompt": "hi", "max_new_tokens": 65}, limits, 64)
+    with pytest.raises(BadInput) as e:
+        validate_body({"prompt": "hi", "x" * 100_000: 1}, limits, 64)
+    assert e.value.field == "body" and len(str(e.value)) < 400  # the key is quoted as a short prefix
+
+
+@pytest.mark.parametrize("raw", ["1_000", "١٢٣", "０１", "0x10", "1e", "in f", "+-1"])
+def test_budget_is_plain_ascii_decimal(raw: str) -> None:
+    with pytest.raises(BadInput, match="not a number"):
+        parse_budget(raw, H, DEFAULTS)
+    assert parse_budget("1e2", H, DEFAULTS) == 100.0 and parse_budget("+.5", H, DEFAULTS) == 0.5
+
+
+@pytest.mark.parametrize("value", [True, "16", 16.0, 1e2, None, [16]])
+def test_max_new_tokens_is_a_strict_integer(value: object) -> None:
+    with pytest.raises(BadInput) as e:
+        validate_body({"prompt": "hi", "max_new_tokens": value}, LimitSettings(), 64)
+    assert e.value.field == "max_new_tokens"
+
+
+def test_repeated_values_are_refused() -> None:
+    assert single([], "X") is None and single(["1"], "X") == "1"
+    with pytest.raises(BadInput, match="2 times"):
+        single(["1", "2"], "X")
