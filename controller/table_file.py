@@ -31,19 +31,20 @@ class _ConfigRecord(BaseModel):
     top_k: int = Field(ge=1)
     num_active_blocks: int = Field(ge=1)
     num_samples: int = Field(ge=1)
-    accuracy: float
+    # Accuracy is a share in [0, 1]; latencies are finite (allow_inf_nan=False) and positive.
+    accuracy: float = Field(ge=0, le=1)
     latency_ms: float = Field(gt=0)
     accuracy_std: float = Field(ge=0)
     latency_std: float = Field(ge=0)
-    accuracy_mean: float | None = None
-    accuracy_median: float | None = None
-    latency_mean: float | None = None
-    latency_median: float | None = None
-    latency_min: float | None = None
-    latency_max: float | None = None
-    latency_p90: float | None = None
-    latency_p95: float | None = None
-    latency_p99: float | None = None
+    accuracy_mean: float | None = Field(default=None, ge=0, le=1)
+    accuracy_median: float | None = Field(default=None, ge=0, le=1)
+    latency_mean: float | None = Field(default=None, gt=0)
+    latency_median: float | None = Field(default=None, gt=0)
+    latency_min: float | None = Field(default=None, gt=0)
+    latency_max: float | None = Field(default=None, gt=0)
+    latency_p90: float | None = Field(default=None, gt=0)
+    latency_p95: float | None = Field(default=None, gt=0)
+    latency_p99: float | None = Field(default=None, gt=0)
     # Optional, so that table files written before decode statistics existed still load.
     decode_ms_per_token: float | None = Field(default=None, gt=0)
 
@@ -247,7 +248,7 @@ def _from_seed_format(raw: dict[str, Any], source: str, data: bytes) -> Table:
             dropped["bad_config_key"] = dropped.get("bad_config_key", 0) + 1
             continue
         if not isinstance(info, dict) or not _finite(info.get("accuracy")) or not _finite(info.get("latency")) \
-                or info["latency"] <= 0:
+                or info["latency"] <= 0 or not 0 <= info["accuracy"] <= 1:
             dropped["nonfinite_config"] = dropped.get("nonfinite_config", 0) + 1
             continue
         n_samples = info.get("num_samples", 1)

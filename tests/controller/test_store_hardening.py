@@ -109,3 +109,16 @@ def test_publish_reports_what_became_latest(tmp_path: Path, capsys: pytest.Captu
     assert lookupctl(["publish", str(table_file), "--store", str(tmp_path / "s"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["latest_after"] == report["version_id"] and report["latest_before"] is None
+
+
+@pytest.mark.parametrize(("field", "value"), [("accuracy", 1e300), ("accuracy", -0.1), ("latency_ms", 0.0)])
+def test_resigned_table_with_impossible_statistics_is_refused(tmp_path: Path, field: str, value: float) -> None:
+    from controller.errors import TableLoadError
+    from controller.table import Table
+    from controller.table_file import content_sha256
+
+    raw = json.loads(synthetic_table().to_json_bytes())
+    raw["scopes"]["global"]["configs"][0][field] = value
+    raw["sha256"] = content_sha256(raw)  # a valid checksum: a checksum is not a plausibility check
+    with pytest.raises(TableLoadError, match=field):
+        Table.from_json_bytes(json.dumps(raw).encode())
