@@ -52,7 +52,8 @@ def live_stats(c: ConfigStats, live: ConfigLive, build: BuildParams) -> ConfigSt
 
 
 def recalibrate(table: Table, live: Mapping[Knobs, ConfigLive], *, min_samples: int,
-                window: Mapping[str, Any], trigger: str = "manual") -> Table:
+                window: Mapping[str, Any], trigger: str = "manual",
+                notes: Mapping[str, Any] | None = None) -> Table:
     """Every scope's configs with >= min_samples live samples take their latency from `live`; the
     others keep the profiled latency. `source` records the window and the samples per config."""
     recalibrated = sorted((k for k, v in live.items() if v.count >= min_samples), key=lambda k: k.sort_key)
@@ -73,6 +74,7 @@ def recalibrate(table: Table, live: Mapping[Knobs, ConfigLive], *, min_samples: 
         "samples_per_config": {k.key: live[k].count for k in sorted(live, key=lambda k: k.sort_key)},
         "recalibrated": [k.key for k in recalibrated],
         "kept_profiled": kept,
+        **(notes or {}),
     }
     return make_table(scopes, table.build, source)
 

@@ -20,6 +20,7 @@ class HeaderNames(_Strict):
     budget: str = "X-Latency-Budget-Ms"
     dataset: str = "X-Dataset"
     tolerance: str = "X-Latency-Tolerance"
+    policy: str = "X-Budget-Policy"
 
 
 class BudgetSettings(_Strict):
@@ -27,6 +28,19 @@ class BudgetSettings(_Strict):
     default_budget_ms: float | None = Field(default=None, gt=0)
     max_budget_ms: float = Field(default=60_000.0, gt=0)
     require_budget: bool = False
+    # "first_token": the budget covers vision + prefill (the table's latency); "total": it also
+    # covers decoding the request's max_new_tokens at the table's per-token decode rate.
+    covers: Literal["first_token", "total"] = "first_token"
+    # Policy when the request has no X-Budget-Policy header (serving.budget_plan.POLICIES).
+    default_policy: Literal["best-effort", "strict"] = "best-effort"
+    # Resolve knobs for the budget left after the expected queue wait and measured overhead;
+    # false resolves the whole budget against the unloaded table (the behaviour before queues, and
+    # the default of this model so that inline configs keep it; both shipped YAMLs turn it on).
+    queue_aware: bool = False
+    # Reports older than this are ignored; the router's own in-flight count still counts.
+    report_stale_after_s: float = Field(default=2.0, gt=0, le=600)
+    # Overhead outside the router that it cannot measure (HTTP proxy), added to the measured one.
+    proxy_overhead_ms: float = Field(default=1.0, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _check(self) -> BudgetSettings:
@@ -50,6 +64,29 @@ class BatchSettings(_Strict):
     batch_wait_timeout_s: float = Field(default=0.002, ge=0, le=10)
 
 
+class AutoRecalibrateSettings(_Strict):
+    """Publish a recalibrated table when a config's live p95 differs from the table's by more than
+    `drift_share` for `drift_for_s` (only configs with at least feedback.min_samples live samples)."""
+
+    enabled: bool = False
+    drift_share: float = Field(default=0.15, gt=0, le=10)
+    drift_for_s: float = Field(default=30.0, ge=0, le=86_400)
+    # At most one automatic publish per cooldown (and none while a rollback is in effect).
+    cooldown_s: float = Field(default=300.0, ge=0, le=86_400)
+
+
+class FeedbackSettings(_Strict):
+    """Live latency feedback: per-config quantile sketches kept by the LookupController."""
+
+    enabled: bool = True
+    window_s: float = Field(default=300.0, gt=0, le=86_400)
+    min_samples: int = Field(default=50, ge=1, le=10_000_000)
+    relative_accuracy: float = Field(default=0.01, gt=0, lt=1)
+    # How often routers send observations and the controller writes its snapshot to the store.
+    flush_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    auto: AutoRecalibrateSettings = AutoRecalibrateSettings()
+
+
 class ControllerSettings(_Strict):
     """What `LookupController` gets as `user_config` (store, version, polling, batching), plus how
     the router talks to it."""
@@ -63,6 +100,7 @@ class ControllerSettings(_Strict):
     # "fixed": no controller at all, every request gets the fallback knobs (the overhead baseline).
     resolve_mode: Literal["local", "remote", "fixed"] = "local"
     timeout_s: float = Field(default=0.5, gt=0, le=60)
+    feedback: FeedbackSettings = FeedbackSettings()
 
     def user_config(self) -> dict[str, Any]:
         return {
@@ -71,6 +109,7 @@ class ControllerSettings(_Strict):
             "poll_interval_s": self.poll_interval_s,
             "max_batch_size": self.batch.max_batch_size,
             "batch_wait_timeout_s": self.batch.batch_wait_timeout_s,
+            "feedback": self.feedback.model_dump(),
         }
 
 
@@ -128,9 +167,14 @@ class ServingConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ServingConfig:
-        names = [self.headers.budget, self.headers.dataset, self.headers.tolerance]
+        names = [self.headers.budget, self.headers.dataset, self.headers.tolerance, self.headers.policy]
         if len({n.lower() for n in names}) != len(names):
-            raise ValueError(f"headers must be three different names, got {names}")
+            raise ValueError(f"headers must be four different names, got {names}")
+        if self.budget.covers == "total" and self.controller.resolve_mode != "local":
+            raise ValueError(
+                "budget.covers: total needs controller.resolve_mode: local (whole-request budgets "
+                "are resolved on the router's table copy)"
+            )
         return self
 
 

@@ -14,6 +14,9 @@ from controller import Table
 from controller.store import TableStore
 from controller.validate import validate_budget, validate_tolerance
 from serving.backends.base import SupportedRanges
+from serving.config import FeedbackSettings
+from serving.live_feedback import LiveFeedback
+from serving.live_metrics import live_metrics
 from serving.metrics import controller_metrics
 from serving.table_watcher import TableWatcher
 
@@ -32,6 +35,7 @@ class ControllerUserConfig(BaseModel):
     poll_interval_s: float = Field(default=1.0, gt=0, le=3600)
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     batch_wait_timeout_s: float = Field(default=0.002, ge=0, le=10)
+    feedback: FeedbackSettings = FeedbackSettings()
 
 
 async def _awaited(response: Any) -> Any:
@@ -70,6 +74,9 @@ class LookupController:
         self._served_since: float | None = None  # wall clock of the last swap (unix seconds)
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
+        # Live latency from the routers' observations (serving.live_feedback).
+        self.live = LiveFeedback(self.config.feedback, self.config.store, self.replica_id)
+        self._live_task = asyncio.get_running_loop().create_task(self._live_forever())
         await self._check_once()
         if self.watcher.table is None:
             log.warning("LookupController: no valid table yet (%s); polling", self._why_no_table())
@@ -83,6 +90,8 @@ class LookupController:
         if (new.store, new.version) != (self.config.store, self.config.version):
             self.watcher.retarget(TableStore(new.store), new.version)
             self._wake.set()  # the watcher task loads the newly targeted version off the loop
+        if new.feedback != self.config.feedback or new.store != self.config.store:
+            self.live = LiveFeedback(new.feedback, new.store, self.replica_id)  # starts a new window
         self.config = new
         self._resolve_batch.set_max_batch_size(new.max_batch_size)
         self._resolve_batch.set_batch_wait_timeout_s(new.batch_wait_timeout_s)
@@ -216,4 +225,43 @@ class LookupController:
             # When this replica started answering with table_version (loaded_at is when it was read).
             "serving_since_unix": self._served_since,
             "summary": table.summary() if table else None,
+            "live": self.live.status(),
         }
+
+    # -- live latency feedback -------------------------------------------------------------------
+
+    async def record_live(self, observations: Any) -> int:
+        """Observations from routers (serving.feedback); invalid ones and configs outside the
+        served table are counted and dropped. Returns how many were kept."""
+        if not self.config.feedback.enabled:
+            return 0
+        return self.live.record(observations, self.table)
+
+    async def _live_forever(self) -> None:
+        """Every flush interval: write this replica's snapshot to the store, update the metrics,
+        and (automatic mode) publish a recalibrated table when drift holds long enough."""
+        metrics = live_metrics()
+        while True:
+            await asyncio.sleep(self.config.feedback.flush_interval_s)
+            live = self.live
+            if not self.config.feedback.enabled:
+                continue
+            try:
+                await asyncio.to_thread(live.write)
+                published = await asyncio.to_thread(live.maybe_publish, self.table)
+                if published is not None:
+                    metrics.auto_publishes.inc()
+                    self._wake.set()  # load it now rather than at the next poll
+                for k, v in live.live().items():
+                    p95 = (v.total if self.table and self.table.build.latency_metric == "total" else v.first_token)
+                    if p95.count:
+                        metrics.p95.set(p95.quantile(0.95) or 0.0, tags={"config": k.key})
+                    metrics.samples.set(v.count, tags={"config": k.key})
+                for key, d in live.last_drift.items():
+                    metrics.drift.set(d, tags={"config": key})
+                live.last_error = None
+            except Exception as e:  # never let the feedback task die; say why in /v1/stats
+                first = live.last_error is None
+                live.last_error = f"{type(e).__name__}: {e}"[:300]
+                if first:  # once per episode, not every flush
+                    log.warning("LookupController: live feedback step failed: %s", live.last_error)

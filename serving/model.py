@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from typing import Any
 
 from ray import serve
@@ -14,6 +15,7 @@ from serving.backends.base import Backend, ModelRequest
 from serving.backends.registry import create_backend
 from serving.backends.simulated import SimulatedBackend
 from serving.config import ModelSettings
+from serving.replica_queue import ReplicaQueue
 
 
 def check_configs(backend: Backend, knobs: list[Knobs], what: str) -> None:
@@ -50,33 +52,60 @@ class MoEModel:
         self._pass_expected = isinstance(self.backend, SimulatedBackend)
         self._batch_ids = itertools.count(1)
         self._replica = _replica_id()
+        # The replica's own queue: waits per request, and the report each answer carries back.
+        self.queue = ReplicaQueue(self._replica, self.settings.batch.max_batch_size)
+        self._tokens = itertools.count(1)
 
     async def generate(
-        self, knobs: dict[str, Any], request: dict[str, Any], expected_latency_ms: float | None = None
+        self,
+        knobs: dict[str, Any],
+        request: dict[str, Any],
+        expected_latency_ms: float | None = None,
+        decode_ms_per_token: float | None = None,
     ) -> dict[str, Any]:
-        """`expected_latency_ms` is the table's latency for these knobs (None: unknown, e.g. fallback)."""
+        """`expected_latency_ms` is the table's latency for these knobs (None: unknown, e.g. fallback);
+        `decode_ms_per_token` the table's decode rate for them (None: the table has none)."""
         k = Knobs.from_mapping(knobs)
         # A table published after start may hold a config this backend cannot run: refuse that
         # one request with the reason, not the whole batch it would have joined.
         self.backend.validate_knobs(k)
-        return await self._batched(k, ModelRequest(**request), expected_latency_ms)
+        token = next(self._tokens)
+        self.queue.arrived(token, k.key, expected_latency_ms, time.monotonic())
+        try:
+            return await self._batched(k, ModelRequest(**request), expected_latency_ms, (token, decode_ms_per_token))
+        finally:
+            self.queue.dropped(token)  # no-op once its backend call started
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _batched(
-        self, knobs: list[Knobs], requests: list[ModelRequest], expected: list[float | None]
+        self,
+        knobs: list[Knobs],
+        requests: list[ModelRequest],
+        expected: list[float | None],
+        meta: list[tuple[int, float | None]],
     ) -> list[dict[str, Any]]:
         groups: dict[Knobs, list[int]] = {}
         for i, k in enumerate(knobs):
             groups.setdefault(k, []).append(i)
         out: list[dict[str, Any]] = [{} for _ in requests]
         for k, idx in groups.items():
-            batch_id = f"{self._replica}:{next(self._batch_ids)}"
+            group = next(self._batch_ids)
+            batch_id = f"{self._replica}:{group}"
             args: tuple[Any, ...] = (k, [requests[i] for i in idx])
             if self._pass_expected:
-                args += ([expected[i] for i in idx],)
+                args += ([expected[i] for i in idx], [meta[i][1] for i in idx])
+            started = time.monotonic()
+            waits = self.queue.started(group, [meta[i][0] for i in idx], started)
             # Backends are synchronous (a GPU forward pass); keep the replica's event loop free.
-            outputs = await asyncio.to_thread(self.backend.generate_batch, *args)
-            for i, o in zip(idx, outputs, strict=True):
+            try:
+                outputs = await asyncio.to_thread(self.backend.generate_batch, *args)
+            finally:
+                service_ms = (time.monotonic() - started) * 1000
+                known = [expected[i] for i in idx if expected[i] is not None]
+                self.queue.finished(group, max(known) if known else None, service_ms)
+            report = self.queue.report(time.monotonic()).to_dict()
+            crops_for = getattr(self.backend, "crops_for", None)
+            for j, (i, o) in enumerate(zip(idx, outputs, strict=True)):
                 out[i] = {
                     "text": o.text,
                     "output_tokens": o.output_tokens,
@@ -87,6 +116,11 @@ class MoEModel:
                     "batch_id": batch_id,
                     "batch_knobs": k.as_dict(),
                     "serve_batch_size": len(requests),
+                    # Live feedback and queue reports (serving.feedback, serving.queue_estimate).
+                    "queue_wait_ms": waits[j],
+                    "service_ms": service_ms,
+                    "crops": crops_for(k, requests[i]) if crops_for is not None else None,
+                    "replica_load": report,
                 }
         return out
 

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from controller import Table
+from controller.decode_budget import resolve_total
 from controller.knobs import Knobs
 from serving.config import ControllerSettings, FallbackSettings
 
@@ -29,6 +30,17 @@ class Answer:
     budget_ms: float
     tolerance: float | None
     fallback: bool = False
+    # Queue-aware resolve (serving.budget_plan): the budget the knobs were resolved for, and why.
+    remaining_budget_ms: float | None = None
+    queue_wait_ms: float | None = None
+    overhead_ms: float | None = None
+    policy: str | None = None
+    covers: str = "first_token"
+    # The config's first-token latency and decode rate (expected_latency_ms is the whole request's
+    # when the budget covers it); None where unknown.
+    first_token_ms: float | None = None
+    decode_ms_per_token: float | None = None
+    expected_decode_ms: float | None = None
 
     @classmethod
     def from_decision_dict(cls, d: dict[str, Any]) -> Answer:
@@ -54,13 +66,20 @@ class Answer:
             "budget_ms": self.budget_ms,
             "tolerance": self.tolerance,
             "fallback": self.fallback,
+            "remaining_budget_ms": self.remaining_budget_ms,
+            "queue_wait_ms": self.queue_wait_ms,
+            "overhead_ms": self.overhead_ms,
+            "budget_policy": self.policy,
+            "budget_covers": self.covers,
+            "expected_decode_ms": self.expected_decode_ms,
         }
 
 
 def fallback_answer(fallback: FallbackSettings, budget_ms: float, tolerance: float | None) -> Answer:
     latency = fallback.expected_latency_ms
     feasible = None if latency is None else latency <= budget_ms * (1 + (tolerance or 0.0))
-    return Answer(fallback.knobs.to_knobs(), None, latency, feasible, None, None, budget_ms, tolerance, True)
+    return Answer(fallback.knobs.to_knobs(), None, latency, feasible, None, None, budget_ms, tolerance, True,
+                  first_token_ms=latency)
 
 
 async def await_response(response: Any) -> Any:
@@ -131,13 +150,24 @@ class Resolver:
             log.warning("Router: no table from the controller at start (%s); using fallback until then", e)
         self.local.start()
 
-    async def resolve(self, budget_ms: float, tolerance: float | None, dataset: str | None) -> Answer:
+    async def resolve(
+        self, budget_ms: float, tolerance: float | None, dataset: str | None, max_new_tokens: int | None = None
+    ) -> Answer:
+        """`max_new_tokens` given: the budget covers the whole request (first token + decode), which
+        the config allows only in local mode."""
         if self.settings.resolve_mode == "fixed":
             return replace(fallback_answer(self.fallback, budget_ms, tolerance), fallback=False)
         if self.settings.resolve_mode == "local":
             table = self.local.table
             if table is None:
                 return fallback_answer(self.fallback, budget_ms, tolerance)
+            if max_new_tokens is not None:
+                d, decode = resolve_total(table, budget_ms, max_new_tokens, tolerance=tolerance, dataset=dataset)
+                return Answer(
+                    d.knobs, d.expected_accuracy, d.expected_latency_ms, d.feasible, d.scope, d.table_version,
+                    d.budget_ms, d.tolerance, covers="total", first_token_ms=d.stats.latency_ms,
+                    decode_ms_per_token=d.stats.decode_ms_per_token, expected_decode_ms=decode,
+                )
             d = table.resolve(budget_ms, tolerance=tolerance, dataset=dataset)
             return Answer(
                 d.knobs,
@@ -148,6 +178,8 @@ class Resolver:
                 d.table_version,
                 d.budget_ms,
                 d.tolerance,
+                first_token_ms=d.expected_latency_ms,
+                decode_ms_per_token=d.stats.decode_ms_per_token,
             )
         response = self.controller.resolve.remote(budget_ms, tolerance, dataset)
         try:
@@ -156,7 +188,8 @@ class Resolver:
             response.cancel()
             log.debug("Router: controller did not answer (%s); fallback", e)
             return fallback_answer(self.fallback, budget_ms, tolerance)
-        return Answer.from_decision_dict(d)
+        answer = Answer.from_decision_dict(d)
+        return replace(answer, first_token_ms=answer.expected_latency_ms)
 
     async def controller_status(self) -> dict[str, Any]:
         if self.controller is None:

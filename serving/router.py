@@ -10,10 +10,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.body import generate_body
+from serving.budget_plan import parse_policy
 from serving.config import ServingConfig
 from serving.inputs import BadInput, parse_budget, parse_dataset, parse_tolerance, single
 from serving.metrics import router_metrics
 from serving.model_call import ModelCallError, call_model
+from serving.queue_admission import QueueAdmission
 from serving.resolver import Answer, Resolver
 from serving.stats import router_stats
 
@@ -36,8 +38,10 @@ async def _bad_body(_: Request, e: RequestValidationError) -> JSONResponse:
     return await _bad_input(_, bad)
 
 
-def _server_timing(controller_ms: float, model_ms: float, total_ms: float) -> str:
-    return f"controller;dur={controller_ms:.3f}, model;dur={model_ms:.3f}, total;dur={total_ms:.3f}"
+def _server_timing(controller_ms: float, model_ms: float, total_ms: float, queue_ms: float | None = None) -> str:
+    # queue: the wait the router expected (and resolved the budget for), not a measured one.
+    queue = "" if queue_ms is None else f", queue;dur={queue_ms:.3f}"
+    return f"controller;dur={controller_ms:.3f}, model;dur={model_ms:.3f}, total;dur={total_ms:.3f}{queue}"
 
 
 def _knob_headers(a: Answer) -> dict[str, str]:
@@ -62,11 +66,15 @@ class Router:
         self.resolver = Resolver(controller, self.config.controller, self.config.fallback)
         self.metrics = router_metrics()
         self.stats = router_stats()
+        self.admission = QueueAdmission(self.config, controller)
         await self.resolver.start()
+        self.admission.start()
 
-    async def _answer(self, budget_ms: float, tolerance: float | None, dataset: str | None) -> tuple[Answer, float]:
+    async def _answer(
+        self, budget_ms: float, tolerance: float | None, dataset: str | None, max_new_tokens: int | None = None
+    ) -> tuple[Answer, float]:
         started = time.perf_counter()
-        answer = await self.resolver.resolve(budget_ms, tolerance, dataset)
+        answer = await self.resolver.resolve(budget_ms, tolerance, dataset, max_new_tokens)
         ms = (time.perf_counter() - started) * 1000
         self.metrics.resolve_ms.observe(ms)
         self.stats.answered(ms, answer.feasible, answer.fallback)
@@ -93,20 +101,36 @@ class Router:
         started = time.perf_counter()
         h = self.config.headers
         budget, tolerance, dataset = self._inputs(request.headers.getlist, h.budget, h.dataset, h.tolerance)
+        policy = parse_policy(request.headers.get(h.policy), h.policy, self.config.budget.default_policy)
         body = await generate_body(request, self.config.limits, self.config.model.max_new_tokens_limit)
-        answer, controller_ms = await self._answer(budget, tolerance, dataset)
+        adm = self.admission
+        estimate = adm.estimate()
+        answer, controller_ms = await self._answer(
+            adm.resolve_budget(budget, estimate), tolerance, dataset, adm.tokens_for(body.max_new_tokens)
+        )
+        answer = adm.annotate(answer, budget, estimate, policy)
+        if policy == "strict" and (refused := adm.refusal(answer, estimate, h.budget)) is not None:
+            return refused  # nothing computed: a clear answer now beats a late one
         model_started = time.perf_counter()
         payload = {"prompt": body.prompt, "max_new_tokens": body.max_new_tokens, "image_b64": body.image}
         m = self.config.model
+        token = adm.sent(answer)
         try:
             output = await call_model(
-                self.model.generate.remote(answer.knobs.as_dict(), payload, answer.expected_latency_ms),
+                self.model.generate.remote(
+                    answer.knobs.as_dict(), payload, answer.first_token_ms, answer.decode_ms_per_token
+                ),
                 m.assign_timeout_s,
                 m.timeout_s,
             )
         except ModelCallError as e:
+            adm.failed(token)
             return self._model_error(answer, e)
+        except BaseException:  # client gone (cancelled): not in flight any more
+            adm.failed(token)
+            raise
         model_ms = (time.perf_counter() - model_started) * 1000
+        adm.done(token, answer, output, (time.perf_counter() - started) * 1000)
         self.metrics.requests.inc(
             tags={
                 "config": answer.knobs.key,
@@ -121,7 +145,8 @@ class Router:
             **answer.to_dict(),
             "timings_ms": {"controller": controller_ms, "model": model_ms, "total": total_ms},
         }
-        headers = _knob_headers(answer) | {"Server-Timing": _server_timing(controller_ms, model_ms, total_ms)}
+        timing = _server_timing(controller_ms, model_ms, total_ms, answer.queue_wait_ms)
+        headers = _knob_headers(answer) | {"Server-Timing": timing}
         return JSONResponse(content, headers=headers)
 
     def _model_error(self, answer: Answer, e: ModelCallError) -> JSONResponse:
@@ -167,6 +192,7 @@ class Router:
                 "reloads_rejected": controller.get("reloads_rejected"),
                 "last_rejection": controller.get("last_rejection"),
                 "last_error": controller.get("last_error"),
+                "live": controller.get("live"),
                 "read_failures": controller.get("read_failures"),
             }
         return {
@@ -176,6 +202,7 @@ class Router:
                 "replica_id": serve.get_replica_context().replica_id.unique_id,
                 **self.stats.snapshot(),
                 "local_table_syncs": local["syncs"] if local else None,
+                "queue": self.admission.status(),
             },
             "controller": controller,
         }

@@ -28,9 +28,11 @@ def synthetic_table(
     datasets: Sequence[str] = ("vqav2", "textvqa"),
     samples_per_config: int = 3,
     grid: tuple[Sequence[str], Sequence[int], Sequence[int]] = GRID,
+    decode_ms_per_token: float | None = None,
 ) -> Table:
     """A table over a 3x3x3 grid with plausible magnitudes (40-200 ms). `latency_scale` moves every
-    latency, so that tables built with different scales pick different knobs for one budget."""
+    latency, so that tables built with different scales pick different knobs for one budget.
+    `decode_ms_per_token` gives every config decode statistics (more blocks decode slower)."""
     rows = []
     for d, _ in enumerate(datasets):
         for tier in grid[0]:
@@ -53,6 +55,8 @@ def synthetic_table(
         "sample_key": a[:, 7],
         "key_from_metadata": np.ones(len(a), dtype=bool),
     }
+    if decode_ms_per_token is not None:
+        columns["decode_ms_per_token"] = decode_ms_per_token * a[:, 3] / 16 * latency_scale
     samples = SampleColumns(tuple(datasets), columns)  # type: ignore[arg-type]
     return build_table(samples, BuildParams(), source={"synthetic": {"latency_scale": latency_scale}})
 

@@ -31,6 +31,13 @@ class SimulatedOptions(BaseModel):
     latency_source: Literal["cost_model", "table"] = "cost_model"
     # Sigma of the multiplicative lognormal jitter in "table" mode (median stays at the table value).
     jitter_sigma: float = Field(default=0.05, ge=0, le=1)
+    # Multiplies every duration on top of latency_scale: 1.3 simulates a model that got 30% slower
+    # than its table (drift), for tests and benchmarks of live recalibration.
+    slowdown: float = Field(default=1.0, gt=0, le=100)
+    # "in_table_latency": in table mode the table latency is the whole call (split into vision,
+    # prefill and decode). "per_token": it is the first token (vision + prefill, the table's default
+    # metric) and decode adds max_new_tokens x the table's decode ms/token, where the table has it.
+    decode: Literal["in_table_latency", "per_token"] = "in_table_latency"
     seed: int = 0
     # Cost model, milliseconds at scale 1: roughly MolmoE-1B on an H100 for a short answer.
     vision_ms_per_token: float = Field(default=0.02, ge=0)
@@ -57,6 +64,11 @@ class SimulatedBackend:
     def supported_ranges(self) -> SupportedRanges:
         return SupportedRanges(top_k=(1, self.options.num_experts), num_active_blocks=(1, self.options.num_blocks))
 
+    def crops_for(self, knobs: Knobs, request: ModelRequest) -> int:
+        """Crops the cost model assumes: the middle of the tier's range with an image, none without."""
+        low, high = TIER_CROP_RANGE[knobs.tier]
+        return (low + high) // 2 if request.image_b64 else 0
+
     def timings_ms(self, knobs: Knobs, request: ModelRequest) -> dict[str, float]:
         """The cost model, deterministic for given knobs and request (so tests can predict it)."""
         o = self.options
@@ -69,18 +81,29 @@ class SimulatedBackend:
         prefill = (tokens + o.prompt_tokens) * blocks * o.prefill_ms_per_token_block
         decode = request.max_new_tokens * blocks * o.decode_ms_per_token_block / o.num_blocks
         parts = {"vision": vision, "prefill": prefill, "decode": decode}
-        scaled = {k: v * o.latency_scale for k, v in parts.items()}
+        scaled = {k: v * o.latency_scale * o.slowdown for k, v in parts.items()}
         scaled["total"] = sum(scaled.values())
         return scaled
 
-    def calibrated_timings_ms(self, knobs: Knobs, request: ModelRequest, expected_ms: float) -> dict[str, float]:
-        """The table's latency for the config times latency_scale, with seeded lognormal jitter; split
-        into vision / prefill / decode in the cost model's proportions."""
+    def calibrated_timings_ms(
+        self, knobs: Knobs, request: ModelRequest, expected_ms: float, decode_ms_per_token: float | None = None
+    ) -> dict[str, float]:
+        """The table's latency for the config times latency_scale (and slowdown), with seeded
+        lognormal jitter. Without a decode rate the table latency is the whole call, split into
+        vision / prefill / decode in the cost model's proportions; with one (a table that has decode
+        statistics) it is the first token (vision + prefill), and decode adds max_new_tokens x rate."""
         o = self.options
         with self._rng_lock:
             noise = math.exp(self._rng.gauss(0.0, o.jitter_sigma)) if o.jitter_sigma > 0 else 1.0
-        total = expected_ms * o.latency_scale * noise
+        factor = o.latency_scale * o.slowdown * noise
+        total = expected_ms * factor
         shape = self.timings_ms(knobs, request)
+        if decode_ms_per_token is not None and o.decode == "per_token":
+            first = shape["vision"] + shape["prefill"]
+            out = {p: total * shape[p] / first if first > 0 else total / 2 for p in ("vision", "prefill")}
+            out["decode"] = request.max_new_tokens * decode_ms_per_token * factor
+            out["total"] = total + out["decode"]
+            return out
         parts = ("vision", "prefill", "decode")
         weight = sum(shape[p] for p in parts)
         out = {p: total * shape[p] / weight if weight > 0 else 0.0 for p in parts}
@@ -88,16 +111,22 @@ class SimulatedBackend:
         return out
 
     def generate_batch(
-        self, knobs: Knobs, requests: list[ModelRequest], expected_latency_ms: Sequence[float | None] | None = None
+        self,
+        knobs: Knobs,
+        requests: list[ModelRequest],
+        expected_latency_ms: Sequence[float | None] | None = None,
+        decode_ms_per_token: Sequence[float | None] | None = None,
     ) -> list[ModelOutput]:
-        """`expected_latency_ms` (one per request, None where unknown) is used in "table" mode only;
-        other backends take no such argument, so the model deployment passes it only to this one."""
+        """`expected_latency_ms` and `decode_ms_per_token` (one per request, None where unknown) are
+        used in "table" mode only; other backends take no such arguments, so the model deployment
+        passes them only to this one."""
         self.validate_knobs(knobs)
         expected = list(expected_latency_ms) if expected_latency_ms is not None else [None] * len(requests)
+        rates = list(decode_ms_per_token) if decode_ms_per_token is not None else [None] * len(requests)
         table_mode = self.options.latency_source == "table"
         timings = [
-            self.calibrated_timings_ms(knobs, r, e) if table_mode and e is not None else self.timings_ms(knobs, r)
-            for r, e in zip(requests, expected, strict=True)
+            self.calibrated_timings_ms(knobs, r, e, d) if table_mode and e is not None else self.timings_ms(knobs, r)
+            for r, e, d in zip(requests, expected, rates, strict=True)
         ]
         # A batch on a real GPU takes about as long as its slowest member.
         longest_s = max((t["total"] for t in timings), default=0.0) / 1000

@@ -1,0 +1,140 @@
+"""The router's queue-aware budget path in one place: estimate the wait, resolve for what is left,
+refuse `strict` requests no config can meet, and feed what the replicas measured back to the
+controller. The router calls it at four points; the rules live in budget_plan / queue_estimate."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import replace
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from serving.budget_plan import Policy, refuse_strict, remaining_budget_ms, resolvable
+from serving.config import ServingConfig
+from serving.feedback import FeedbackSender, observation
+from serving.queue_estimate import QueueTracker, WaitEstimate
+from serving.replica_queue import ReplicaReport
+from serving.resolver import Answer
+
+NO_WAIT = WaitEstimate(0.0, 0.0, 0, 1, "off")
+
+
+def _report(raw: Any) -> ReplicaReport | None:
+    """A replica's report from its answer; anything malformed is ignored (never trusted blindly)."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        ratio = raw.get("service_ratio")
+        return ReplicaReport(
+            str(raw["replica"])[:200], int(raw["waiting"]), int(raw["running"]), float(raw["backlog_ms"]),
+            None if ratio is None else float(ratio),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class QueueAdmission:
+    def __init__(self, config: ServingConfig, controller: Any) -> None:
+        b, fb = config.budget, config.controller.feedback
+        self.queue_aware, self.covers = b.queue_aware, b.covers
+        self.tracker = QueueTracker(
+            config.model.batch.max_batch_size,
+            stale_after_s=b.report_stale_after_s,
+            proxy_overhead_ms=b.proxy_overhead_ms,
+        )
+        enabled = fb.enabled and controller is not None
+        self.feedback = FeedbackSender(controller, fb.flush_interval_s) if enabled else None
+        self._tokens = itertools.count(1)
+        self.refused: dict[int, int] = {429: 0, 422: 0}
+        self.metrics: Any = None  # set in start(): Ray metrics exist only inside a replica
+
+    def start(self) -> None:
+        from serving.live_metrics import admission_metrics
+
+        self.metrics = admission_metrics()
+        if self.feedback is not None:
+            self.feedback.start()
+
+    def estimate(self) -> WaitEstimate:
+        return self.tracker.estimate(time.monotonic()) if self.queue_aware else NO_WAIT
+
+    def resolve_budget(self, budget_ms: float, estimate: WaitEstimate) -> float:
+        if self.metrics is not None and self.queue_aware:
+            self.metrics.wait_ms.observe(estimate.wait_ms)
+        return resolvable(remaining_budget_ms(budget_ms, estimate))
+
+    def tokens_for(self, max_new_tokens: int) -> int | None:
+        """What Resolver.resolve takes: a token count only when budgets cover the whole request."""
+        return max_new_tokens if self.covers == "total" else None
+
+    def annotate(self, answer: Answer, budget_ms: float, estimate: WaitEstimate, policy: Policy) -> Answer:
+        return replace(
+            answer,
+            budget_ms=budget_ms,
+            remaining_budget_ms=remaining_budget_ms(budget_ms, estimate),
+            queue_wait_ms=estimate.wait_ms,
+            overhead_ms=estimate.overhead_ms,
+            policy=policy,
+        )
+
+    def refusal(self, answer: Answer, estimate: WaitEstimate, field: str) -> JSONResponse | None:
+        """For a strict request: a 429/422 when no config fits, else None (go ahead)."""
+        if answer.feasible is not False or answer.expected_latency_ms is None:
+            return None
+        tol = answer.tolerance or 0.0
+        r = refuse_strict(answer.budget_ms, tol, estimate, answer.expected_latency_ms)
+        self.refused[r.status] = self.refused.get(r.status, 0) + 1
+        if self.metrics is not None:
+            self.metrics.refused.inc(tags={"status": str(r.status)})
+        body = {
+            "error": {
+                "field": field,
+                "value": answer.budget_ms,
+                "problem": r.problem,
+                "accepted": r.accepted,
+                "message": f"{field}={answer.budget_ms:g} {r.problem}; {r.accepted}",
+                "type": "budget_unmeetable_now" if r.status == 429 else "budget_unmeetable",
+            },
+            "estimate": {**estimate.to_dict(), "fastest_config_ms": r.fastest_ms,
+                         "retry_after_s": r.retry_after_s},
+            **answer.to_dict(),
+        }
+        return JSONResponse(body, status_code=r.status, headers=r.headers())
+
+    # -- around the model call ---------------------------------------------------------------------
+
+    def sent(self, answer: Answer) -> int:
+        token = next(self._tokens)
+        self.tracker.sent(token, answer.knobs.key, answer.first_token_ms)
+        return token
+
+    def failed(self, token: int) -> None:
+        self.tracker.failed(token)
+
+    def done(self, token: int, answer: Answer, output: Any, router_ms: float) -> None:
+        out = output if isinstance(output, dict) else {}
+        service = out.get("service_ms")
+        wait = out.get("queue_wait_ms")
+        self.tracker.done(
+            token,
+            time.monotonic(),
+            expected_ms=answer.first_token_ms,
+            service_ms=float(service) if isinstance(service, (int, float)) else None,
+            router_ms=router_ms,
+            queue_wait_ms=float(wait) if isinstance(wait, (int, float)) else None,
+            report=_report(out.get("replica_load")),
+        )
+        if self.feedback is not None:
+            self.feedback.add(observation(answer.knobs.key, out))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "queue_aware": self.queue_aware,
+            "covers": self.covers,
+            "estimate": self.estimate().to_dict(),
+            "service_ratio": self.tracker.ratio(),
+            "refused": {str(k): v for k, v in self.refused.items()},
+            "feedback": self.feedback.status() if self.feedback is not None else None,
+        }

@@ -1,0 +1,144 @@
+"""The router's estimate of how long a request will wait before its model forward starts, and of
+the overhead around the model call. Pure (time is an argument) so that tests need no clocks.
+
+Two sources, and the larger wins, so that either one alone keeps the estimate safe:
+- the router's own requests in flight (always fresh, but blind to other routers), priced at the
+  table latency of their configs times the measured service ratio;
+- the replicas' own reports (`ReplicaReport`, carried by each answer), aged by the time since they
+  arrived and ignored once older than `stale_after_s`.
+A replica that has not reported yet is not counted as capacity: the estimate assumes fewer
+replicas, i.e. a longer wait, until it answers once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from statistics import median
+
+from serving.replica_queue import ReplicaReport
+
+
+@dataclass(frozen=True)
+class WaitEstimate:
+    wait_ms: float  # expected queueing before the model forward starts
+    overhead_ms: float  # router + handle hop + proxy, measured (plus the configured proxy share)
+    in_flight: int
+    replicas: int
+    basis: str  # "empty", "router" or "reports": which source set wait_ms
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "wait_ms": self.wait_ms,
+            "overhead_ms": self.overhead_ms,
+            "in_flight": self.in_flight,
+            "replicas": self.replicas,
+            "basis": self.basis,
+        }
+
+
+def _finite_nonneg(x: float | None) -> bool:
+    return x is not None and math.isfinite(x) and x >= 0
+
+
+class QueueTracker:
+    def __init__(
+        self,
+        max_batch_size: int,
+        stale_after_s: float = 2.0,
+        replica_ttl_s: float = 30.0,
+        proxy_overhead_ms: float = 0.0,
+        overhead_quantile: float = 0.9,
+        window: int = 256,
+    ) -> None:
+        self.max_batch_size = max(1, max_batch_size)
+        self.stale_after_s, self.replica_ttl_s = stale_after_s, replica_ttl_s
+        self.proxy_overhead_ms, self.overhead_quantile = proxy_overhead_ms, overhead_quantile
+        self._in_flight: dict[int, tuple[str, float | None]] = {}
+        self._reports: dict[str, tuple[float, ReplicaReport]] = {}  # replica -> (received, report)
+        self._ratios: deque[float] = deque(maxlen=window)
+        self._service: deque[float] = deque(maxlen=window)
+        self._overhead: deque[float] = deque(maxlen=window)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def sent(self, token: int, config: str, expected_ms: float | None) -> None:
+        self._in_flight[token] = (config, expected_ms)
+
+    def failed(self, token: int) -> None:
+        self._in_flight.pop(token, None)
+
+    def done(
+        self,
+        token: int,
+        now: float,
+        *,
+        expected_ms: float | None,
+        service_ms: float | None,
+        router_ms: float,
+        queue_wait_ms: float | None,
+        report: ReplicaReport | None,
+    ) -> None:
+        """An answer came back. router_ms is the router's whole time for the request; what it
+        spent outside the replica's queue and service is the overhead we budget for."""
+        self._in_flight.pop(token, None)
+        if _finite_nonneg(service_ms):
+            assert service_ms is not None
+            self._service.append(service_ms)
+            if expected_ms is not None and expected_ms > 0:
+                self._ratios.append(service_ms / expected_ms)
+            if _finite_nonneg(queue_wait_ms):
+                assert queue_wait_ms is not None
+                self._overhead.append(max(0.0, router_ms - service_ms - queue_wait_ms))
+        if report is not None:
+            self._reports[report.replica] = (now, report)
+
+    # -- the estimate --------------------------------------------------------------------------
+
+    def ratio(self) -> float:
+        """Measured service / table latency; 1.0 (the table as is) before any answer."""
+        return median(self._ratios) if self._ratios else 1.0
+
+    def overhead_ms(self) -> float:
+        measured = 0.0
+        if self._overhead:
+            ordered = sorted(self._overhead)
+            measured = ordered[min(len(ordered) - 1, int(self.overhead_quantile * len(ordered)))]
+        return measured + self.proxy_overhead_ms
+
+    def replicas(self, now: float) -> int:
+        live = [r for r, (at, _) in self._reports.items() if now - at <= self.replica_ttl_s]
+        for r in [r for r in self._reports if r not in live]:
+            del self._reports[r]  # gone or idle for long: forget, so the dict stays bounded
+        return max(1, len(live))
+
+    def _router_wait(self, replicas: int) -> float:
+        groups: dict[str, list[float | None]] = {}
+        for config, e in self._in_flight.values():
+            groups.setdefault(config, []).append(e)
+        fallback = median(self._service) if self._service else 0.0
+        ratio, work = self.ratio(), 0.0
+        for members in groups.values():
+            known = [e for e in members if e is not None]
+            per_call = max(known) * ratio if known else fallback
+            work += math.ceil(len(members) / self.max_batch_size) * per_call
+        return work / replicas
+
+    def _report_wait(self, now: float) -> float | None:
+        fresh = [
+            max(0.0, rep.backlog_ms - (now - at) * 1000)
+            for at, rep in self._reports.values()
+            if now - at <= self.stale_after_s and _finite_nonneg(rep.backlog_ms)
+        ]
+        return sum(fresh) / len(fresh) if fresh else None
+
+    def estimate(self, now: float) -> WaitEstimate:
+        replicas = self.replicas(now)
+        router = self._router_wait(replicas)
+        reports = self._report_wait(now)
+        if reports is not None and reports > router:
+            wait, basis = reports, "reports"
+        else:
+            wait, basis = router, ("router" if self._in_flight else "empty")
+        return WaitEstimate(wait, self.overhead_ms(), len(self._in_flight), replicas, basis)

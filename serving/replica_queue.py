@@ -1,0 +1,86 @@
+"""A model replica's view of its own queue: who waits, what runs, how long work takes compared
+with the table. Pure (time is an argument), so the model deployment and tests share one rule."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from statistics import median
+
+
+@dataclass(frozen=True)
+class ReplicaReport:
+    """What a replica tells the router with each answer. `backlog_ms` is its estimate of the work a
+    request arriving now would wait for; `service_ratio` is measured / table latency (recent median)."""
+
+    replica: str
+    waiting: int
+    running: int
+    backlog_ms: float
+    service_ratio: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "replica": self.replica,
+            "waiting": self.waiting,
+            "running": self.running,
+            "backlog_ms": self.backlog_ms,
+            "service_ratio": self.service_ratio,
+        }
+
+
+class ReplicaQueue:
+    def __init__(self, replica: str, max_batch_size: int, window: int = 64) -> None:
+        self.replica = replica
+        self.max_batch_size = max(1, max_batch_size)
+        self._waiting: dict[int, tuple[str, float | None, float]] = {}  # token -> (config, expected, arrived)
+        self._running: dict[int, tuple[float, float]] = {}  # group id -> (started, expected ms scaled)
+        self._ratios: deque[float] = deque(maxlen=window)
+        self._service_ms: deque[float] = deque(maxlen=window)
+
+    def arrived(self, token: int, config: str, expected_ms: float | None, now: float) -> None:
+        self._waiting[token] = (config, expected_ms, now)
+
+    def started(self, group: int, tokens: list[int], now: float) -> list[float]:
+        """A backend call begins for `tokens`; returns each one's queue wait in ms."""
+        waits, expected = [], []
+        for t in tokens:
+            _, e, arrived = self._waiting.pop(t, ("", None, now))
+            waits.append((now - arrived) * 1000)
+            expected.append(e)
+        self._running[group] = (now, self._scaled(max((e for e in expected if e is not None), default=None)))
+        return waits
+
+    def finished(self, group: int, expected_ms: float | None, service_ms: float) -> None:
+        self._running.pop(group, None)
+        if math.isfinite(service_ms) and service_ms >= 0:
+            self._service_ms.append(service_ms)
+            if expected_ms is not None and expected_ms > 0:
+                self._ratios.append(service_ms / expected_ms)
+
+    def dropped(self, token: int) -> None:
+        """A request that never reached a backend call (bad knobs, cancelled)."""
+        self._waiting.pop(token, None)
+
+    def ratio(self) -> float | None:
+        return median(self._ratios) if self._ratios else None
+
+    def _scaled(self, expected_ms: float | None) -> float:
+        if expected_ms is None:  # no table latency: what recent calls took
+            return median(self._service_ms) if self._service_ms else 0.0
+        r = self.ratio()
+        return expected_ms * (r if r is not None else 1.0)
+
+    def report(self, now: float) -> ReplicaReport:
+        # Waiting requests of one config share a backend call (up to max_batch_size each).
+        groups: dict[str, list[float | None]] = {}
+        for config, e, _ in self._waiting.values():
+            groups.setdefault(config, []).append(e)
+        backlog = 0.0
+        for members in groups.values():
+            calls = math.ceil(len(members) / self.max_batch_size)
+            backlog += calls * self._scaled(max((e for e in members if e is not None), default=None))
+        for started, scaled in self._running.values():
+            backlog += max(0.0, scaled - (now - started) * 1000)
+        return ReplicaReport(self.replica, len(self._waiting), len(self._running), backlog, self.ratio())

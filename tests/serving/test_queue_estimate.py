@@ -1,0 +1,111 @@
+"""Queue-wait estimate, budget policy and the automatic-recalibration rule: pure functions, time
+given as an argument (no clocks, no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.budget_plan import parse_policy, refuse_strict, remaining_budget_ms, resolvable
+from serving.config import AutoRecalibrateSettings
+from serving.inputs import BadInput
+from serving.live_feedback import AutoState, should_publish
+from serving.queue_estimate import QueueTracker, WaitEstimate
+from serving.replica_queue import ReplicaQueue, ReplicaReport
+
+
+def test_empty_router_expects_no_wait() -> None:
+    e = QueueTracker(max_batch_size=4).estimate(now=0.0)
+    assert e.wait_ms == 0 and e.basis == "empty" and e.replicas == 1
+
+
+def test_in_flight_work_is_priced_per_backend_call_and_measured_ratio() -> None:
+    t = QueueTracker(max_batch_size=4)
+    for i in range(5):  # 5 of one config: two backend calls of 100 ms
+        t.sent(i, "low_4_12", 100.0)
+    t.sent(9, "high_8_16", 200.0)
+    assert t.estimate(0.0).wait_ms == pytest.approx(2 * 100 + 200)
+    # answers show the model runs at half the table's latency
+    t.done(0, 1.0, expected_ms=100.0, service_ms=50.0, router_ms=53.0, queue_wait_ms=1.0, report=None)
+    assert t.ratio() == 0.5
+    assert t.estimate(1.0).wait_ms == pytest.approx((100 + 200) * 0.5)  # 4 left of low: one call
+    assert t.overhead_ms() == pytest.approx(2.0)
+
+
+def test_stale_reports_are_ignored_and_new_replicas_do_not_count_as_capacity() -> None:
+    t = QueueTracker(max_batch_size=1, stale_after_s=2.0)
+    t.sent(1, "low_4_12", 100.0)
+    t.sent(2, "low_4_12", 100.0)
+    assert t.estimate(0.0).wait_ms == 200  # one replica assumed until others report
+    report = ReplicaReport("r1", waiting=10, running=1, backlog_ms=1000.0, service_ratio=1.0)
+    t.done(3, 10.0, expected_ms=None, service_ms=None, router_ms=1.0, queue_wait_ms=None, report=report)
+    e = t.estimate(10.5)
+    assert e.basis == "reports" and e.wait_ms == pytest.approx(500.0)  # aged by the 0.5 s since
+    assert t.estimate(13.0).basis == "router"  # older than stale_after_s: only the router's count
+    t.done(4, 13.0, expected_ms=None, service_ms=None, router_ms=1.0, queue_wait_ms=None,
+           report=ReplicaReport("r2", 0, 0, 0.0, None))
+    assert t.estimate(13.0).replicas == 2 and t.estimate(13.0).wait_ms == pytest.approx(100.0)
+
+
+def test_failed_requests_leave_the_queue() -> None:
+    t = QueueTracker(max_batch_size=1)
+    t.sent(1, "low_4_12", 100.0)
+    t.failed(1)
+    assert t.estimate(0.0).wait_ms == 0
+
+
+def test_replica_queue_waits_and_backlog() -> None:
+    q = ReplicaQueue("r", max_batch_size=2)
+    q.arrived(1, "a", 100.0, now=0.0)
+    q.arrived(2, "a", 100.0, now=0.0)
+    q.arrived(3, "b", 50.0, now=0.1)
+    assert q.report(0.1).backlog_ms == pytest.approx(150.0) and q.report(0.1).waiting == 3
+    assert q.started(1, [1, 2], now=0.2) == pytest.approx([200.0, 200.0])
+    assert q.report(0.25).backlog_ms == pytest.approx(50 + 50)  # 50 ms left of the running call
+    q.finished(1, 100.0, service_ms=80.0)
+    assert q.ratio() == pytest.approx(0.8)
+    assert q.report(0.3).backlog_ms == pytest.approx(40.0) and q.report(0.3).running == 0
+    q.dropped(3)
+    assert q.report(0.3).waiting == 0
+
+
+def test_remaining_budget_and_refusals() -> None:
+    e = WaitEstimate(wait_ms=300.0, overhead_ms=5.0, in_flight=3, replicas=1, basis="router")
+    assert remaining_budget_ms(200.0, e) == -105.0 and resolvable(-105.0) > 0
+    r = refuse_strict(200.0, 0.0, e, fastest_ms=80.0)  # room 115 ms for a 300 ms wait
+    assert r.status == 429 and r.retry_after_s == 1 and r.headers() == {"Retry-After": "1"}
+    long = refuse_strict(200.0, 0.0, WaitEstimate(5000.0, 5.0, 30, 1, "reports"), fastest_ms=80.0)
+    assert long.retry_after_s == 5
+    never = refuse_strict(50.0, 0.0, e, fastest_ms=80.0)  # even an empty queue would not do
+    assert never.status == 422 and never.retry_after_s is None and "at least 85 ms" in never.accepted
+
+
+@pytest.mark.parametrize("raw,expected", [(None, "best-effort"), ("", "best-effort"), ("strict", "strict"),
+                                          (" STRICT ", "strict"), ("best-effort", "best-effort")])
+def test_policy_header(raw: str | None, expected: str) -> None:
+    assert parse_policy(raw, "X-Budget-Policy", "best-effort") == expected
+
+
+@pytest.mark.parametrize("raw", ["fast", "strict;q=1", "x" * 5000, "NaN"])
+def test_bad_policy_names_header_value_and_accepted(raw: str) -> None:
+    with pytest.raises(BadInput) as e:
+        parse_policy(raw, "X-Budget-Policy", "best-effort")
+    assert e.value.field == "X-Budget-Policy" and str(e.value.value).startswith(raw[:20])
+    assert len(str(e.value.value)) <= 200  # a huge value is quoted short
+    assert "best-effort, strict" in e.value.accepted
+
+
+def test_auto_publish_needs_drift_held_for_long_enough_cooldown_and_no_rollback() -> None:
+    s = AutoRecalibrateSettings(enabled=True, drift_share=0.15, drift_for_s=10, cooldown_s=100)
+    st = AutoState()
+    assert not should_publish(st, 0.0, {"a": 0.3}, s, rollback_in_effect=False)  # drift starts
+    assert not should_publish(st, 5.0, {"a": 0.3}, s, rollback_in_effect=False)
+    assert not should_publish(st, 6.0, {"a": 0.05}, s, rollback_in_effect=False)  # back within: reset
+    assert not should_publish(st, 7.0, {"a": -0.3}, s, rollback_in_effect=False)
+    assert not should_publish(st, 20.0, {"a": -0.3}, s, rollback_in_effect=True)  # rollback pins
+    assert should_publish(st, 20.0, {"a": -0.3}, s, rollback_in_effect=False)
+    st.last_publish, st.drift_since = 20.0, None
+    should_publish(st, 30.0, {"a": 0.3}, s, rollback_in_effect=False)
+    assert not should_publish(st, 50.0, {"a": 0.3}, s, rollback_in_effect=False)  # cooldown
+    assert should_publish(st, 121.0, {"a": 0.3}, s, rollback_in_effect=False)
+    off = AutoRecalibrateSettings(enabled=False)
+    assert not should_publish(AutoState(), 1e9, {"a": 5.0}, off, rollback_in_effect=False)
