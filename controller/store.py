@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from controller.errors import PointerError, StoreError, StoreReadError, TableLoadError
+from controller.signing import SIG_SUFFIX, sign, verify
 from controller.store_fs import FsspecFS, LocalFS, NotAFileError
 
 if TYPE_CHECKING:
@@ -76,11 +77,20 @@ class TableStore:
     every node can read. Every read has `read_timeout_s`; publishes wait up to `lock_wait_s` for
     one another."""
 
-    def __init__(self, location: str, *, read_timeout_s: float = 10.0, lock_wait_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        location: str,
+        *,
+        read_timeout_s: float = 10.0,
+        lock_wait_s: float = 60.0,
+        verify_key: bytes | None = None,
+    ) -> None:
         if not location:
             raise StoreError("store location is empty; pass a directory or an s3:// or gs:// URL")
         self.location = location
         self.lock_wait_s = lock_wait_s
+        # With a key, load() accepts only versions whose .sig is the key's HMAC of the file.
+        self.verify_key = verify_key
         remote = location.startswith(REMOTE_SCHEMES)
         self._fs: LocalFS | FsspecFS = (
             FsspecFS(location, read_timeout_s) if remote else LocalFS(location, read_timeout_s)
@@ -151,7 +161,10 @@ class TableStore:
         from controller.table import Table
 
         version_id = self.resolve_id(version)
-        table = Table.from_json_bytes(self.read_bytes(version_id), source=self.source(version_id))
+        data = self.read_bytes(version_id)
+        if self.verify_key is not None:
+            self._verify(version_id, data, self.verify_key)
+        table = Table.from_json_bytes(data, source=self.source(version_id))
         if table.version_id != version_id:
             raise TableLoadError(
                 self.source(version_id),
@@ -159,6 +172,17 @@ class TableStore:
                 "publish tables with `lookupctl publish` rather than copying files into the store",
             )
         return table
+
+    def _verify(self, version_id: str, data: bytes, key: bytes) -> None:
+        rel = f"{VERSIONS_DIR}/{version_id}.json{SIG_SUFFIX}"
+        try:
+            signature = self._fs.read(rel, 256)
+        except (FileNotFoundError, NotAFileError):
+            raise TableLoadError(
+                self.source(version_id), "is not signed; publish it with `lookupctl publish --sign-key-file KEY`"
+            ) from None
+        if not verify(key, data, signature):
+            raise TableLoadError(self.source(version_id), "signature does not match (not signed with this key)")
 
     def versions(self) -> list[VersionInfo]:
         """Every version, oldest first. A file that does not load is listed with its problem."""
@@ -193,12 +217,14 @@ class TableStore:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def publish(self, table: Table, *, now: datetime | None = None) -> Table:
+    def publish(self, table: Table, *, now: datetime | None = None, sign_key: bytes | None = None) -> Table:
         """Give the table a new version id, write its file, then move LATEST to it. Returns the
         published table. The table is re-validated from its bytes first: an invalid one is refused."""
-        return self.publish_report(table, now=now).table
+        return self.publish_report(table, now=now, sign_key=sign_key).table
 
-    def publish_report(self, table: Table, *, now: datetime | None = None) -> PublishReport:
+    def publish_report(
+        self, table: Table, *, now: datetime | None = None, sign_key: bytes | None = None
+    ) -> PublishReport:
         """`publish`, also saying what LATEST named before and after. Publishes are serialised by
         the store's lock and the id is taken inside it, so ids follow the order in which publishes
         got the lock and the last publish to finish leaves LATEST on the newest version."""
@@ -218,7 +244,10 @@ class TableStore:
                 # Same microsecond or a clock step back: stay strictly after the newest id.
                 version_id = _successor(newest, table.sha256)
             published = table.with_version(version_id)
-            self._fs.write_new(f"{VERSIONS_DIR}/{version_id}.json", published.to_json_bytes())
+            data = published.to_json_bytes()
+            if sign_key is not None:  # the signature first: LATEST never names an unsigned version
+                self._fs.write_new(f"{VERSIONS_DIR}/{version_id}.json{SIG_SUFFIX}", sign(sign_key, data))
+            self._fs.write_new(f"{VERSIONS_DIR}/{version_id}.json", data)
             self._move_latest(version_id)
             after = self._latest_or_none()
         return PublishReport(published, before, after)

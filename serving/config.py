@@ -101,6 +101,9 @@ class ControllerSettings(_Strict):
     resolve_mode: Literal["local", "remote", "fixed"] = "local"
     timeout_s: float = Field(default=0.5, gt=0, le=60)
     feedback: FeedbackSettings = FeedbackSettings()
+    # HMAC key file: when set, only versions signed with it (`lookupctl publish --sign-key-file`)
+    # are served, so that write access to the store alone cannot change what is served.
+    verify_key_file: str | None = None
 
     def user_config(self) -> dict[str, Any]:
         return {
@@ -110,6 +113,7 @@ class ControllerSettings(_Strict):
             "max_batch_size": self.batch.max_batch_size,
             "batch_wait_timeout_s": self.batch.batch_wait_timeout_s,
             "feedback": self.feedback.model_dump(),
+            "verify_key_file": self.verify_key_file,
         }
 
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from controller import Table
+from controller.signing import read_key_file
 from controller.store import TableStore
 from controller.validate import validate_budget, validate_tolerance
 from serving.backends.base import SupportedRanges
@@ -36,6 +37,13 @@ class ControllerUserConfig(BaseModel):
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     batch_wait_timeout_s: float = Field(default=0.002, ge=0, le=10)
     feedback: FeedbackSettings = FeedbackSettings()
+    verify_key_file: str | None = None  # see ControllerSettings.verify_key_file
+
+
+def _store(config: ControllerUserConfig) -> TableStore:
+    """With verify_key_file, only versions signed with that key load (controller/signing.py)."""
+    key = read_key_file(config.verify_key_file) if config.verify_key_file else None
+    return TableStore(config.store, verify_key=key)
 
 
 async def _awaited(response: Any) -> Any:
@@ -68,7 +76,7 @@ class LookupController:
         self._ranges_at = 0.0
         self.replica_id = _replica_id()
         self.metrics = controller_metrics()
-        self.watcher = TableWatcher(TableStore(self.config.store), self.config.version)
+        self.watcher = TableWatcher(_store(self.config), self.config.version)
         self.table: Table | None = None
         self._table_bytes = b""
         self._served_since: float | None = None  # wall clock of the last swap (unix seconds)
@@ -87,8 +95,12 @@ class LookupController:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Quick by design: Serve takes the replica out of routing while this runs."""
         new = ControllerUserConfig.model_validate(user_config)
-        if (new.store, new.version) != (self.config.store, self.config.version):
-            self.watcher.retarget(TableStore(new.store), new.version)
+        if (new.store, new.version, new.verify_key_file) != (
+            self.config.store,
+            self.config.version,
+            self.config.verify_key_file,
+        ):
+            self.watcher.retarget(_store(new), new.version)
             self._wake.set()  # the watcher task loads the newly targeted version off the loop
         if new.feedback != self.config.feedback or new.store != self.config.store:
             self.live = LiveFeedback(new.feedback, new.store, self.replica_id)  # starts a new window

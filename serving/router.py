@@ -9,12 +9,15 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serving.auth import HEADER, ActiveKeys, ApiKeys
 from serving.body import generate_body
 from serving.budget_plan import parse_policy
 from serving.config import ServingConfig
 from serving.inputs import BadInput, parse_budget, parse_dataset, parse_tolerance, single
 from serving.metrics import router_metrics
 from serving.model_call import ModelCallError, call_model
+from serving.public_views import controller_status as public_controller
+from serving.public_views import local_table_status
 from serving.queue_admission import QueueAdmission
 from serving.resolver import Answer, Resolver
 from serving.stats import router_stats
@@ -28,6 +31,19 @@ async def _bad_input(_: Request, e: BadInput) -> JSONResponse:
     router_metrics().bad_requests.inc(tags={"reason": e.field})
     router_stats().bad_request(e.field)
     return JSONResponse(e.to_dict(), status_code=e.status)
+
+
+@api.middleware("http")
+async def _require_key(request: Request, call_next: Any) -> Any:
+    keys = ActiveKeys.keys
+    if keys is not None and not ApiKeys.is_open(request.url.path):
+        values = request.headers.getlist(HEADER)
+        if len(values) != 1 or not keys.allows(values[0]):
+            bad = BadInput(HEADER, None, "is missing or not a valid API key", f"send {HEADER}: Bearer <key>", 401)
+            response = await _bad_input(request, bad)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+    return await call_next(request)
 
 
 @api.exception_handler(RequestValidationError)
@@ -66,6 +82,8 @@ class Router:
         self.resolver = Resolver(controller, self.config.controller, self.config.fallback)
         self.metrics = router_metrics()
         self.stats = router_stats()
+        keys = self.config.auth.api_keys_file
+        ActiveKeys.keys = ApiKeys.from_file(keys) if keys else None
         self.admission = QueueAdmission(self.config, controller)
         await self.resolver.start()
         self.admission.start()
@@ -174,8 +192,12 @@ class Router:
         return {
             "resolve_mode": self.config.controller.resolve_mode,
             "table_version": in_use,
-            "router": {"replica_id": serve.get_replica_context().replica_id.unique_id, "local_table": local},
-            "controller": controller,
+            "router": {
+                "replica_id": serve.get_replica_context().replica_id.unique_id,
+                "local_table": local_table_status(local),
+            },
+            # Bounded and without paths, the build's source or Ray internals (public_views.py).
+            "controller": public_controller(controller),
         }
 
     @api.get("/v1/stats")
@@ -184,14 +206,16 @@ class Router:
         answers (the Ray metrics carry the same numbers, for Prometheus)."""
         local = self.resolver.local.status() if self.config.controller.resolve_mode == "local" else None
         controller = await self.resolver.controller_status()
-        if "error" not in controller:
+        if "error" in controller:
+            controller = public_controller(controller)
+        else:
             controller = {
                 "replica_id": controller.get("replica_id"),
                 "table_version": controller.get("table_version"),
                 "reloads_accepted": controller.get("reloads_accepted"),
                 "reloads_rejected": controller.get("reloads_rejected"),
-                "last_rejection": controller.get("last_rejection"),
-                "last_error": controller.get("last_error"),
+                "last_rejection": public_controller(controller)["last_rejection"],  # paths cut
+                "last_error": public_controller(controller)["last_error"],
                 "live": controller.get("live"),
                 "read_failures": controller.get("read_failures"),
             }

@@ -13,6 +13,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("table", help="table JSON file (from `lookupctl build`)")
     p.add_argument("--store", required=True, help="store directory, or s3:// / gs:// URL")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--sign-key-file",
+        metavar="FILE",
+        help="HMAC key: write versions/<id>.json.sig, for controllers that set verify_key_file",
+    )
     p.set_defaults(func=_publish)
 
     v = subparsers.add_parser("versions", help="list the versions in a store")
@@ -27,9 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _publish(args: argparse.Namespace) -> int:
+    from controller.signing import read_key_file
     from controller.table import load_table
 
-    report = TableStore(args.store).publish_report(load_table(args.table))
+    key = read_key_file(args.sign_key_file) if args.sign_key_file else None
+    report = TableStore(args.store).publish_report(load_table(args.table), sign_key=key)
     published = report.table
     if args.json:
         print(

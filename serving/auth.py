@@ -1,0 +1,50 @@
+"""Optional API keys for the router's HTTP routes (`auth.api_keys_file`; docs/security.md)."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+HEADER = "Authorization"
+OPEN_PATHS = ("/healthz",)  # probes carry no key
+
+
+class ActiveKeys:
+    """The keys of the Router replica in this process (None: auth off). A class attribute in an
+    importable module, so that the replica's __init__ and the app's middleware see the same one
+    (Serve may pickle the ingress class and its module globals by value)."""
+
+    keys: ApiKeys | None = None
+
+
+class ApiKeys:
+    def __init__(self, keys: list[bytes]) -> None:
+        self.keys = keys
+
+    @classmethod
+    def from_file(cls, path: str) -> ApiKeys:
+        """One key per line; blank lines and lines starting with # are skipped. Errors name the
+        file, never a key."""
+        p = Path(path).expanduser()
+        try:
+            lines = p.read_bytes().splitlines()
+        except OSError as e:
+            raise ValueError(f"auth.api_keys_file={str(p)!r}: cannot read ({e.strerror or e})") from None
+        keys = [k.strip() for k in lines if k.strip() and not k.strip().startswith(b"#")]
+        if not keys or any(len(k) < 16 for k in keys):
+            raise ValueError(
+                f"auth.api_keys_file={str(p)!r} must hold keys of at least 16 characters, one per line "
+                "(e.g. `openssl rand -hex 32`)"
+            )
+        return cls(keys)
+
+    def allows(self, header_value: str | None) -> bool:
+        if not header_value or not header_value.startswith("Bearer "):
+            return False
+        given = header_value[len("Bearer ") :].strip().encode("latin-1", "replace")
+        # compare_digest against every key, no early exit: the time taken says nothing about keys.
+        return sum(hmac.compare_digest(given, k) for k in self.keys) > 0
+
+    @staticmethod
+    def is_open(path: str) -> bool:
+        return path.rstrip("/").endswith(OPEN_PATHS)
