@@ -9,13 +9,11 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, OlmoeConfig, OlmoeForCausalLM
 
-from controller.errors import ControllerError
+from moe.errors import ModelLoadError
 from moe.knob_patch import install_knobs
 from moe.vision import VisionStage, build_vision_stage
 
-
-class ModelLoadError(ControllerError):
-    """A preset name, checkpoint path or model option is not usable."""
+__all__ = ["ModelLoadError", "PRESETS", "LoadedModel", "build_model", "resolve_dtype"]
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ class GenerationResult:
     # ms: "vision", "prefill", "decode", "total" for the batch this request ran in.
     timings_ms: dict[str, float]
     decode_per_step_ms: list[float] = field(default_factory=list)
+    # Float32 logits per generated token (first from the prefill), when the caller asked for them.
+    logits: list[Any] | None = None
 
     @property
     def total_sequence_length(self) -> int:

@@ -1,0 +1,485 @@
+"""Static-shape generation engine: one KV cache per replica, CUDA graphs per knob pair and shape.
+
+Why: at batch 1 the eager model is host-bound (Python dispatch of hundreds of small kernels per
+forward), so its latency is slow and jumps between regimes; no lookup table can be right about it.
+Replaying a captured CUDA graph costs one launch, and a knob change is a change of graph.
+
+The shapes are fixed up front:
+- one KV buffer `(layers, 2, max_batch, kv_heads, context, head_dim)`, allocated once; a batch uses
+  rows 0..b-1 of it (a view, so every graph sees fixed addresses), and a `key_valid` mask marks the
+  positions each row may attend to, so nothing is cleared between requests;
+- prefill runs one request at a time at batch 1 into row 0, its tokens left-padded to a length
+  bucket (`prefill_step` steps up to `max_prompt_tokens`); padding positions attend only to
+  themselves, so no row of the attention is empty and no NaN can reach the cache;
+- the prompt's keys and values then move to the request's row, aligned so that every row of the
+  batch ends its prompt at the same cache index `E`: decode writes all rows at one index per step
+  (rotary positions come from `position_ids`, so the cache index need not equal the position);
+- decode runs at batch buckets (1, 2, 4, 8); spare rows compute on an empty history and are dropped;
+- the vision stand-in runs per image count.
+
+Graphs are captured per `(top_k, num_active_blocks)` pair: the knobs pick which blocks run and how
+many experts each token takes while the graph is recorded (moe.knob_patch), so a replay carries
+them. The eager mode runs the very same step functions without capture (the CPU path, and the
+baseline the graphs are compared against), so both modes compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from transformers.cache_utils import Cache
+
+from controller.knobs import TIER_CROP_RANGE, Knobs
+from moe.errors import ConfigDisabledError, InputTooLongError
+from moe.knob_patch import ForwardKnobs, knob_context
+from moe.runner import _CACHE_KW, GenerationResult, MoERunner, PromptInput
+from moe.vision import fill_pixels
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[int, int]  # (top_k, num_active_blocks): what a language-model graph depends on
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    mode: Literal["graph", "eager"] = "graph"
+    # Vision plus text tokens of one request; the largest prefill bucket. The high tier's 15 crops
+    # are 2,304 vision tokens, so the default leaves 256 for the prompt.
+    max_prompt_tokens: int = 2560
+    prefill_step: int = 256
+    max_new_tokens: int = 512
+    decode_buckets: tuple[int, ...] = (1, 2, 4, 8)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("graph", "eager"):
+            raise ValueError(f"engine mode={self.mode!r} is not valid; expected graph or eager")
+        if self.prefill_step < 1 or self.max_prompt_tokens < self.prefill_step:
+            raise ValueError(
+                f"prefill_step={self.prefill_step}, max_prompt_tokens={self.max_prompt_tokens}: "
+                "expected 1 <= prefill_step <= max_prompt_tokens"
+            )
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if not self.decode_buckets or sorted(set(self.decode_buckets)) != list(self.decode_buckets) or (
+            self.decode_buckets[0] < 1
+        ):
+            raise ValueError(f"decode_buckets={self.decode_buckets} must be increasing integers >= 1")
+
+    def prefill_buckets(self) -> list[int]:
+        sizes = list(range(self.prefill_step, self.max_prompt_tokens + 1, self.prefill_step))
+        if sizes[-1] != self.max_prompt_tokens:
+            sizes.append(self.max_prompt_tokens)
+        return sizes
+
+
+@dataclass
+class CaptureReport:
+    """What capture cost and what it could not do; shown at start-up and in /v1/stats."""
+
+    mode: str
+    pairs: list[Pair] = field(default_factory=list)
+    graphs: int = 0
+    seconds: float = 0.0
+    graph_memory_bytes: int = 0
+    kv_cache_bytes: int = 0
+    disabled: dict[str, str] = field(default_factory=dict)  # "top_k/blocks" -> reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "pairs": [list(p) for p in self.pairs],
+            "graphs": self.graphs,
+            "capture_seconds": round(self.seconds, 3),
+            "graph_memory_mib": round(self.graph_memory_bytes / 2**20, 1),
+            "kv_cache_mib": round(self.kv_cache_bytes / 2**20, 1),
+            "disabled": dict(self.disabled),
+        }
+
+
+def pair_of(knobs: Knobs) -> Pair:
+    return (knobs.top_k, knobs.num_active_blocks)
+
+
+def pair_name(pair: Pair) -> str:
+    return f"top_k={pair[0]}/blocks={pair[1]}"
+
+
+class _RowsCache(Cache):
+    """The engine's KV buffer seen by one forward: rows 0..rows-1, written at `write_at` (a device
+    tensor of cache indices), attended over the first `kv_len` indices. transformers calls only
+    `update` here: positions and the 4-D mask are given explicitly, so no length is ever read."""
+
+    is_compileable = False
+
+    def __init__(self, kv: torch.Tensor, rows: int, write_at: torch.Tensor, kv_len: int) -> None:
+        # Cache.__init__ builds per-layer storage this class does not use; its signature also
+        # differs between transformers releases.
+        self.layers: list[Any] = []
+        self.kv, self.rows, self.write_at, self.kv_len = kv, rows, write_at, kv_len
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *a: Any, **kw: Any):
+        k = self.kv[layer_idx, 0, : self.rows]
+        v = self.kv[layer_idx, 1, : self.rows]
+        k.index_copy_(2, self.write_at, key_states.to(k.dtype))
+        v.index_copy_(2, self.write_at, value_states.to(v.dtype))
+        return k[:, :, : self.kv_len], v[:, :, : self.kv_len]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+
+class GenerationEngine:
+    """Greedy generation with fixed shapes; thread-safe (one batch at a time, under a lock)."""
+
+    def __init__(self, runner: MoERunner, options: EngineOptions | None = None) -> None:
+        self.runner = runner
+        self.options = o = options or EngineOptions()
+        m = runner.model
+        self.model, self.device, self.dtype = m, m.device, m.dtype
+        self.codec = runner.codec
+        self.eos_token_id = runner.eos_token_id
+        self.use_graphs = o.mode == "graph" and self.device.type == "cuda"
+        self.report = CaptureReport(mode="graph" if self.use_graphs else "eager")
+        self.buckets = o.prefill_buckets()
+        self.max_batch = o.decode_buckets[-1]
+        self.context = o.max_prompt_tokens + o.max_new_tokens
+        self._lock = threading.RLock()
+        self._graphs: dict[tuple[Any, ...], torch.cuda.CUDAGraph] = {}
+        self._ready: set[Pair] = set()  # pairs whose graphs are all captured (or, eager, dry-run)
+        self._disabled: dict[Pair, str] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self._alloc_buffers()
+
+    # ---- buffers -----------------------------------------------------------------------------
+    def _alloc_buffers(self) -> None:
+        cfg, dev, o = self.model.config, self.device, self.options
+        heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        hidden, vocab = int(cfg.hidden_size), int(cfg.vocab_size)
+        B, C = self.max_batch, self.context
+        with torch.inference_mode():
+            self.kv = torch.zeros(self.model.num_blocks, 2, B, heads, C, head_dim, device=dev, dtype=self.dtype)
+            self.report.kv_cache_bytes = self.kv.numel() * self.kv.element_size()
+            # prefill inputs and outputs (batch 1, row 0)
+            self.embeds = torch.zeros(1, o.max_prompt_tokens, hidden, device=dev, dtype=self.dtype)
+            self.pad_start = torch.zeros(1, device=dev, dtype=torch.long)
+            self.arange = {P: torch.arange(P, device=dev) for P in self.buckets}
+            self.prefill_logits = torch.zeros(1, vocab, device=dev, dtype=torch.float32)
+            self.prefill_token = torch.zeros(1, device=dev, dtype=torch.long)
+            # decode state: advanced inside the step, so a replay needs no host work
+            self.tok = torch.zeros(B, device=dev, dtype=torch.long)
+            self.pos = torch.zeros(B, 1, device=dev, dtype=torch.long)
+            self.cpos = torch.zeros(1, device=dev, dtype=torch.long)
+            self.key_valid = torch.zeros(B, C, device=dev, dtype=torch.bool)
+            self.decode_logits = torch.zeros(B, vocab, device=dev, dtype=torch.float32)
+        self.pixels: dict[int, torch.Tensor] = {}
+        self.vision_out: dict[int, torch.Tensor] = {}
+
+    def _vision_buffers(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if n not in self.pixels:
+            size = self.model.vision.image_size
+            with torch.inference_mode():
+                self.pixels[n] = torch.zeros(n, 3, size, size, device=self.device, dtype=self.dtype)
+                hidden = int(self.model.config.hidden_size)
+                self.vision_out[n] = torch.zeros(n, 144, hidden, device=self.device, dtype=self.dtype)
+        return self.pixels[n], self.vision_out[n]
+
+    # ---- the step functions (captured as graphs, or run as they are) ---------------------------
+    def _vision_step(self, n: int) -> None:
+        pixels, out = self._vision_buffers(n)
+        out.copy_(self.model.vision(pixels))
+
+    def _prefill_step(self, P: int) -> None:
+        ar = self.arange[P]
+        q, k = ar[:, None], ar[None, :]
+        # Left padding: keys from pad_start on, causal; a padding query sees only itself.
+        mask = (k <= q) & ((k >= self.pad_start) | (k == q))
+        pos = (ar - self.pad_start).clamp(min=0)[None, :]
+        cache = _RowsCache(self.kv, 1, ar, P)
+        out = self.model.lm.model(
+            inputs_embeds=self.embeds[:, :P],
+            attention_mask=mask[None, None],
+            position_ids=pos,
+            use_cache=True,
+            **{_CACHE_KW: cache},
+        )
+        logits = self.model.lm.lm_head(out.last_hidden_state[:, -1]).float()
+        self.prefill_logits.copy_(logits)
+        self.prefill_token.copy_(logits.argmax(-1))
+
+    def _decode_step(self, b: int) -> None:
+        self.key_valid[:b].index_fill_(1, self.cpos, True)
+        cache = _RowsCache(self.kv, b, self.cpos, self.context)
+        out = self.model.lm.model(
+            input_ids=self.tok[:b, None],
+            attention_mask=self.key_valid[:b, None, None, :],
+            position_ids=self.pos[:b],
+            use_cache=True,
+            **{_CACHE_KW: cache},
+        )
+        logits = self.model.lm.lm_head(out.last_hidden_state[:, -1]).float()
+        self.decode_logits[:b].copy_(logits)
+        self.tok[:b].copy_(logits.argmax(-1))
+        self.pos[:b].add_(1)
+        self.cpos.add_(1)
+
+    def _run(self, key: tuple[Any, ...], step: Callable[[], None]) -> None:
+        graph = self._graphs.get(key)
+        if graph is not None:
+            graph.replay()
+        else:
+            step()
+
+    # ---- capture ---------------------------------------------------------------------------
+    def vision_counts(self, tiers: Iterable[str]) -> list[int]:
+        return sorted({c + 1 for t in tiers for c in range(TIER_CROP_RANGE[t][0], TIER_CROP_RANGE[t][1] + 1)})
+
+    def prepare(self, configs: Iterable[Knobs]) -> CaptureReport:
+        """Make every config ready: capture its graphs (graph mode) or dry-run it (eager mode).
+        Idempotent; a pair that fails is disabled with its reason and the rest go on."""
+        configs = list(configs)
+        pairs = sorted({pair_of(k) for k in configs} - self._ready - set(self._disabled))
+        counts = [n for n in self.vision_counts({k.tier for k in configs}) if ("vision", n) not in self._graphs]
+        if not pairs and not (self.use_graphs and counts):
+            return self.report
+        started = time.perf_counter()
+        before = torch.cuda.memory_reserved(self.device) if self.use_graphs else 0
+        with self._lock, torch.inference_mode():
+            if self.use_graphs:
+                for n in counts:
+                    self._capture(("vision", n), lambda n=n: self._vision_step(n), ForwardKnobs())
+            for pair in pairs:
+                try:
+                    self.runner.validate(Knobs("low", *pair))
+                    self._prepare_pair(pair)
+                    self._ready.add(pair)
+                    self.report.pairs.append(pair)
+                except Exception as e:  # noqa: BLE001 - any failure disables this pair only
+                    self._drop_pair(pair)
+                    reason = f"{'capture' if self.use_graphs else 'dry run'} failed: {type(e).__name__}: {e}"
+                    self._disabled[pair] = reason[:300]
+                    self.report.disabled[pair_name(pair)] = self._disabled[pair]
+                    log.error("engine: %s disabled: %s", pair_name(pair), reason)
+        if self.use_graphs:
+            torch.cuda.synchronize(self.device)
+            self.report.graph_memory_bytes += torch.cuda.memory_reserved(self.device) - before
+        self.report.graphs = len(self._graphs)
+        self.report.seconds += time.perf_counter() - started
+        log.info("engine: %s", self.report.to_dict())
+        return self.report
+
+    def _prepare_pair(self, pair: Pair) -> None:
+        fk = self.runner.forward_knobs(Knobs("low", *pair))
+        if not self.use_graphs:  # eager: one small pass of each step, so a broken pair shows now
+            with knob_context(fk):
+                self._reset_decode_state()
+                self._prefill_step(self.buckets[0])
+                self._decode_step(self.options.decode_buckets[0])
+            self._reset_decode_state()
+            return
+        for b in self.options.decode_buckets:
+            self._capture(("decode", pair, b), lambda b=b: self._decode_step(b), fk)
+        for P in self.buckets:
+            self._capture(("prefill", pair, P), lambda P=P: self._prefill_step(P), fk)
+
+    def _capture(self, key: tuple[Any, ...], step: Callable[[], None], fk: ForwardKnobs) -> None:
+        with knob_context(fk):
+            # Warm-up on a side stream (PyTorch's advice): kernels pick their algorithms and the
+            # allocator grows before the capture records addresses.
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._reset_decode_state()
+                    step()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._reset_decode_state()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                step()
+        self._graphs[key] = graph
+
+    def _drop_pair(self, pair: Pair) -> None:
+        for key in [k for k in self._graphs if len(k) == 3 and k[1] == pair]:
+            del self._graphs[key]
+
+    def _reset_decode_state(self) -> None:
+        self.cpos.zero_()
+        self.pos.zero_()
+        self.tok.zero_()
+        self.key_valid.zero_()
+
+    # ---- what this replica can run -----------------------------------------------------------
+    def disabled(self) -> dict[str, str]:
+        return {pair_name(p): r for p, r in self._disabled.items()}
+
+    def is_ready(self, knobs: Knobs) -> bool:
+        return pair_of(knobs) in self._ready
+
+    def check(self, knobs: Knobs) -> None:
+        """Raise if this replica cannot run `knobs` at all (bad range, or disabled)."""
+        self.runner.validate(knobs)
+        reason = self._disabled.get(pair_of(knobs))
+        if reason is not None:
+            raise ConfigDisabledError(knobs.key, reason)
+
+    def prompt_tokens(self, x: PromptInput) -> int:
+        return x.num_images * 144 + len(self.codec.encode(x.prompt))
+
+    def check_input(self, x: PromptInput, max_new_tokens: int) -> None:
+        n = self.prompt_tokens(x)
+        if n > self.options.max_prompt_tokens:
+            raise InputTooLongError(
+                "prompt_tokens",
+                n,
+                self.options.max_prompt_tokens,
+                "image tokens plus prompt tokens; send a shorter prompt or a lower tier",
+            )
+        if max_new_tokens > self.options.max_new_tokens:
+            raise InputTooLongError(
+                "max_new_tokens", max_new_tokens, self.options.max_new_tokens, "ask for fewer new tokens"
+            )
+
+    # ---- generation ------------------------------------------------------------------------
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _bucket(self, n: int) -> int:
+        return next(P for P in self.buckets if P >= n)
+
+    def generate(
+        self,
+        knobs: Knobs,
+        inputs: Sequence[PromptInput],
+        *,
+        max_new_tokens: int = 16,
+        prefill_only: bool = False,
+        keep_logits: bool = False,
+    ) -> list[GenerationResult]:
+        """Greedy generation for requests that share `knobs`, the same results as
+        MoERunner.generate. A config not prepared yet runs eagerly (same numbers, slower) and is
+        not captured here: capture belongs off the request path (`prepare`)."""
+        if not inputs:
+            return []
+        if max_new_tokens < 1:
+            raise InputTooLongError("max_new_tokens", max_new_tokens, 1, "expected an integer >= 1")
+        self.check(knobs)
+        for x in inputs:
+            self.check_input(x, max_new_tokens)
+        out: list[GenerationResult] = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(inputs), self.max_batch):
+                chunk = inputs[start : start + self.max_batch]
+                out += self._generate_chunk(knobs, chunk, 1 if prefill_only else max_new_tokens, keep_logits)
+        return out
+
+    def _generate_chunk(
+        self, knobs: Knobs, inputs: Sequence[PromptInput], max_new_tokens: int, keep_logits: bool
+    ) -> list[GenerationResult]:
+        pair = pair_of(knobs)
+        fk = self.runner.forward_knobs(knobs)
+        n = len(inputs)
+        b = next(x for x in self.options.decode_buckets if x >= n)
+        emb = self.model.lm.get_input_embeddings()
+        text_ids = [self.codec.encode(x.prompt) for x in inputs]
+        lengths = [x.num_images * 144 + len(ids) for x, ids in zip(inputs, text_ids, strict=True)]
+        pads = [self._bucket(L) for L in lengths]
+        end = max(pads)  # every row's prompt ends at cache index `end`
+        first_logits: list[torch.Tensor] = [torch.empty(0)] * n
+        vision_ms = prefill_ms = 0.0
+        with knob_context(fk):
+            t_start = self._now()
+            # Reversed: row 0 is the staging row, so request 0 is prefilled last and stays there.
+            for i in reversed(range(n)):
+                x, L, P = inputs[i], lengths[i], pads[i]
+                t0 = self._now()
+                nimg = x.num_images
+                if nimg:
+                    pixels, vis = self._vision_buffers(nimg)
+                    fill_pixels(pixels, x.image_seed)
+                    self._run(("vision", nimg), lambda nimg=nimg: self._vision_step(nimg))
+                t1 = self._now()
+                self.embeds[:, : P - L].zero_()
+                if nimg:
+                    self.embeds[0, P - L : P - L + nimg * 144].copy_(vis.reshape(-1, vis.shape[-1]))
+                ids = torch.tensor(text_ids[i], device=self.device)
+                self.embeds[0, P - L + nimg * 144 : P].copy_(emb(ids))
+                self.pad_start.fill_(P - L)
+                self._run(("prefill", pair, P), lambda P=P: self._prefill_step(P))
+                self.tok[i : i + 1].copy_(self.prefill_token)
+                if keep_logits:
+                    first_logits[i] = self.prefill_logits[0].clone()
+                src = self.kv[:, :, 0, :, P - L : P]
+                if i > 0:
+                    self.kv[:, :, i, :, end - L : end].copy_(src)
+                elif end != P:
+                    self.kv[:, :, 0, :, end - L : end].copy_(src.clone())
+                t2 = self._now()
+                vision_ms += (t1 - t0) * 1e3
+                prefill_ms += (t2 - t1) * 1e3
+            # Decode state: row i attends to its prompt [end - L_i, end), then to what it writes.
+            self.key_valid[:b].zero_()
+            for i, L in enumerate(lengths):
+                self.key_valid[i, end - L : end] = True
+                self.pos[i].fill_(L)
+            if b > n:
+                self.tok[n:b].fill_(self.runner.pad_token_id)
+                self.pos[n:b].zero_()
+            self.cpos.fill_(end)
+            tokens = [self.tok[:n].clone()]
+            step_logits: list[torch.Tensor] = []
+            steps_ms: list[float] = []
+            done = self._finished(tokens[0])
+            t_decode = self._now()
+            for _ in range(max_new_tokens - 1):
+                if bool(done.all()):
+                    break
+                t = time.perf_counter()
+                self._run(("decode", pair, b), lambda: self._decode_step(b))
+                tok = self.tok[:n].clone()
+                tokens.append(tok)
+                if keep_logits:
+                    step_logits.append(self.decode_logits[:n].clone())
+                done = done | self._finished(tok)
+                steps_ms.append((self._now() - t) * 1e3)
+            t_end = self._now()
+        timings = {
+            "vision": vision_ms,
+            "prefill": prefill_ms,
+            "decode": (t_end - t_decode) * 1e3,
+            "total": (t_end - t_start) * 1e3,
+        }
+        generated = torch.stack(tokens, dim=1).tolist()
+        results = []
+        for i, x in enumerate(inputs):
+            ids = generated[i]
+            eos = self.eos_token_id is not None and self.eos_token_id in ids
+            if eos:
+                ids = ids[: ids.index(self.eos_token_id) + 1]
+            res = GenerationResult(
+                token_ids=ids,
+                text=self.codec.decode(ids),
+                ends_with_eos=eos,
+                num_crops=x.num_crops,
+                vision_tokens=x.num_images * 144,
+                text_tokens=len(text_ids[i]),
+                timings_ms=dict(timings),
+                decode_per_step_ms=list(steps_ms),
+            )
+            if keep_logits:
+                res.logits = [first_logits[i]] + [s[i] for s in step_logits][: len(ids) - 1]
+            results.append(res)
+        return results
+
+    def _finished(self, token: torch.Tensor) -> torch.Tensor:
+        if self.eos_token_id is None:
+            return torch.zeros_like(token, dtype=torch.bool)
+        return token == self.eos_token_id
