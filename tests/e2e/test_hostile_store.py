@@ -125,6 +125,9 @@ def test_table_with_configs_the_model_cannot_run_is_rejected(app: App) -> None:
     stats = app.stats()
     assert stats["controller"]["reloads_rejected"] >= 1
     assert set(stats["router"]["model_errors"]) <= set(ModelCallError.KINDS)
+    print(
+        f"hostile store: unsupported config rejected and counted; {len(ok)} x 200, {len(others)} x 503 during restart"
+    )
 
 
 def test_replica_errors_arrive_typed_and_readable(app: App) -> None:
@@ -159,6 +162,7 @@ def test_fifo_version_file_is_rejected_and_reload_goes_on(app: App) -> None:
     # A later good publish is served.
     good = app.store.publish(synthetic_table(latency_scale=0.8))
     until(lambda: app.http.get("/v1/table").json()["table_version"] == good.version_id, "good publish served")
+    print("hostile store: FIFO version rejected and counted; lookupctl versions answered; next publish served")
 
 
 @pytest.mark.parametrize(
@@ -176,6 +180,7 @@ def test_bad_latest_is_a_counted_rejection_and_serving_is_untouched(app: App, po
         assert stats["controller"]["last_rejection"]["version_id"] == "LATEST"
         assert stats["table_version"] == serving
     _no_failures(load)
+    print(f"hostile store: LATEST={pointer[:20]!r} rejected and counted; {len(load.samples)} requests, 0 failed")
 
 
 def test_restarted_controller_with_bad_latest_serves_the_newest_valid_version(app: App) -> None:
