@@ -2,6 +2,7 @@
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 from ray.serve import Application
@@ -64,20 +65,33 @@ def seed_store(store: str, results_dir: str) -> str | None:
     return published.version_id
 
 
-def build_app_from_config(config: ServingConfig, replicas: dict[str, int] | None = None) -> Application:
-    """`replicas` ({"LookupController": 2, ...}) is for tests and benchmarks; deploy files set
-    replica counts per deployment name instead."""
+def build_app_from_config(
+    config: ServingConfig, replicas: dict[str, int] | None = None, actor_options: dict[str, dict] | None = None
+) -> Application:
+    """`replicas` ({"LookupController": 2, ...}) and `actor_options` ({"MoEModel": {"resources":
+    {...}}}, merged into the deployment's ray_actor_options: placement on given nodes) are for tests
+    and benchmarks; deploy files set them per deployment name instead."""
     n = replicas or {}
+    opts = actor_options or {}
+
+    def place(name: str, deployment: Any) -> Any:
+        extra = opts.get(name)
+        if not extra:
+            return deployment
+        return deployment.options(ray_actor_options={**(deployment.ray_actor_options or {}), **extra})
+
     c = config.controller
-    model = MoEModel.options(num_replicas=n.get("MoEModel", 1)).bind(
+    model = place("MoEModel", MoEModel).options(num_replicas=n.get("MoEModel", 1)).bind(
         config.model.model_dump(), config.fallback.knobs.model_dump()
     )
     # user_config too, so that a deploy file can move the store or pin a version without a redeploy.
     # The model handle lets the controller refuse tables with configs the model cannot run.
-    controller = LookupController.options(user_config=c.user_config(), num_replicas=n.get("LookupController", 1)).bind(
+    controller = place("LookupController", LookupController).options(
+        user_config=c.user_config(), num_replicas=n.get("LookupController", 1)
+    ).bind(
         c.user_config(), model
     )
-    router = Router.options(num_replicas=n.get("Router", 1))
+    router = place("Router", Router).options(num_replicas=n.get("Router", 1))
     if c.resolve_mode == "fixed":  # the overhead baseline: no controller deployment at all
         return router.bind(None, model, config.model_dump())
     return router.bind(controller, model, config.model_dump())
