@@ -29,6 +29,7 @@ class Result:
     config: str | None
     queue_wait_ms: float | None
     started: float
+    router_ms: float | None = None  # the router's own total (timings_ms.total): the rest is proxy + client
 
     def met(self, covers: str = "first_token") -> bool:
         served = self.latency_ms - (self.decode_ms if covers == "first_token" else 0.0)
@@ -47,8 +48,9 @@ async def _one(client: Any, url: str, budget: float, headers: dict[str, str], bo
     decode = (out.get("timings_ms") or {}).get("decode") or 0.0
     knobs = data.get("knobs") or {}
     config = f"{knobs.get('tier')}_{knobs.get('top_k')}_{knobs.get('num_active_blocks')}" if knobs else None
+    router = (data.get("timings_ms") or {}).get("total")
     return Result(budget, r.status_code, latency, float(decode), data.get("expected_accuracy"), config,
-                  data.get("queue_wait_ms"), started)
+                  data.get("queue_wait_ms"), started, router)
 
 
 def _endpoint(base_url: str) -> str:

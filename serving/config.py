@@ -41,6 +41,9 @@ class BudgetSettings(_Strict):
     report_stale_after_s: float = Field(default=2.0, gt=0, le=600)
     # Overhead outside the router that it cannot measure (HTTP proxy), added to the measured one.
     proxy_overhead_ms: float = Field(default=1.0, ge=0, le=10_000)
+    # Which quantile of the router's recently measured overhead is budgeted (a budget should hold
+    # for most requests, and overhead has a long tail on a busy host).
+    overhead_quantile: float = Field(default=0.99, ge=0.5, le=1.0)
 
     @model_validator(mode="after")
     def _check(self) -> BudgetSettings:

@@ -43,6 +43,7 @@ class QueueAdmission:
             config.model.batch.max_batch_size,
             stale_after_s=b.report_stale_after_s,
             proxy_overhead_ms=b.proxy_overhead_ms,
+            overhead_quantile=b.overhead_quantile,
         )
         enabled = fb.enabled and controller is not None
         self.feedback = FeedbackSender(controller, fb.flush_interval_s) if enabled else None
@@ -107,7 +108,7 @@ class QueueAdmission:
 
     def sent(self, answer: Answer) -> int:
         token = next(self._tokens)
-        self.tracker.sent(token, answer.knobs.key, answer.first_token_ms)
+        self.tracker.sent(token, answer.knobs.key, answer.service_ms)
         return token
 
     def failed(self, token: int) -> None:
@@ -120,7 +121,7 @@ class QueueAdmission:
         self.tracker.done(
             token,
             time.monotonic(),
-            expected_ms=answer.first_token_ms,
+            expected_ms=answer.service_ms,
             service_ms=float(service) if isinstance(service, (int, float)) else None,
             router_ms=router_ms,
             queue_wait_ms=float(wait) if isinstance(wait, (int, float)) else None,

@@ -11,6 +11,7 @@ from typing import Any
 
 from controller import Table
 from controller.decode_budget import resolve_total
+from controller.stats import ConfigStats
 from controller.knobs import Knobs
 from serving.config import ControllerSettings, FallbackSettings
 
@@ -41,6 +42,9 @@ class Answer:
     first_token_ms: float | None = None
     decode_ms_per_token: float | None = None
     expected_decode_ms: float | None = None
+    # The config's mean first-token latency: what the model is expected to take on average (the
+    # queue estimate prices work with it; a quantile table's latency_ms is a tail figure).
+    service_ms: float | None = None
 
     @classmethod
     def from_decision_dict(cls, d: dict[str, Any]) -> Answer:
@@ -79,7 +83,11 @@ def fallback_answer(fallback: FallbackSettings, budget_ms: float, tolerance: flo
     latency = fallback.expected_latency_ms
     feasible = None if latency is None else latency <= budget_ms * (1 + (tolerance or 0.0))
     return Answer(fallback.knobs.to_knobs(), None, latency, feasible, None, None, budget_ms, tolerance, True,
-                  first_token_ms=latency)
+                  first_token_ms=latency, service_ms=latency)
+
+
+def _mean_first_token(stats: ConfigStats) -> float:
+    return stats.latency_mean if stats.latency_mean is not None and stats.latency_mean > 0 else stats.latency_ms
 
 
 async def await_response(response: Any) -> Any:
@@ -167,6 +175,7 @@ class Resolver:
                     d.knobs, d.expected_accuracy, d.expected_latency_ms, d.feasible, d.scope, d.table_version,
                     d.budget_ms, d.tolerance, covers="total", first_token_ms=d.stats.latency_ms,
                     decode_ms_per_token=d.stats.decode_ms_per_token, expected_decode_ms=decode,
+                    service_ms=_mean_first_token(d.stats),
                 )
             d = table.resolve(budget_ms, tolerance=tolerance, dataset=dataset)
             return Answer(
@@ -180,6 +189,7 @@ class Resolver:
                 d.tolerance,
                 first_token_ms=d.expected_latency_ms,
                 decode_ms_per_token=d.stats.decode_ms_per_token,
+                service_ms=_mean_first_token(d.stats),
             )
         response = self.controller.resolve.remote(budget_ms, tolerance, dataset)
         try:
@@ -189,7 +199,7 @@ class Resolver:
             log.debug("Router: controller did not answer (%s); fallback", e)
             return fallback_answer(self.fallback, budget_ms, tolerance)
         answer = Answer.from_decision_dict(d)
-        return replace(answer, first_token_ms=answer.expected_latency_ms)
+        return replace(answer, first_token_ms=answer.expected_latency_ms, service_ms=answer.expected_latency_ms)
 
     async def controller_status(self) -> dict[str, Any]:
         if self.controller is None:

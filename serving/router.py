@@ -119,7 +119,8 @@ class Router:
         started = time.perf_counter()
         h = self.config.headers
         budget, tolerance, dataset = self._inputs(request.headers.getlist, h.budget, h.dataset, h.tolerance)
-        policy = parse_policy(request.headers.get(h.policy), h.policy, self.config.budget.default_policy)
+        raw_policy = single(request.headers.getlist(h.policy), h.policy)  # repeated: refused, never guessed
+        policy = parse_policy(raw_policy, h.policy, self.config.budget.default_policy)
         body = await generate_body(request, self.config.limits, self.config.model.max_new_tokens_limit)
         adm = self.admission
         estimate = adm.estimate()
@@ -136,7 +137,7 @@ class Router:
         try:
             output = await call_model(
                 self.model.generate.remote(
-                    answer.knobs.as_dict(), payload, answer.first_token_ms, answer.decode_ms_per_token
+                    answer.knobs.as_dict(), payload, answer.service_ms, answer.decode_ms_per_token
                 ),
                 m.assign_timeout_s,
                 m.timeout_s,

@@ -38,6 +38,10 @@ class SimulatedOptions(BaseModel):
     # prefill and decode). "per_token": it is the first token (vision + prefill, the table's default
     # metric) and decode adds max_new_tokens x the table's decode ms/token, where the table has it.
     decode: Literal["in_table_latency", "per_token"] = "in_table_latency"
+    # "request": each request's table latency is the model's speed. "first_table": the first table
+    # latency seen per config is, from then on, the model's true speed, so that a recalibrated table
+    # (which already holds the slowdown) does not feed back into the simulated model.
+    ground_truth: Literal["request", "first_table"] = "request"
     seed: int = 0
     # Cost model, milliseconds at scale 1: roughly MolmoE-1B on an H100 for a short answer.
     vision_ms_per_token: float = Field(default=0.02, ge=0)
@@ -53,6 +57,7 @@ class SimulatedBackend:
         self.options = SimulatedOptions.model_validate(options)
         self._rng = random.Random(self.options.seed)
         self._rng_lock = threading.Lock()  # batches of different knobs may run in parallel threads
+        self._truth: dict[Knobs, tuple[float, float | None]] = {}  # ground_truth "first_table"
 
     def validate_knobs(self, knobs: Knobs) -> None:
         o = self.options
@@ -124,6 +129,12 @@ class SimulatedBackend:
         expected = list(expected_latency_ms) if expected_latency_ms is not None else [None] * len(requests)
         rates = list(decode_ms_per_token) if decode_ms_per_token is not None else [None] * len(requests)
         table_mode = self.options.latency_source == "table"
+        if table_mode and self.options.ground_truth == "first_table":
+            known = [(e, d) for e, d in zip(expected, rates, strict=True) if e is not None]
+            if known:
+                truth = self._truth.setdefault(knobs, known[0])
+                expected = [truth[0] if e is not None else None for e in expected]
+                rates = [truth[1] if e is not None else None for e in expected]
         timings = [
             self.calibrated_timings_ms(knobs, r, e, d) if table_mode and e is not None else self.timings_ms(knobs, r)
             for r, e, d in zip(requests, expected, rates, strict=True)

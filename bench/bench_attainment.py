@@ -1,0 +1,297 @@
+"""Attainment (share of requests whose served latency is within budget) against offered load.
+
+    python -m bench.bench_attainment [--quick]          # the local curve, as `make bench` runs it
+    python -m bench.bench_attainment --url http://HOST:8000 --concurrency 1,2,4,8 [--budgets 150,250]
+
+Local curve: a real local Serve, the simulated model in table mode with a real queue (one request
+per backend call, one call at a time, latency = the table's first-token latency with 5% jitter).
+Capacity is measured first (closed loop, 8 clients, static table); then Poisson arrivals at 25, 50,
+75 and 90% of it, for: the static table (the behaviour before queue-aware resolve), queue-aware
+resolve, queue-aware with the model 30% slower than its table (drift, no recalibration), and
+queue-aware plus live recalibration after that slowdown (the automatic mode publishes first).
+With --url: the same load generator against any running router, closed loop per concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.attainment_load import closed_loop, open_loop, summarize
+
+LOADS = (0.25, 0.50, 0.75, 0.90)
+BUDGETS = (100.0, 130.0, 170.0, 240.0)  # ms, in turn; the table's p99 first-token latencies run 45-97 ms
+GOAL = 0.99
+MIN_SAMPLES = 30
+ROOT = Path(__file__).resolve().parent.parent
+PLOT = ROOT / "docs" / "attainment.png"
+
+
+def bench_table(scale: float = 0.5, samples: int = 200, jitter: float = 0.05) -> Any:
+    """A 27-config table built like a profile: `samples` lognormal draws per config around the
+    synthetic grid's latency, decode statistics, and p99 latencies (a budget should hold for most
+    requests, not the average one)."""
+    import numpy as np
+
+    from controller import BuildParams, SampleColumns, build_table
+    from controller.knobs import TIERS
+    from serving.testing import GRID
+
+    rng = np.random.default_rng(0)
+    cols: dict[str, list[Any]] = {k: [] for k in ("tier", "top_k", "num_active_blocks", "accuracy",
+                                                  "latency_prefill", "latency_total", "decode_ms_per_token")}
+    for tier in GRID[0]:
+        ti = TIERS.index(tier)
+        for k in GRID[1]:
+            for b in GRID[2]:
+                lat = (40 + 35 * ti + 3 * k + 2.5 * b) * scale * rng.lognormal(0, jitter, samples)
+                cols["tier"] += [ti] * samples
+                cols["top_k"] += [k] * samples
+                cols["num_active_blocks"] += [b] * samples
+                cols["accuracy"] += [0.40 + 0.08 * ti + 0.012 * k + 0.006 * b] * samples
+                cols["latency_prefill"] += list(lat)
+                cols["latency_total"] += list(lat + 20)
+                cols["decode_ms_per_token"] += [2.0 * b / 16 * scale] * samples
+    n = len(cols["tier"])
+    arrays = {k: np.asarray(v) for k, v in cols.items()}
+    arrays.update(dataset=np.zeros(n), sample_key=np.arange(n), key_from_metadata=np.ones(n, dtype=bool))
+    return build_table(SampleColumns(("synthetic",), arrays), BuildParams(latency_quantile=0.99, tolerance=0.0),
+                       source={"synthetic": {"bench": "bench_attainment", "jitter_sigma": jitter}})
+
+
+def _config(store: str, *, queue_aware: bool, proxy_ms: float = 1.0, slowdown: float = 1.0,
+            auto: bool = False) -> Any:
+    from serving.config import ServingConfig
+
+    return ServingConfig.model_validate(
+        {
+            "budget": {"default_budget_ms": 100, "queue_aware": queue_aware, "proxy_overhead_ms": proxy_ms},
+            "controller": {
+                "store": store,
+                "poll_interval_s": 0.25,
+                "feedback": {"window_s": 120, "min_samples": MIN_SAMPLES, "flush_interval_s": 0.25,
+                             "auto": {"enabled": auto, "drift_share": 0.15, "drift_for_s": 1.0, "cooldown_s": 0}},
+            },
+            "model": {
+                "backend_options": {"latency_source": "table", "latency_scale": 1.0, "jitter_sigma": 0.05,
+                                    "decode": "per_token", "ground_truth": "first_table",
+                                    "slowdown": slowdown, "seed": 0},
+                "batch": {"max_batch_size": 1, "batch_wait_timeout_s": 0},
+            },
+        }
+    )
+
+
+def _curve(base: str, capacity: float, requests: int) -> list[dict[str, Any]]:
+    out = []
+    for share in LOADS:
+        results = asyncio.run(open_loop(base, BUDGETS, rate_rps=share * capacity, requests=requests, seed=7))
+        out.append({"load": share, **summarize(results)})
+    return out
+
+
+def _recalibrate_live(base: str, store: Any, first: str, table: Any, proxy_ms: float,
+                      limit: int) -> tuple[int, str | None]:
+    """Serve a sweep of budgets (one per config, at 1.3x its latency) until the automatic mode has
+    published a table in which every config has its live latency, or `limit` requests."""
+    sweep = sorted({round(c.latency_ms * 1.3 + proxy_ms + 8, 1) for c in table.configs()})
+    everything = {c.knobs.key for c in table.configs()}
+    sent = 0
+    while sent < limit:
+        asyncio.run(closed_loop(base, sweep, concurrency=2, requests=len(sweep) * 2))
+        sent += len(sweep) * 2
+        latest = store.latest_id()
+        if latest != first and set(store.load(latest).source["live_recalibration"]["recalibrated"]) >= everything:
+            break
+    latest = store.latest_id()
+    return sent, (None if latest == first else latest)
+
+
+def _plot(curves: dict[str, list[dict[str, Any]]]) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, points in curves.items():
+        ax.plot([100 * p["load"] for p in points], [100 * p["attainment"] for p in points], marker="o", label=name)
+    ax.axhline(100 * GOAL, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("offered load (% of measured capacity)")
+    ax.set_ylabel("requests within budget (%)")
+    ax.set_title("Attainment vs load (CPU, simulated model with a real queue)")
+    ax.set_ylim(0, 102)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
+    return str(PLOT.relative_to(ROOT))
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    import statistics
+
+    import httpx
+    from ray import serve
+
+    from controller.store import TableStore
+    from serving.app import build_app_from_config
+    from serving.testing import free_port, local_serve
+
+    requests = 40 if quick else 60  # per point: the whole run stays within make bench's 240 s
+    table = bench_table()
+    stores = {name: tempfile.mkdtemp(prefix=f"bench-att-{name}-") for name in ("base", "recal")}
+    firsts = {name: TableStore(s).publish(table).version_id for name, s in stores.items()}
+    port = free_port()
+    curves: dict[str, list[dict[str, Any]]] = {}
+    with local_serve(port, quiet=True):
+        base = f"http://127.0.0.1:{port}"
+        serve.run(build_app_from_config(_config(stores["base"], queue_aware=False)), name="a0", route_prefix="/a0")
+        static_url = f"{base}/a0"
+        asyncio.run(closed_loop(static_url, BUDGETS, concurrency=2, requests=20))  # warm-up
+        # What the router cannot see: proxy + client time around it (client latency - router total).
+        calib = asyncio.run(closed_loop(static_url, BUDGETS, concurrency=1, requests=60))
+        outside = sorted(r.latency_ms - r.router_ms for r in calib if r.router_ms is not None)
+        proxy_ms = round(outside[int(0.99 * (len(outside) - 1))], 1)
+        apps = {
+            "queue-aware": _config(stores["base"], queue_aware=True, proxy_ms=proxy_ms),
+            "queue-aware + live recalibration, 30% slower": _config(stores["recal"], queue_aware=True,
+                                                                     proxy_ms=proxy_ms, slowdown=1.3, auto=True),
+        }
+        urls = {"static table": static_url}
+        for i, (name, config) in enumerate(apps.items(), start=1):
+            serve.run(build_app_from_config(config), name=f"a{i}", route_prefix=f"/a{i}")
+            urls[name] = f"{base}/a{i}"
+            asyncio.run(closed_loop(urls[name], BUDGETS, concurrency=2, requests=20))
+        cap = summarize(asyncio.run(closed_loop(static_url, BUDGETS, concurrency=8, requests=requests)))
+        capacity = cap["throughput_rps"]
+        recal_url = urls["queue-aware + live recalibration, 30% slower"]
+        recal_store = TableStore(stores["recal"])
+        warm_sent, published = _recalibrate_live(recal_url, recal_store, firsts["recal"], table, proxy_ms,
+                                                 900 if quick else 1500)
+        if published is not None:  # measure once the router's copy serves the newest version
+            deadline = time.monotonic() + 10
+            while httpx.get(f"{recal_url}/v1/table").json().get("table_version") != recal_store.latest_id():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        for name, url in urls.items():
+            curves[name] = _curve(url, capacity, requests)
+        for i in range(len(urls)):
+            serve.delete(f"a{i}")
+    plot = _plot(curves)
+    recal = TableStore(stores["recal"]).load("latest") if published else None
+    extra = {"proxy_ms": proxy_ms, "outside_p50_ms": statistics.median(outside)}
+    return _report(curves, capacity, requests, warm_sent, published, recal, table, plot, quick, extra)
+
+
+def _report(curves: dict[str, list[dict[str, Any]]], capacity: float, requests: int, warm_sent: int,
+            published: str | None, recal: Any, table: Any, plot: str | None, quick: bool,
+            extra: dict[str, float]) -> dict[str, Any]:
+    static = {p["load"]: p for p in curves["static table"]}
+    figures = []
+    for name, points in curves.items():
+        for p in points:
+            judged = name == "queue-aware" and p["load"] <= 0.75
+            figures.append({
+                "name": f"{name} @ {round(100 * p['load'])}% load",
+                "value": f"{100 * p['attainment']:.1f}% (acc {p['mean_expected_accuracy']:.3f})",
+                "unit": "",
+                "baseline": f"{100 * static[p['load']]['attainment']:.1f}% "
+                            f"(acc {static[p['load']]['mean_expected_accuracy']:.3f})",
+                "baseline_name": "static table (before queue-aware resolve), same load, same run",
+                "goal": f">= {100 * GOAL:g}%" if judged else "",
+                "passed": (p["attainment"] >= GOAL) if judged else None,
+            })
+    notes = [
+        f"measured capacity (static table, closed loop, 8 clients): {capacity:.1f} req/s; {requests} requests per "
+        f"point, Poisson arrivals; budgets {', '.join(f'{b:g}' for b in BUDGETS)} ms in turn; max_new_tokens 1",
+        "served latency = client-measured latency minus the decode time the model reported (first-token budgets)",
+        "model: simulated, table mode, one request per backend call, one call at a time; 5% lognormal jitter; "
+        "table: synthetic, built from 200 draws per config with p99 latencies (first token p99 45-97 ms), tolerance 0",
+        f"proxy + client time around the router, measured first: p50 {extra['outside_p50_ms']:.1f} ms, "
+        f"p99 {extra['proxy_ms']:.1f} ms (the queue-aware apps' budget.proxy_overhead_ms)",
+        "'acc' is the mean expected accuracy of the answered requests, from the table that resolved them",
+    ]
+    if published:
+        low = {c.knobs.key: c.latency_ms for c in table.configs()}
+        ratios = [c.latency_ms / low[c.knobs.key] for c in recal.configs()
+                  if c.knobs.key in recal.source["live_recalibration"]["recalibrated"]]
+        notes.append(f"automatic recalibration: newest version {published} after {warm_sent} warm-up requests; "
+                     f"recalibrated latency / profiled over {len(ratios)} configs: "
+                     f"{min(ratios):.3f}-{max(ratios):.3f} (slowdown 1.30)")
+    else:
+        notes.append(f"automatic recalibration did not publish within {warm_sent} warm-up requests")
+    if plot:
+        notes.append(f"plot: {plot}")
+    for name, points in curves.items():
+        notes.append(f"{name}: " + ", ".join(
+            f"{round(100 * p['load'])}%: p50 {p['p50_ms']:.0f} ms p99 {p['p99_ms']:.0f} ms, expected wait "
+            f"{p['mean_expected_wait_ms']:.0f} ms" for p in points))
+    return {"title": "Attainment vs offered load: static table, queue-aware, live recalibration (CPU, simulated "
+                     "model with a real queue)" + (" [quick]" if quick else ""),
+            "figures": figures, "notes": notes}
+
+
+def remote(url: str, concurrencies: list[int], budgets: list[float], requests: int, policy: str | None,
+           covers: str) -> list[dict[str, Any]]:
+    """The same generator against a running router: one closed-loop run per concurrency."""
+    headers = {"X-Budget-Policy": policy} if policy else {}
+    rows = []
+    for c in concurrencies:
+        results = asyncio.run(closed_loop(url, budgets, concurrency=c, requests=requests, headers=headers))
+        rows.append({"concurrency": c, **summarize(results, covers)})
+    return rows
+
+
+def _numbers(text: str, kind: type, what: str) -> list[Any]:
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"bench_attainment: error: {what}={text!r} is not a comma-separated list of numbers") from None
+    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+        raise SystemExit(f"bench_attainment: error: {what}={text!r} must hold finite numbers > 0")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer requests per point (local curve)")
+    p.add_argument("--url", help="base URL of a running router, e.g. http://127.0.0.1:8000")
+    p.add_argument("--concurrency", default="1,2,4,8", help="closed-loop clients per run (with --url)")
+    p.add_argument("--budgets", default="150,250,400", help="budgets in ms, sent in turn (with --url)")
+    p.add_argument("--requests", type=int, default=200, help="requests per concurrency (with --url)")
+    p.add_argument("--policy", choices=("best-effort", "strict"), default=None)
+    p.add_argument("--covers", choices=("first_token", "total"), default="first_token",
+                   help="what the server's budgets cover: first_token takes reported decode time off")
+    a = p.parse_args(argv)
+    if a.url is None:
+        from bench.report import cli_main
+
+        sys.argv = [sys.argv[0]] + (["--quick"] if a.quick else [])
+        cli_main(run, __doc__)
+        return 0
+    if not a.url.startswith(("http://", "https://")):
+        raise SystemExit(f"bench_attainment: error: --url={a.url!r} is not an http(s) URL")
+    if not 1 <= a.requests <= 1_000_000:
+        raise SystemExit(f"bench_attainment: error: --requests={a.requests} must be in [1, 1000000]")
+    conc = [int(c) for c in _numbers(a.concurrency, float, "--concurrency")]
+    rows = remote(a.url, conc, _numbers(a.budgets, float, "--budgets"), a.requests, a.policy, a.covers)
+    print(f"{'clients':>7} {'attain':>7} {'acc':>6} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>7} {'ok':>5}")
+    for r in rows:
+        print(f"{r['concurrency']:>7} {100 * r['attainment']:>6.1f}% {r['mean_expected_accuracy']:>6.3f} "
+              f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['throughput_rps']:>7.1f} {r['ok']:>5}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
