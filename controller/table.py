@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.decision import Decision
+from controller.errors import BuildError
 from controller.frontier import Frontier
 from controller.knobs import Knobs
 from controller.params import BuildParams
@@ -98,6 +99,26 @@ class Table:
         from controller.table_file import restamp
 
         return restamp(self, version_id=version_id)
+
+    def without_configs(self, keys: Iterable[str]) -> Table:
+        """This table minus the configs named by `keys` (Knobs.key), frontiers rebuilt, for a model
+        that cannot run them (e.g. a failed graph capture): resolve() never picks them. The version
+        id stays, so decisions still name their version; the sha256 is the new content's, and
+        source["excluded_configs"] lists what went. BuildError if a scope would be left empty."""
+        from controller.table_file import restamp
+
+        drop = set(keys) & {k.key for k in self.all_knobs()}
+        if not drop:
+            return self
+        scopes = {}
+        for name, scope in self.scope_map.items():
+            kept = [c for c in scope.configs if c.knobs.key not in drop]
+            if not kept:
+                raise BuildError(f"excluding {sorted(drop)} leaves scope {name!r} of table {self.version_id} empty")
+            scopes[name] = Scope(name, scope.datasets, kept)
+        source = dict(self.source, excluded_configs=sorted(drop | set(self.source.get("excluded_configs", []))))
+        table = Table(self.version_id, self.created_at, self.build, source, scopes, "", self.origin)
+        return restamp(table, version_id=self.version_id)
 
     # --- queries -----------------------------------------------------------------------------------
     @property

@@ -250,18 +250,23 @@ class GenerationEngine:
             return self.report
         started = time.perf_counter()
         before = torch.cuda.memory_reserved(self.device) if self.use_graphs else 0
-        with self._lock, torch.inference_mode():
-            if self.use_graphs:
-                for n in counts:
-                    self._capture(("vision", n), lambda n=n: self._vision_step(n), ForwardKnobs())
+        # The lock is taken per pair, not for the whole capture: a replica that captures the new
+        # configs of a reloaded table keeps serving between pairs.
+        with torch.inference_mode():
+            with self._lock:
+                if self.use_graphs:
+                    for n in counts:
+                        self._capture(("vision", n), lambda n=n: self._vision_step(n), ForwardKnobs())
             for pair in pairs:
                 try:
                     self.runner.validate(Knobs("low", *pair))
-                    self._prepare_pair(pair)
-                    self._ready.add(pair)
+                    with self._lock:
+                        self._prepare_pair(pair)
+                        self._ready.add(pair)
                     self.report.pairs.append(pair)
                 except Exception as e:  # noqa: BLE001 - any failure disables this pair only
-                    self._drop_pair(pair)
+                    with self._lock:
+                        self._drop_pair(pair)
                     reason = f"{'capture' if self.use_graphs else 'dry run'} failed: {type(e).__name__}: {e}"
                     self._disabled[pair] = reason[:300]
                     self.report.disabled[pair_name(pair)] = self._disabled[pair]
@@ -315,7 +320,24 @@ class GenerationEngine:
         self.tok.zero_()
         self.key_valid.zero_()
 
+    # ---- the MoERunner surface the profiler and the warm-up use, so either can drive them ------
+    def validate(self, knobs: Knobs) -> None:
+        self.check(knobs)
+
+    @property
+    def block_order(self) -> Any:
+        return self.runner.block_order
+
+    def blocks_range(self) -> tuple[int, int]:
+        return self.runner.blocks_range()
+
+    def active_blocks(self, num_active: int) -> list[int]:
+        return self.runner.active_blocks(num_active)
+
     # ---- what this replica can run -----------------------------------------------------------
+    def disabled_pairs(self) -> list[Pair]:
+        return sorted(self._disabled)
+
     def disabled(self) -> dict[str, str]:
         return {pair_name(p): r for p, r in self._disabled.items()}
 

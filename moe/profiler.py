@@ -160,6 +160,8 @@ def environment(runner: MoERunner) -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": sys.version.split()[0],
+        # "graph" or "eager" when profiled through the serving engine (moe.engine), else "runner".
+        "engine": runner.report.mode if hasattr(runner, "report") else "runner",
     }
 
 

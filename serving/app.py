@@ -81,8 +81,9 @@ def build_app_from_config(
         return deployment.options(ray_actor_options={**(deployment.ray_actor_options or {}), **extra})
 
     c = config.controller
+    # The store too: a replica prepares (captures) the configs of the table being served.
     model = place("MoEModel", MoEModel).options(num_replicas=n.get("MoEModel", 1)).bind(
-        config.model.model_dump(), config.fallback.knobs.model_dump()
+        config.model.model_dump(), config.fallback.knobs.model_dump(), c.store, c.poll_interval_s
     )
     # user_config too, so that a deploy file can move the store or pin a version without a redeploy.
     # The model handle lets the controller refuse tables with configs the model cannot run.

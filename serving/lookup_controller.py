@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -55,6 +56,10 @@ def _replica_id() -> str:
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # outside a replica (direct unit use)
         return "local"
+
+
+def served_key(table: Table) -> str:
+    return f"{table.version_id}:{table.sha256}"
 
 
 @serve.deployment(
@@ -141,16 +146,30 @@ class LookupController:
         return self.ranges is not None
 
     def _check_supported(self, table: Table) -> None:
+        # Ranges and tiers reject a version; configs the model disabled (a failed graph capture)
+        # are left out of what is served instead (_servable), unless nothing would be left.
         if self.ranges is not None:
-            self.ranges.check_configs(table.all_knobs())
+            dataclasses.replace(self.ranges, disabled=()).check_configs(table.all_knobs())
+            self._servable(table)
+
+    def _servable(self, table: Table) -> Table:
+        """`table` minus the configs the model disabled: the router never chooses them."""
+        return table.without_configs(self.ranges.disabled if self.ranges is not None else ())
 
     async def _check_once(self) -> None:
         if not await self._refresh_ranges():
             return
         outcome, table = await asyncio.to_thread(self.watcher.check, self._check_supported)
         if outcome == "accepted" and table is not None:
+            table = self._servable(table)
             data = await asyncio.to_thread(table.to_json_bytes)
             self._swap(table, data)
+        elif self.table is not None and self.watcher.table is not None and outcome != "rejected":
+            # The model's disabled configs may have changed since this version was accepted.
+            servable = self._servable(self.watcher.table)
+            if servable.sha256 != self.table.sha256:
+                data = await asyncio.to_thread(servable.to_json_bytes)
+                self._swap(servable, data)
         elif outcome == "rejected" and self.watcher.last_rejection is not None:
             rej = self.watcher.last_rejection
             self.metrics.reloads.inc(tags={"outcome": "rejected"})
@@ -218,13 +237,15 @@ class LookupController:
         """Long-poll for routers that keep a local copy: returns (version, table bytes) as soon as
         this replica serves a version other than `known_version`, or None after timeout_s."""
         table, data = self.table, self._table_bytes
-        if table is None or table.version_id == known_version:
+        # `known_version` is "<version_id>:<sha256>" (or a bare id): the same version re-served
+        # without configs the model disabled is new content for the router.
+        if table is None or known_version in (table.version_id, served_key(table)):
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=min(timeout_s, 30.0))
             except asyncio.TimeoutError:
                 return None
             table, data = self.table, self._table_bytes
-        if table is None or table.version_id == known_version:
+        if table is None or known_version in (table.version_id, served_key(table)):
             return None
         return table.version_id, data
 

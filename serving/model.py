@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from typing import Any
 
@@ -15,7 +16,10 @@ from serving.backends.base import Backend, ModelRequest
 from serving.backends.registry import create_backend
 from serving.backends.simulated import SimulatedBackend
 from serving.config import ModelSettings
+from serving.engine_prep import EnginePreparer
 from serving.replica_queue import ReplicaQueue
+
+log = logging.getLogger("ray.serve")
 
 
 def check_configs(backend: Backend, knobs: list[Knobs], what: str) -> None:
@@ -39,9 +43,25 @@ def _replica_id() -> str:
 
 @serve.deployment(name="MoEModel", max_ongoing_requests=64)
 class MoEModel:
-    def __init__(self, settings: dict[str, Any], fallback_knobs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        fallback_knobs: dict[str, Any],
+        store: str | None = None,
+        poll_interval_s: float = 2.0,
+    ) -> None:
         self.settings = ModelSettings.model_validate(settings)
         self.backend = create_backend(self.settings.backend, self.settings.backend_options)
+        # Backends with an engine (torch) prepare the served table's configs before taking traffic
+        # (CUDA graphs are captured here), then again off the request path after each publish.
+        self.preparer: EnginePreparer | None = None
+        if hasattr(self.backend, "prepare"):
+            self.preparer = EnginePreparer(
+                self.backend.prepare, store, [Knobs.from_mapping(fallback_knobs)], poll_interval_s
+            )
+            report = self.preparer.prepare_current()
+            log.info("MoEModel engine ready: %s", report)
+            self.preparer.start()
         # No store read here: a replica must be able to (re)start while the store is unreadable or
         # holds a bad version. Tables are checked against supported_ranges() by the controller
         # before any router sees them; each request's knobs are checked again in generate().
@@ -69,10 +89,14 @@ class MoEModel:
         # A table published after start may hold a config this backend cannot run: refuse that
         # one request with the reason, not the whole batch it would have joined.
         self.backend.validate_knobs(k)
+        req = ModelRequest(**request)
+        check_request = getattr(self.backend, "check_request", None)
+        if check_request is not None:  # too many tokens for the engine's shapes: 413, before batching
+            check_request(k, req)
         token = next(self._tokens)
         self.queue.arrived(token, k.key, expected_latency_ms, time.monotonic())
         try:
-            return await self._batched(k, ModelRequest(**request), expected_latency_ms, (token, decode_ms_per_token))
+            return await self._batched(k, req, expected_latency_ms, (token, decode_ms_per_token))
         finally:
             self.queue.dropped(token)  # no-op once its backend call started
 
@@ -127,6 +151,16 @@ class MoEModel:
     def supported_ranges(self) -> dict[str, Any]:
         """Published to the controller, which refuses tables with configs outside these ranges."""
         return self.backend.supported_ranges().to_dict()
+
+    def engine_stats(self) -> dict[str, Any]:
+        """Capture seconds, graph memory, disabled configs (torch backend); {} for others."""
+        stats = getattr(self.backend, "stats", None)
+        if stats is None:
+            return {}
+        out = dict(stats())
+        if self.preparer is not None:
+            out["prep"] = self.preparer.status()
+        return {"replica_id": self._replica, **out}
 
     def backend_name(self) -> str:
         return self.backend.name

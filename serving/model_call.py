@@ -14,6 +14,7 @@ from typing import Any
 
 from controller.errors import ControllerError
 from controller.store import short
+from moe.errors import InputTooLongError
 
 log = logging.getLogger("ray.serve")
 
@@ -21,7 +22,7 @@ log = logging.getLogger("ray.serve")
 class ModelCallError(Exception):
     """`kind` is one of a fixed set, so that it can be a metric tag and a client can branch on it."""
 
-    KINDS = ("model_unavailable", "model_timeout", "unsupported_config", "model_error")
+    KINDS = ("model_unavailable", "model_timeout", "unsupported_config", "model_error", "input_too_long")
 
     def __init__(self, status: int, kind: str, message: str) -> None:
         assert kind in self.KINDS
@@ -70,6 +71,9 @@ def describe_failure(e: BaseException) -> ModelCallError:
     come as RayActorError and its kin. Only our own errors' messages reach the client."""
     cause = getattr(e, "cause", None) or e
     log.warning("model call failed: %r", e)
+    if isinstance(cause, InputTooLongError):
+        # More tokens than the engine's largest shape: the client's to fix, and never an OOM.
+        return ModelCallError(413, "input_too_long", short(str(cause), 300).strip("'\""))
     if isinstance(cause, ControllerError):
         # e.g. a KnobError: a config this model cannot run (the controller should have refused it).
         return ModelCallError(503, "unsupported_config", short(str(cause), 300).strip("'\""))

@@ -111,7 +111,8 @@ class LocalTable:
         self._task = asyncio.get_running_loop().create_task(self._sync_forever())
 
     async def sync_once(self) -> bool:
-        known = self.table.version_id if self.table else None
+        # Version and content: a version re-served without configs the model disabled is news too.
+        known = f"{self.table.version_id}:{self.table.sha256}" if self.table else None
         got = await self.controller.watch.remote(known, self.watch_timeout_s)
         if got is None:
             return False

@@ -1,5 +1,6 @@
 """`Router`: the HTTP ingress. Budget header -> knobs -> model replica -> response with knobs."""
 
+import asyncio
 import time
 from typing import Any
 
@@ -69,6 +70,10 @@ def _knob_headers(a: Answer) -> dict[str, str]:
         "X-Budget-Feasible": {True: "true", False: "false", None: "unknown"}[a.feasible],
         "X-Fallback": "true" if a.fallback else "false",
     }
+
+
+async def _awaited(response: Any) -> Any:
+    return await response
 
 
 @serve.deployment(name="Router", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
@@ -230,7 +235,18 @@ class Router:
                 "queue": self.admission.status(),
             },
             "controller": controller,
+            "model": await self._model_engine_stats(),
         }
+
+    async def _model_engine_stats(self) -> dict[str, Any]:
+        """One model replica's engine: capture seconds, graph memory, disabled configs ({} for the
+        simulated backend). Bounded: a busy or restarting model must not hold /v1/stats."""
+        response = self.model.engine_stats.remote()
+        try:
+            return await asyncio.wait_for(_awaited(response), timeout=2.0)
+        except Exception as e:  # noqa: BLE001 - stats are best effort
+            response.cancel()
+            return {"error": f"model engine stats unavailable ({type(e).__name__})"}
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:

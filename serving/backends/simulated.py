@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.errors import KnobError
 from controller.knobs import TIER_CROP_RANGE, Knobs, vision_tokens
+from moe.errors import ConfigDisabledError
 from serving.backends.base import ModelOutput, ModelRequest, SupportedRanges
 
 
@@ -43,6 +44,9 @@ class SimulatedOptions(BaseModel):
     # (which already holds the slowdown) does not feed back into the simulated model.
     ground_truth: Literal["request", "first_table"] = "request"
     seed: int = 0
+    # Configs (Knobs.key, e.g. "high_8_16") this replica cannot run, as a torch replica whose graph
+    # capture failed for them: refused per request, and reported so the router never picks them.
+    disabled_configs: list[str] = Field(default_factory=list, max_length=1000)
     # Cost model, milliseconds at scale 1: roughly MolmoE-1B on an H100 for a short answer.
     vision_ms_per_token: float = Field(default=0.02, ge=0)
     prefill_ms_per_token_block: float = Field(default=0.0015, ge=0)
@@ -65,9 +69,14 @@ class SimulatedBackend:
             raise KnobError("top_k", knobs.top_k, f"an integer in [1, {o.num_experts}] (experts per layer)")
         if not 1 <= knobs.num_active_blocks <= o.num_blocks:
             raise KnobError("num_active_blocks", knobs.num_active_blocks, f"an integer in [1, {o.num_blocks}]")
+        if knobs.key in o.disabled_configs:
+            raise ConfigDisabledError(knobs.key, "disabled by the simulated backend's disabled_configs option")
 
     def supported_ranges(self) -> SupportedRanges:
-        return SupportedRanges(top_k=(1, self.options.num_experts), num_active_blocks=(1, self.options.num_blocks))
+        o = self.options
+        return SupportedRanges(
+            top_k=(1, o.num_experts), num_active_blocks=(1, o.num_blocks), disabled=tuple(o.disabled_configs)
+        )
 
     def crops_for(self, knobs: Knobs, request: ModelRequest) -> int:
         """Crops the cost model assumes: the middle of the tier's range with an image, none without."""

@@ -31,6 +31,13 @@ class TorchOptions(BaseModel):
     assume_image: bool = True
     seed: int = 0
     warmup: bool = True
+    # The generation engine (moe.engine): "graph" replays CUDA graphs captured per knob pair and
+    # shape (on CUDA; on a CPU it runs the same steps eagerly), "eager" never captures (baseline).
+    engine: Literal["graph", "eager"] = "graph"
+    max_prompt_tokens: int = Field(default=2560, ge=16, le=131072)
+    prefill_step: int = Field(default=256, ge=1)
+    max_new_tokens: int = Field(default=512, ge=1, le=32768)
+    decode_buckets: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> TorchOptions:
@@ -38,13 +45,31 @@ class TorchOptions(BaseModel):
             raise ValueError(
                 "give exactly one of preset (e.g. 'olmoe-1b-7b', 'tiny') or checkpoint (a local path)"
             )
+        if self.prefill_step > self.max_prompt_tokens:
+            raise ValueError(f"prefill_step={self.prefill_step} exceeds max_prompt_tokens={self.max_prompt_tokens}")
+        if sorted(set(self.decode_buckets)) != self.decode_buckets or self.decode_buckets[0] < 1:
+            raise ValueError(
+                f"decode_buckets={self.decode_buckets}: expected increasing integers >= 1, e.g. [1, 2, 4, 8]"
+            )
         return self
+
+    def engine_options(self) -> Any:
+        from moe.engine import EngineOptions
+
+        return EngineOptions(
+            mode=self.engine,
+            max_prompt_tokens=self.max_prompt_tokens,
+            prefill_step=self.prefill_step,
+            max_new_tokens=self.max_new_tokens,
+            decode_buckets=tuple(self.decode_buckets),
+        )
 
 
 class TorchBackend:
     name = "torch"
 
     def __init__(self, **options: Any) -> None:
+        from moe.engine import GenerationEngine
         from moe.presets import build_model
         from moe.runner import MoERunner
 
@@ -59,22 +84,53 @@ class TorchBackend:
             seed=o.seed,
         )
         self.runner = MoERunner(model, block_order=o.block_order, checkpoint=o.checkpoint)
-        if o.warmup:  # first-call costs (kernel selection, allocator, GC) stay out of request latency
-            from moe.warmup import freeze_heap, warm_shapes
-
-            warm_shapes(self.runner, TIER_CROP_RANGE)
-            freeze_heap()
+        self.engine = GenerationEngine(self.runner, o.engine_options())
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TorchBackend:
         return cls(**options)
 
+    def prepare(self, configs: list[Knobs]) -> dict[str, Any]:
+        """Capture (or, eagerly, dry-run) every config's shapes, then one warm pass per crop count
+        of its tiers, so that first-use costs (allocator growth, host caches, GC) stay off requests.
+        Idempotent: configs already prepared cost nothing. Returns the engine report."""
+        new = [k for k in configs if not self.engine.is_ready(k)]
+        report = self.engine.prepare(configs)
+        if new and self.options.warmup:
+            from moe.warmup import freeze_heap, warm_shapes
+
+            ready = [k for k in new if self.engine.is_ready(k)]
+            for tier in sorted({k.tier for k in ready}):
+                k = next(x for x in ready if x.tier == tier)
+                warm_shapes(self.runner, [tier], top_k=k.top_k, blocks=k.num_active_blocks,
+                            generate=self.engine.generate)
+            freeze_heap()
+        return report.to_dict()
+
+    def stats(self) -> dict[str, Any]:
+        return {"engine": self.engine.report.to_dict()}
+
     def validate_knobs(self, knobs: Knobs) -> None:
-        self.runner.validate(knobs)
+        self.engine.check(knobs)
+
+    def check_request(self, knobs: Knobs, request: ModelRequest) -> None:
+        """Raise moe.errors.InputTooLongError (HTTP 413) before the request joins a batch."""
+        from moe.runner import PromptInput
+
+        self.engine.check_input(PromptInput(request.prompt, self.crops_for(knobs, request)), request.max_new_tokens)
 
     def supported_ranges(self) -> SupportedRanges:
+        from controller.knobs import TIERS, vision_tokens
+
         ranges = self.runner.knob_ranges()
-        return SupportedRanges(top_k=ranges["top_k"], num_active_blocks=ranges["num_active_blocks"])
+        # A tier whose largest image alone does not fit the engine's prompt shape would 413 its
+        # requests: it is not offered, so a table that holds it is refused before any request.
+        fits = tuple(t for t in TIERS if vision_tokens(TIER_CROP_RANGE[t][1]) < self.options.max_prompt_tokens)
+        # The engine disables (top_k, blocks) pairs; the table speaks of configs, one per tier.
+        disabled = tuple(Knobs(t, k, b).key for (k, b) in self.engine.disabled_pairs() for t in TIERS)
+        return SupportedRanges(
+            top_k=ranges["top_k"], num_active_blocks=ranges["num_active_blocks"], tiers=fits, disabled=disabled
+        )
 
     def crops_for(self, knobs: Knobs, request: ModelRequest) -> int | None:
         """Stand-in preprocessing: crops drawn in the tier's range from a hash of the image."""
@@ -96,7 +152,7 @@ class TorchBackend:
             # and each output is cut to its own length.
             longest = max(r.max_new_tokens for r in chunk)
             inputs = [PromptInput(r.prompt, self.crops_for(knobs, r), image_seed=_seed(r)) for r in chunk]
-            results = self.runner.generate(knobs, inputs, max_new_tokens=longest)
+            results = self.engine.generate(knobs, inputs, max_new_tokens=longest)
             for r, res in zip(chunk, results, strict=True):
                 ids = res.token_ids[: r.max_new_tokens]
                 text = res.text if len(ids) == len(res.token_ids) else self.runner.codec.decode(ids)

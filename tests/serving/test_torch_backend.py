@@ -55,3 +55,37 @@ def test_options_are_strict() -> None:
         TorchBackend(preset="tiny", colour="blue")
     with pytest.raises(ModelLoadError, match="preset='huge' is not known"):
         TorchBackend(preset="huge", warmup=False)
+
+
+def test_engine_options_reports_and_limits(backend: TorchBackend) -> None:
+    from moe.errors import InputTooLongError
+
+    ranges = backend.supported_ranges()
+    assert ranges.tiers == ("low", "medium", "high") and ranges.disabled == ()  # 2,560 tokens hold 15 crops
+    stats = backend.stats()["engine"]
+    assert stats["mode"] == "eager" and stats["kv_cache_mib"] > 0
+    with pytest.raises(InputTooLongError, match=r"prompt_tokens=\d+ exceeds the limit of 2560"):
+        backend.check_request(Knobs("high", 4, 12), ModelRequest("x" * 2000, image_b64="aGk="))
+    with pytest.raises(InputTooLongError, match=r"max_new_tokens=600 exceeds the limit of 512"):
+        backend.check_request(Knobs("low", 4, 12), ModelRequest("hi", 600))
+    backend.check_request(Knobs("low", 4, 12), ModelRequest("hi", 512))
+
+
+def test_small_prompt_shape_drops_tiers_that_cannot_fit() -> None:
+    small = TorchBackend(preset="tiny", max_prompt_tokens=1024, max_new_tokens=8, warmup=False)
+    assert small.supported_ranges().tiers == ("low",)  # medium: up to 8 crops, 1,296 tokens
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        ({"engine": "fast"}, "engine"),
+        ({"decode_buckets": [4, 2]}, "decode_buckets"),
+        ({"decode_buckets": []}, "decode_buckets"),
+        ({"prefill_step": 4096}, "prefill_step=4096 exceeds"),
+        ({"max_prompt_tokens": 0}, "max_prompt_tokens"),
+    ],
+)
+def test_engine_options_are_checked(options: dict, pattern: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ValueError, match=pattern):
+        TorchBackend(preset="tiny", warmup=False, **options)
