@@ -11,8 +11,8 @@ from typing import Any
 
 from controller import Table
 from controller.decode_budget import resolve_total
-from controller.stats import ConfigStats
 from controller.knobs import Knobs
+from controller.stats import ConfigStats
 from serving.config import ControllerSettings, FallbackSettings
 
 log = logging.getLogger("ray.serve")
