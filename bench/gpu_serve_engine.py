@@ -1,0 +1,243 @@
+"""Budget attainment through the Ray Serve app on the GPU, graph engine against eager, one run.
+
+For each engine mode (graph, then eager): profile the 27-config grid through the serving engine
+(`lookupctl profile --engine MODE`), build a p95 table from that latency (accuracy from the bundled
+SYNTHETIC results: random weights have none), publish it, start the app from deploy/serve_h100.yaml
+with that engine, and send six budgets across the frontier, >= 30 requests each, first one client
+at a time, then 4 concurrent clients with mixed budgets. A request meets its budget when its first
+token (vision + prefill, what a first-token budget covers) came within it: measured by the replica
+("model") and as the client saw it minus the decode ("client", so router, proxy and queue count).
+
+    python -m bench.gpu_serve_engine --out OUT_DIR [--engines graph eager] [--requests 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.h100_serve_budgets import PORT, ROOT, lookupctl, model_ms, post, sh, wait_healthy
+
+GRID = {"tiers": ["low", "medium", "high"], "top_k": ["4", "6", "8"], "blocks": ["12", "14", "16"]}
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))]
+
+
+def write_configs(work: Path, store: Path, engine: str, preset: str, device: str) -> Path:
+    serving = yaml.safe_load((ROOT / "configs/serving_h100.yaml").read_text())
+    serving["controller"]["store"] = str(store)
+    options = serving["model"]["backend_options"]
+    options.pop("checkpoint", None)
+    options.update(preset=preset, engine=engine, device=device)
+    # One table for the whole measurement: no automatic recalibration mid-run.
+    serving["controller"]["feedback"]["auto"]["enabled"] = False
+    (work / "serving.yaml").write_text(yaml.safe_dump(serving))
+    deploy = yaml.safe_load((ROOT / "deploy/serve_h100.yaml").read_text())
+    deploy["http_options"] = {"host": "127.0.0.1", "port": PORT}
+    app = deploy["applications"][0]
+    app["args"] = {"config_path": str(work / "serving.yaml"), "store": str(store)}
+    gpu = device.startswith("cuda")
+    for d in app["deployments"]:
+        if not gpu:  # a CPU rehearsal on a small machine: fractional CPUs so that everything fits
+            d["ray_actor_options"] = {"num_cpus": 0.25}
+        if d["name"] == "Router":
+            d["num_replicas"] = 1
+        if d["name"] == "LookupController":
+            d["user_config"]["store"] = str(store)
+        if d["name"] == "MoEModel":
+            d.pop("autoscaling_config", None)
+            d["num_replicas"] = 1
+            d["ray_actor_options"] = {"num_cpus": 4, "num_gpus": 1} if gpu else {"num_cpus": 0.25}
+    path = work / "serve.yaml"
+    path.write_text(yaml.safe_dump(deploy))
+    return path
+
+
+def one(budget: float, i: int, max_new_tokens: int) -> dict[str, Any]:
+    t = time.perf_counter()
+    status, resp, headers = post(budget, f"Question {i}: what is shown in the image?", max_new_tokens)
+    client_ms = (time.perf_counter() - t) * 1e3
+    m = model_ms(resp)
+    return {
+        "budget": budget, "status": status, "client_ms": client_ms, "model": m,
+        "config": "_".join(headers.get(h, "?") for h in ("x-knob-tier", "x-knob-top-k", "x-knob-active-blocks")),
+        "feasible": headers.get("x-budget-feasible"), "server_timing": headers.get("server-timing"),
+        "table_version": headers.get("x-table-version"),
+    }
+
+
+def run_mode(budgets: list[float], n: int, clients: int, max_new_tokens: int) -> list[dict[str, Any]]:
+    jobs = [(b, i) for b in budgets for i in range(n)]
+    random.Random(clients).shuffle(jobs)
+    rows: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not jobs:
+                    return
+                b, i = jobs.pop()
+            row = one(b, i, max_new_tokens)
+            with lock:
+                rows.append(row)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in rows if r["status"] == 200 and r["model"]]
+    feas = [r for r in ok if r["feasible"] == "true"]
+
+    def first_token_model(r: dict[str, Any]) -> float:
+        return r["model"]["vision"] + r["model"]["prefill"]
+
+    def first_token_client(r: dict[str, Any]) -> float:
+        return r["client_ms"] - r["model"]["decode"]
+
+    per_budget = {}
+    for b in sorted({r["budget"] for r in rows}):
+        rs = [r for r in ok if r["budget"] == b]
+        per_budget[str(b)] = {
+            "n": len([r for r in rows if r["budget"] == b]), "ok": len(rs),
+            "configs": sorted({r["config"] for r in rs}), "feasible": sorted({str(r["feasible"]) for r in rs}),
+            "first_token_model_p50": statistics.median(first_token_model(r) for r in rs) if rs else None,
+            "first_token_client_p50": statistics.median(first_token_client(r) for r in rs) if rs else None,
+        }
+    return {
+        "requests": len(rows), "ok": len(ok), "feasible": len(feas),
+        "met_model": sum(first_token_model(r) <= r["budget"] for r in feas) / len(feas) if feas else None,
+        "met_client": sum(first_token_client(r) <= r["budget"] for r in feas) / len(feas) if feas else None,
+        "per_budget": per_budget,
+    }
+
+
+def per_config_spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        if r["status"] == 200 and r["model"]:
+            by.setdefault(r["config"], []).append(r["model"]["vision"] + r["model"]["prefill"])
+    return {c: {"n": len(v), "p50": statistics.median(v), "p99": pct(v, 99),
+                "p99_over_p50": pct(v, 99) / statistics.median(v)} for c, v in sorted(by.items()) if len(v) >= 10}
+
+
+def one_engine(engine: str, a: argparse.Namespace, out: Path, accuracy_dir: Path) -> dict[str, Any]:
+    work = Path(f"/tmp/gpu_serve_engine/{engine}")
+    work.mkdir(parents=True, exist_ok=True)
+    log = out / f"serve_{engine}.log"
+    store, profile_dir = work / "store", work / "core_exp"
+    res: dict[str, Any] = {"engine": engine}
+    t = time.time()
+    sh(lookupctl("profile", "--backend", "torch", "--preset", a.preset, "--device", a.device,
+                 "--engine", engine, "--dataset", "text_vqa", "--tiers", *GRID["tiers"], "--top-k", *GRID["top_k"],
+                 "--blocks", *GRID["blocks"], "--samples", str(a.samples), "--max_new_tokens", str(a.max_new_tokens),
+                 "--out", str(profile_dir), "--no_progress"), log)
+    res["profile_s"] = round(time.time() - t, 1)
+    table = work / "table_p95.json"
+    sh(lookupctl("build", "--results_dir", str(accuracy_dir), "--latency_from", str(profile_dir), "--no_cache",
+                 "--latency_quantile", "0.95", "--output_file", str(table)), log)
+    sh(lookupctl("publish", str(table), "--store", str(store)), log)
+    from controller import load_table
+
+    frontier = [c.latency_ms for c in load_table(table).frontier()]
+    res["frontier_ms"] = [round(x, 2) for x in frontier]
+    # Six budgets across the frontier: between neighbouring frontier latencies (a budget is a
+    # user's number, not a table entry), the fastest config's with 5% room, the slowest's x 1.2.
+    idx = sorted({round(i * (len(frontier) - 2) / 3) for i in range(4)})
+    budgets = [frontier[0] * 1.05] + [(frontier[i] + frontier[i + 1]) / 2 for i in idx] + [frontier[-1] * 1.2]
+    budgets = sorted({round(b, 1) for b in budgets})
+    res["budgets"] = budgets
+    cfg = write_configs(work, store, engine, a.preset, a.device)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    serve_log = (out / f"serve_run_{engine}.log").open("w")
+    t = time.time()
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from ray.serve.scripts import cli; sys.exit(cli())",
+                             "run", str(cfg)], cwd=ROOT, env=env, stdout=serve_log, stderr=subprocess.STDOUT)
+    try:
+        res["startup_s"] = round(wait_healthy(480), 1)
+        for _ in range(a.soak):  # untimed: first requests of a fresh cluster
+            for b in budgets:
+                post(b, "soak: what is shown in the image?", a.max_new_tokens)
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/v1/stats", timeout=10) as r:
+            res["stats_model"] = json.loads(r.read()).get("model")
+        seq = run_mode(budgets, a.requests, 1, a.max_new_tokens)
+        conc = run_mode(budgets, a.requests, 4, a.max_new_tokens)
+        res["sequential"], res["concurrent"] = summarise(seq), summarise(conc)
+        res["served_vision_prefill_per_config"] = per_config_spread(seq)
+        res["rows"] = {"sequential": seq, "concurrent": conc}
+        print(f"[{engine}] profile {res['profile_s']} s, start {res['startup_s']} s, budgets {budgets}", flush=True)
+        for mode in ("sequential", "concurrent"):
+            s = res[mode]
+            print(f"[{engine}] {mode}: ok {s['ok']}/{s['requests']}, feasible {s['feasible']}, met (model) "
+                  f"{s['met_model']}, met (client) {s['met_client']}", flush=True)
+            for b, pb in s["per_budget"].items():
+                print(f"   {b:>8} ms -> {pb['configs']} feasible={pb['feasible']} first token p50 model "
+                      f"{pb['first_token_model_p50']:.1f} client {pb['first_token_client_p50']:.1f}", flush=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        subprocess.run([sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())",
+                        "stop", "--force"], check=False, capture_output=True)
+        serve_log.close()
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--engines", nargs="+", default=["graph", "eager"], choices=["graph", "eager"])
+    p.add_argument("--samples", type=int, default=10)
+    p.add_argument("--requests", type=int, default=30, help="per budget and mode")
+    p.add_argument("--max_new_tokens", type=int, default=8)
+    p.add_argument("--soak", type=int, default=3)
+    p.add_argument("--preset", default="olmoe-1b-7b")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--small_grid", action="store_true", help="2 x 2 x 2 configs (a CPU rehearsal)")
+    a = p.parse_args(argv)
+    if a.small_grid:
+        GRID.update(tiers=["low", "medium"], top_k=["4", "8"], blocks=["12", "16"])
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from controller.sample_data import generate_sample_results
+
+    accuracy_dir = Path("/tmp/gpu_serve_engine/accuracy_synthetic")
+    generate_sample_results(accuracy_dir, datasets=("text_vqa",), tiers=tuple(GRID["tiers"]),
+                            top_ks=tuple(int(k) for k in GRID["top_k"]), blocks=tuple(int(n) for n in GRID["blocks"]),
+                            samples_per_config=200, seed=0)
+    results: dict[str, Any] = {}
+    for engine in a.engines:
+        try:
+            results[engine] = one_engine(engine, a, out, accuracy_dir)
+        except Exception as e:  # noqa: BLE001 - keep what the other engine measured
+            results[engine] = {"error": f"{type(e).__name__}: {e}"}
+            print(f"[{engine}] failed: {e}", flush=True)
+        (out / "serve_engine.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
