@@ -20,6 +20,7 @@ from serving.inputs import BadInput
 SHAPE = 'send JSON like {"prompt": "...", "max_new_tokens": 16, "image": "<base64>"}'
 FIELDS = ("prompt", "image", "max_new_tokens")
 MAX_INT_DIGITS = 20
+MAX_DEPTH = 32
 
 
 class GenerateBody(BaseModel):
@@ -43,25 +44,23 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
-def _check_strings(value: Any, where: str) -> None:
-    """A lone surrogate (\\ud800) is valid JSON but cannot be encoded later: refuse it here."""
+def _check_strings(value: Any, where: str, depth: int = 0) -> None:
+    """A lone surrogate (\\ud800) is valid JSON but cannot be encoded later: refuse it here. Our
+    body is flat, so nesting past MAX_DEPTH is refused too (before it can exhaust the stack)."""
+    if depth > MAX_DEPTH:
+        raise BadInput("body", "", f"is nested deeper than {MAX_DEPTH} levels", SHAPE)
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise BadInput(
-                where,
-                value.encode("utf-8", "backslashreplace").decode(),
-                "holds a lone surrogate",
-                "send valid Unicode text",
-            ) from None
+            raise BadInput(where, value, "holds a lone surrogate", "send valid Unicode text") from None
     elif isinstance(value, dict):
         for k, v in value.items():
-            _check_strings(k, "body")
-            _check_strings(v, f"{k}" if k in FIELDS else "body")
+            _check_strings(k, "body", depth + 1)
+            _check_strings(v, k if k in FIELDS else "body", depth + 1)
     elif isinstance(value, list):
         for v in value:
-            _check_strings(v, where)
+            _check_strings(v, where, depth + 1)
 
 
 def parse_json(raw: bytes) -> Any:

@@ -100,8 +100,8 @@ def app(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
 
 
 def test_table_with_configs_the_model_cannot_run_is_rejected(app: App) -> None:
-    # Checksum-valid (published through the store), but top_k 65 on a 64-expert model.
-    bad = app.store.publish(synthetic_table(grid=(TIERS, (4, 65), (12, 16))))
+    # Checksum-valid (published through the store), but 17 active blocks on a 16-block model.
+    bad = app.store.publish(synthetic_table(grid=(TIERS, (4, 8), (12, 17))))
     with LoadLoop(f"{app.base}/v1/generate", BUDGETS, concurrency=4) as load:
         status = until(
             lambda: (
@@ -111,7 +111,7 @@ def test_table_with_configs_the_model_cannot_run_is_rejected(app: App) -> None:
             ),
             "controller rejects the unsupported table",
         )
-        assert "top_k=65" in status["last_rejection"]["reason"]
+        assert "num_active_blocks=17" in status["last_rejection"]["reason"]
         assert status["table_version"] == app.first.version_id
         # While it is LATEST, a killed model replica comes back (it does not read the store).
         victim = _kill("MoEModel")
