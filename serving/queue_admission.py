@@ -61,10 +61,17 @@ class QueueAdmission:
     def estimate(self) -> WaitEstimate:
         return self.tracker.estimate(time.monotonic()) if self.queue_aware else NO_WAIT
 
+    def slowness(self) -> float:
+        """Guard for a model running slower than its table (drift, a busy host): the p90 of measured
+        service / table latency, never below 1. Dividing the remaining budget by it is the same as
+        resolving on a table whose latencies are that much larger; live recalibration fixes the table
+        per config, this covers the time until it does."""
+        return max(1.0, self.tracker.ratio_quantile(0.9)) if self.queue_aware else 1.0
+
     def resolve_budget(self, budget_ms: float, estimate: WaitEstimate) -> float:
         if self.metrics is not None and self.queue_aware:
             self.metrics.wait_ms.observe(estimate.wait_ms)
-        return resolvable(remaining_budget_ms(budget_ms, estimate))
+        return resolvable(remaining_budget_ms(budget_ms, estimate) / self.slowness())
 
     def tokens_for(self, max_new_tokens: int) -> int | None:
         """What Resolver.resolve takes: a token count only when budgets cover the whole request."""
@@ -85,7 +92,7 @@ class QueueAdmission:
         if answer.feasible is not False or answer.expected_latency_ms is None:
             return None
         tol = answer.tolerance or 0.0
-        r = refuse_strict(answer.budget_ms, tol, estimate, answer.expected_latency_ms)
+        r = refuse_strict(answer.budget_ms, tol, estimate, answer.expected_latency_ms * self.slowness())
         self.refused[r.status] = self.refused.get(r.status, 0) + 1
         if self.metrics is not None:
             self.metrics.refused.inc(tags={"status": str(r.status)})
@@ -136,6 +143,7 @@ class QueueAdmission:
             "covers": self.covers,
             "estimate": self.estimate().to_dict(),
             "service_ratio": self.tracker.ratio(),
+            "slowness_guard": self.slowness(),
             "refused": {str(k): v for k, v in self.refused.items()},
             "feedback": self.feedback.status() if self.feedback is not None else None,
         }

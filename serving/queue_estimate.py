@@ -100,6 +100,13 @@ class QueueTracker:
         """Measured service / table latency; 1.0 (the table as is) before any answer."""
         return median(self._ratios) if self._ratios else 1.0
 
+    def ratio_quantile(self, q: float) -> float:
+        """A high quantile of measured service / table latency (1.0 before any answer)."""
+        if not self._ratios:
+            return 1.0
+        ordered = sorted(self._ratios)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
     def overhead_ms(self) -> float:
         measured = 0.0
         if self._overhead:

@@ -197,3 +197,40 @@ def test_drift_publishes_recalibrated_table_and_rollback_holds(
         assert out["published"] is None and out["recalibrated"]
     finally:
         serve.delete("qdrift")
+
+
+def test_total_budget_covers_decode_of_the_requested_tokens(serve_port: int, tmp_path: Path) -> None:
+    from controller.decode_budget import resolve_total
+
+    store = str(tmp_path / "store")
+    table = TableStore(store).publish(_table())
+    config = _config(store, queue_aware=False)
+    config = config.model_copy(update={"budget": config.budget.model_copy(update={"covers": "total"})})
+    _deploy("qtotal", config)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}/qtotal", timeout=30) as c:
+            for tokens in (1, 40):
+                r = c.post("/v1/generate", json={"prompt": "hi", "max_new_tokens": tokens}, headers={BUDGET: "150"})
+                assert r.status_code == 200, r.text
+                body = r.json()
+                d, decode = resolve_total(table, 150.0, tokens)
+                assert body["budget_covers"] == "total" and body["knobs"] == d.knobs.as_dict()
+                assert body["expected_decode_ms"] == pytest.approx(decode)
+                assert body["expected_latency_ms"] == pytest.approx(d.expected_latency_ms)
+    finally:
+        serve.delete("qtotal")
+
+
+def test_attainment_load_generator_runs_against_any_base_url(apps: dict[str, Any],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.bench_attainment import main as bench_main
+
+    assert bench_main(["--url", f"{apps['base']}/qaware", "--concurrency", "1,2", "--budgets", "5000",
+                       "--requests", "6"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:2] == ["clients", "attain"] and len(lines) == 3
+    assert lines[1].split()[1] == "100.0%"  # 5 s budgets: all met
+    for bad, what in ((["--url", "ftp://x"], "--url"), (["--url", "http://x", "--concurrency", "a,b"], "--concurrency"),
+                      (["--url", "http://x", "--budgets", "nan"], "--budgets")):
+        with pytest.raises(SystemExit, match=what):
+            bench_main(bad)

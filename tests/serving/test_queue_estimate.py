@@ -109,3 +109,12 @@ def test_auto_publish_needs_drift_held_for_long_enough_cooldown_and_no_rollback(
     assert should_publish(st, 121.0, {"a": 0.3}, s, rollback_in_effect=False)
     off = AutoRecalibrateSettings(enabled=False)
     assert not should_publish(AutoState(), 1e9, {"a": 5.0}, off, rollback_in_effect=False)
+
+
+def test_ratio_quantile_guards_against_a_slower_model() -> None:
+    t = QueueTracker(max_batch_size=1)
+    assert t.ratio_quantile(0.9) == 1.0  # nothing measured: the table as is
+    for i, ratio in enumerate([1.0, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.4]):
+        t.sent(i, "low_4_12", 100.0)
+        t.done(i, 0.0, expected_ms=100.0, service_ms=100.0 * ratio, router_ms=200.0, queue_wait_ms=0.0, report=None)
+    assert t.ratio_quantile(0.9) == pytest.approx(1.4) and t.ratio() == pytest.approx(1.3)
