@@ -159,7 +159,11 @@ class LookupController:
     async def _check_once(self) -> None:
         if not await self._refresh_ranges():
             return
+        rejected_before = self.watcher.rejected
         outcome, table = await asyncio.to_thread(self.watcher.check, self._check_supported)
+        if outcome != "rejected" and self.watcher.rejected > rejected_before:
+            # A bad LATEST at start, then an earlier valid version taken: count the rejection too.
+            self.metrics.reloads.inc(tags={"outcome": "rejected"})
         if outcome == "accepted" and table is not None:
             table = self._servable(table)
             data = await asyncio.to_thread(table.to_json_bytes)
