@@ -108,6 +108,10 @@ def local_serve(http_port: int, num_cpus: int = 4, quiet: bool = False) -> Itera
     if quiet:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
     ray.init(
+        # "local": always a new instance of our own. Without an address Ray attaches to any cluster
+        # already running on this machine (e.g. one a two-node test started with `ray start`), and
+        # dies with it when that cluster is stopped.
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
         log_to_driver=False,
