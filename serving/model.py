@@ -34,6 +34,17 @@ def check_configs(backend: Backend, knobs: list[Knobs], what: str) -> None:
             ) from e
 
 
+def first_token_ms(backend: Backend, timings: dict[str, float], service_ms: float) -> float:
+    """The part of a backend call that the table's latency describes. A backend may say (the
+    simulated one's table latency can be the whole call); else vision + prefill when reported."""
+    own = getattr(backend, "first_token_ms", None)
+    if own is not None:
+        return float(own(timings, service_ms))
+    if "vision" in timings and "prefill" in timings:
+        return float(timings["vision"] + timings["prefill"])
+    return service_ms
+
+
 def _replica_id() -> str:
     try:
         return serve.get_replica_context().replica_id.unique_id
@@ -143,6 +154,7 @@ class MoEModel:
                     # Live feedback and queue reports (serving.feedback, serving.queue_estimate).
                     "queue_wait_ms": waits[j],
                     "service_ms": service_ms,
+                    "first_token_ms": first_token_ms(self.backend, o.timings_ms, service_ms),
                     "crops": crops_for(k, requests[i]) if crops_for is not None else None,
                     "replica_load": report,
                 }

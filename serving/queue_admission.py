@@ -133,6 +133,7 @@ class QueueAdmission:
             router_ms=router_ms,
             queue_wait_ms=float(wait) if isinstance(wait, (int, float)) else None,
             report=_report(out.get("replica_load")),
+            first_token_ms=_first_token_ms(out),
         )
         if self.feedback is not None:
             self.feedback.add(observation(answer.knobs.key, out))
@@ -147,3 +148,10 @@ class QueueAdmission:
             "refused": {str(k): v for k, v in self.refused.items()},
             "feedback": self.feedback.status() if self.feedback is not None else None,
         }
+
+
+def _first_token_ms(out: dict[str, Any]) -> float | None:
+    """The replica's first-token time for this request (what the table's latency describes), when
+    it says so; None leaves the tracker on the whole call."""
+    value = out.get("first_token_ms")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -60,6 +60,9 @@ class QueueTracker:
         self._ratios: deque[float] = deque(maxlen=window)
         self._service: deque[float] = deque(maxlen=window)
         self._overhead: deque[float] = deque(maxlen=window)
+        # Measured first token / table latency: the table's latency is a first-token time, while a
+        # backend call also decodes, so slowness is judged on the first token alone.
+        self._first_token_ratios: deque[float] = deque(maxlen=window)
 
     # -- events --------------------------------------------------------------------------------
 
@@ -79,6 +82,7 @@ class QueueTracker:
         router_ms: float,
         queue_wait_ms: float | None,
         report: ReplicaReport | None,
+        first_token_ms: float | None = None,
     ) -> None:
         """An answer came back. router_ms is the router's whole time for the request; what it
         spent outside the replica's queue and service is the overhead we budget for."""
@@ -88,6 +92,9 @@ class QueueTracker:
             self._service.append(service_ms)
             if expected_ms is not None and expected_ms > 0:
                 self._ratios.append(service_ms / expected_ms)
+                first = first_token_ms if _finite_nonneg(first_token_ms) else service_ms
+                assert first is not None
+                self._first_token_ratios.append(first / expected_ms)
             if _finite_nonneg(queue_wait_ms):
                 assert queue_wait_ms is not None
                 self._overhead.append(max(0.0, router_ms - service_ms - queue_wait_ms))
@@ -101,10 +108,11 @@ class QueueTracker:
         return median(self._ratios) if self._ratios else 1.0
 
     def ratio_quantile(self, q: float) -> float:
-        """A high quantile of measured service / table latency (1.0 before any answer)."""
-        if not self._ratios:
+        """A high quantile of measured first token / table latency (1.0 before any answer); the
+        whole call where the model reports no first token."""
+        if not self._first_token_ratios:
             return 1.0
-        ordered = sorted(self._ratios)
+        ordered = sorted(self._first_token_ratios)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     def overhead_ms(self) -> float:

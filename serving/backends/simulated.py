@@ -72,6 +72,13 @@ class SimulatedBackend:
         if knobs.key in o.disabled_configs:
             raise ConfigDisabledError(knobs.key, "disabled by the simulated backend's disabled_configs option")
 
+    def first_token_ms(self, timings: dict[str, float], service_ms: float) -> float:
+        """What the table's latency stands for here: the whole call when the table latency is the
+        whole call ("in_table_latency"), else the first token (vision + prefill)."""
+        if self.options.decode == "in_table_latency":
+            return service_ms
+        return timings.get("vision", 0.0) + timings.get("prefill", 0.0)
+
     def supported_ranges(self) -> SupportedRanges:
         o = self.options
         return SupportedRanges(
