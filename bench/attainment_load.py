@@ -30,6 +30,11 @@ class Result:
     queue_wait_ms: float | None
     started: float
     router_ms: float | None = None  # the router's own total (timings_ms.total): the rest is proxy + client
+    # Where a miss came from: the replica's measured queue wait and service, the overhead budgeted.
+    actual_wait_ms: float | None = None
+    service_ms: float | None = None
+    overhead_ms: float | None = None
+    feasible: bool | None = None  # the router's promise: some config fitted the (remaining) budget
 
     def met(self, covers: str = "first_token") -> bool:
         served = self.latency_ms - (self.decode_ms if covers == "first_token" else 0.0)
@@ -50,7 +55,8 @@ async def _one(client: Any, url: str, budget: float, headers: dict[str, str], bo
     config = f"{knobs.get('tier')}_{knobs.get('top_k')}_{knobs.get('num_active_blocks')}" if knobs else None
     router = (data.get("timings_ms") or {}).get("total")
     return Result(budget, r.status_code, latency, float(decode), data.get("expected_accuracy"), config,
-                  data.get("queue_wait_ms"), started, router)
+                  data.get("queue_wait_ms"), started, router, out.get("queue_wait_ms"), out.get("service_ms"),
+                  data.get("overhead_ms"), data.get("feasible"))
 
 
 def _endpoint(base_url: str) -> str:
@@ -110,6 +116,13 @@ def summarize(results: Sequence[Result], covers: str = "first_token") -> dict[st
     span = (max(r.started + r.latency_ms / 1000 for r in results) - min(r.started for r in results)) if results else 0
     acc = [r.expected_accuracy for r in ok if r.expected_accuracy is not None]
     waits = [r.queue_wait_ms for r in ok if r.queue_wait_ms is not None]
+    missed = [r for r in ok if not r.met(covers)]
+    promised = [r for r in ok if r.feasible]
+    late_wait = [r for r in missed if r.actual_wait_ms is not None and r.queue_wait_ms is not None
+                 and r.actual_wait_ms > r.queue_wait_ms]
+    late_rest = [r for r in missed if r.overhead_ms is not None and r.router_ms is not None and r.service_ms is not None
+                 and r.actual_wait_ms is not None
+                 and r.latency_ms - r.service_ms - r.actual_wait_ms > r.overhead_ms]
     return {
         "requests": len(results),
         "ok": len(ok),
@@ -119,4 +132,14 @@ def summarize(results: Sequence[Result], covers: str = "first_token") -> dict[st
         "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else math.nan,
         "throughput_rps": len(ok) / span if span > 0 else math.nan,
         "mean_expected_wait_ms": statistics.fmean(waits) if waits else math.nan,
+        # Of the answered misses: how many waited longer than expected at the replica, and how many
+        # spent more than the budgeted overhead outside the replica's queue and service.
+        # The router's own promise: share of answers it flagged feasible, and how many of those met
+        # their budget (an estimate that holds keeps this near 1 even when the load makes budgets
+        # impossible: those requests are flagged infeasible, or refused under `strict`).
+        "feasible_share": len(promised) / len(ok) if ok else math.nan,
+        "attainment_when_feasible": sum(r.met(covers) for r in promised) / len(promised) if promised else math.nan,
+        "misses": len(missed),
+        "misses_wait_over_estimate": len(late_wait),
+        "misses_overhead_over_budgeted": len(late_rest),
     }
