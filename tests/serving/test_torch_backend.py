@@ -89,3 +89,14 @@ def test_small_prompt_shape_drops_tiers_that_cannot_fit() -> None:
 def test_engine_options_are_checked(options: dict, pattern: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ValueError, match=pattern):
         TorchBackend(preset="tiny", warmup=False, **options)
+
+
+def test_supported_ranges_match_what_validate_knobs_accepts(backend: TorchBackend) -> None:
+    ranges = backend.supported_ranges()
+    assert ranges.top_k == (1, 16) and ranges.num_active_blocks[1] == 16
+    for k in (Knobs("low", 16, 16), Knobs("high", 1, ranges.num_active_blocks[0])):
+        ranges.check(k)
+        backend.validate_knobs(k)
+    for k in (Knobs("low", 17, 16), Knobs("low", 8, 17)):
+        with pytest.raises(KnobError):
+            ranges.check(k)
