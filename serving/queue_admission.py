@@ -31,7 +31,7 @@ def _report(raw: Any) -> ReplicaReport | None:
             str(raw["replica"])[:200], int(raw["waiting"]), int(raw["running"]), float(raw["backlog_ms"]),
             None if ratio is None else float(ratio),
         )
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):  # e.g. int(inf)
         return None
 
 

@@ -118,3 +118,21 @@ def test_ratio_quantile_guards_against_a_slower_model() -> None:
         t.sent(i, "low_4_12", 100.0)
         t.done(i, 0.0, expected_ms=100.0, service_ms=100.0 * ratio, router_ms=200.0, queue_wait_ms=0.0, report=None)
     assert t.ratio_quantile(0.9) == pytest.approx(1.4) and t.ratio() == pytest.approx(1.3)
+
+
+@pytest.mark.parametrize("raw", [
+    None, "x", {},
+    {"replica": "r", "waiting": float("inf"), "running": 0, "backlog_ms": 1},
+    {"replica": "r", "waiting": "a", "running": 0, "backlog_ms": 1},
+])
+def test_malformed_replica_reports_are_ignored(raw: object) -> None:
+    from serving.queue_admission import _report
+
+    assert _report(raw) is None
+
+
+def test_report_with_non_finite_backlog_does_not_poison_the_estimate() -> None:
+    t = QueueTracker(max_batch_size=1)
+    t.done(1, 0.0, expected_ms=None, service_ms=None, router_ms=1.0, queue_wait_ms=None,
+           report=ReplicaReport("r", 1, 1, float("nan"), None))
+    assert t.estimate(0.1).wait_ms == 0
