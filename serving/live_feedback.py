@@ -45,8 +45,10 @@ def should_publish(state: AutoState, now: float, drifts: dict[str, float], setti
 
 
 class LiveFeedback:
-    def __init__(self, settings: FeedbackSettings, store: str, replica: str) -> None:
-        self.settings, self.store, self.replica = settings, store, replica
+    def __init__(self, settings: FeedbackSettings, store: str, replica: str, sign_key: bytes | None = None) -> None:
+        # sign_key: the controller's verify key (HMAC: the same secret signs), so that a store that
+        # serves only signed versions serves the automatic ones too.
+        self.settings, self.store, self.replica, self.sign_key = settings, store, replica, sign_key
         self.window = LiveWindow(settings.window_s, settings.relative_accuracy)
         self.auto = AutoState()
         self.accepted = 0
@@ -121,7 +123,7 @@ class LiveFeedback:
                   "end_unix": time.time(), "replicas": [self.replica]}
         new = recalibrate(table, live, min_samples=self.settings.min_samples, window=window, trigger="automatic",
                           notes={"drift_p95": {k: round(v, 4) for k, v in self.last_drift.items()}})
-        published = store.publish(new)
+        published = store.publish(new, sign_key=self.sign_key)
         self.auto.last_publish, self.auto.drift_since = now, None
         self.auto_publishes.append(published.version_id)
         log.warning("LookupController %s: automatic recalibration published %s (p95 drift %s)",

@@ -41,6 +41,10 @@ class ControllerUserConfig(BaseModel):
     verify_key_file: str | None = None  # see ControllerSettings.verify_key_file
 
 
+def _sign_key(config: ControllerUserConfig) -> bytes | None:
+    return read_key_file(config.verify_key_file) if config.verify_key_file else None
+
+
 def _store(config: ControllerUserConfig) -> TableStore:
     """With verify_key_file, only versions signed with that key load (controller/signing.py)."""
     key = read_key_file(config.verify_key_file) if config.verify_key_file else None
@@ -88,7 +92,7 @@ class LookupController:
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         # Live latency from the routers' observations (serving.live_feedback).
-        self.live = LiveFeedback(self.config.feedback, self.config.store, self.replica_id)
+        self.live = LiveFeedback(self.config.feedback, self.config.store, self.replica_id, _sign_key(self.config))
         self._live_task = asyncio.get_running_loop().create_task(self._live_forever())
         await self._check_once()
         if self.watcher.table is None:
@@ -108,7 +112,7 @@ class LookupController:
             self.watcher.retarget(_store(new), new.version)
             self._wake.set()  # the watcher task loads the newly targeted version off the loop
         if new.feedback != self.config.feedback or new.store != self.config.store:
-            self.live = LiveFeedback(new.feedback, new.store, self.replica_id)  # starts a new window
+            self.live = LiveFeedback(new.feedback, new.store, self.replica_id, _sign_key(new))  # a new window
         self.config = new
         self._resolve_batch.set_max_batch_size(new.max_batch_size)
         self._resolve_batch.set_batch_wait_timeout_s(new.batch_wait_timeout_s)

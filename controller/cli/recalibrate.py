@@ -17,6 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="live samples a config needs to take its latency from them (default 50)")
     p.add_argument("--max-age-s", type=float, default=600.0, dest="max_age_s",
                    help="ignore replica snapshots older than this (default 600)")
+    p.add_argument("--sign-key-file", dest="sign_key_file", default=None,
+                   help="HMAC key file: sign the new version (stores whose controllers verify signatures)")
     p.add_argument("--dry-run", action="store_true", help="print what would change, publish nothing")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_recalibrate)
@@ -49,7 +51,10 @@ def _recalibrate(args: argparse.Namespace) -> int:
     }
     table = recalibrate(current, live, min_samples=args.min_samples, window=window, trigger="lookupctl")
     info = table.source["live_recalibration"]
-    published = None if args.dry_run else store.publish(table, now=None)
+    from controller.signing import read_key_file
+
+    key = read_key_file(args.sign_key_file) if args.sign_key_file else None
+    published = None if args.dry_run else store.publish(table, sign_key=key)
     result = {
         "from_version": current.version_id,
         "published": published.version_id if published else None,

@@ -145,3 +145,21 @@ def test_read_snapshots_skips_stale(tmp_path: Path) -> None:
     assert good == [] and "older than" in skipped[0]
     good, _ = read_snapshots(str(tmp_path), max_age_s=5000, now=1000)
     assert merge_snapshots(good)[LOW].count == 10
+
+
+def test_cli_recalibrate_signs_for_stores_that_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    key_file = tmp_path / "key"
+    key_file.write_text("a-secret-key-of-some-length-0123456789")
+    store_dir = str(tmp_path / "store")
+    first = TableStore(store_dir).publish(table_of(grid()), sign_key=key_file.read_text().encode())
+    low = next(c for c in first.configs() if c.knobs == LOW)
+    live = _window_with(1.3, 100, base=low.latency_ms).merged(100.0)
+    now = time.time()
+    write_snapshot(store_dir, "r", snapshot(live, replica="r", window_s=60, start_unix=now - 60, end_unix=now,
+                                            relative_accuracy=0.01))
+    assert main(["recalibrate", "--store", store_dir, "--sign-key-file", str(key_file), "--json"]) == 0
+    published = json.loads(capsys.readouterr().out)["published"]
+    verifying = TableStore(store_dir, verify_key=key_file.read_text().encode())
+    assert verifying.load("latest").version_id == published
