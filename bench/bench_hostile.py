@@ -67,6 +67,22 @@ def _unknown_keys(url: str, n: int, seed: int) -> int:
     return bad
 
 
+def _big_bodies(url: str, clients: int, n: int, size: int) -> set[int]:
+    """n bodies of `size` bytes from `clients` threads at once (each over the 8 MiB default limit)."""
+    import concurrent.futures
+
+    import httpx
+
+    body = b'{"prompt": "' + b"x" * size + b'"}'
+
+    def send(_: int) -> int:
+        with httpx.Client(timeout=120) as c:
+            return c.post(url, content=body, headers={"content-type": "application/json"}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        return set(pool.map(send, range(n)))
+
+
 def _concurrent_publishes(publishers: int, rounds: int) -> tuple[int, int]:
     from controller.store import TableStore
     from serving.testing import synthetic_table
@@ -111,6 +127,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         before = _rss_mb(pid)
         refused = _unknown_keys(url, n, seed=2)
         after = _rss_mb(pid)
+        codes = _big_bodies(url, 8, 16, 50_000_000)
+        after_big = _rss_mb(pid)
         serve.delete("hostile")
     published, lost = _concurrent_publishes(4, 10)
     growth = (after - before) / before * 100
@@ -135,6 +153,15 @@ def run(quick: bool = False) -> dict[str, Any]:
                 "baseline_name": "requests sent",
                 "goal": "all",
                 "passed": refused == n,
+            },
+            {
+                "name": "router RSS after 16 x 50 MB bodies from 8 clients",
+                "value": round(after_big, 1),
+                "unit": "MB",
+                "baseline": round(after, 1),
+                "baseline_name": "router RSS before them, same run (2.1 GB before the limits)",
+                "goal": "every body refused with 413; RSS < 2 x before",
+                "passed": codes == {413} and after_big < 2 * after,
             },
             {
                 "name": "concurrent publishes lost",
