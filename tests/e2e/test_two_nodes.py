@@ -79,7 +79,14 @@ def test_publish_and_worker_failure_on_two_nodes(tmp_path: Path) -> None:
         )
         nodes.append(
             _start(
-                [f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--resources={json.dumps(slots)}"],
+                # Its own temp dir too: a node writes the cluster address there, and one written
+                # to the default /tmp/ray would make other tests' bare ray.init() join this cluster.
+                [
+                    f"--address=127.0.0.1:{port}",
+                    "--num-cpus=2",
+                    f"--resources={json.dumps(slots)}",
+                    f"--temp-dir={ray_tmp}",
+                ],
                 tmp_path / "worker.log",
                 env,
             )
