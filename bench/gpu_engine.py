@@ -23,7 +23,7 @@ from typing import Any
 TIERS = ("low", "medium", "high")
 TOP_KS = (4, 6, 8)
 BLOCKS = (12, 14, 16)
-LOGIT_ATOL = 0.05  # bf16 logits: graph replay runs the same kernels, so equal or within rounding
+LOGIT_ATOL = 0.0625  # 2^-4: one bf16 step at |logit| in [8, 16); graph and eager may pick other GEMM algorithms
 
 
 def pct(xs: list[float], q: float) -> float:
