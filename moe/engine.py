@@ -385,10 +385,13 @@ class GenerationEngine:
         max_new_tokens: int = 16,
         prefill_only: bool = False,
         keep_logits: bool = False,
+        on_tokens: Callable[[list[list[int]]], bool] | None = None,
     ) -> list[GenerationResult]:
         """Greedy generation for requests that share `knobs`, the same results as
         MoERunner.generate. A config not prepared yet runs eagerly (same numbers, slower) and is
-        not captured here: capture belongs off the request path (`prepare`)."""
+        not captured here: capture belongs off the request path (`prepare`). `on_tokens` (one
+        chunk at most) gets every request's tokens so far after the prefill and after each decode
+        step; returning False stops the generation there (a client went away)."""
         if not inputs:
             return []
         if max_new_tokens < 1:
@@ -400,11 +403,18 @@ class GenerationEngine:
         with self._lock, torch.inference_mode():
             for start in range(0, len(inputs), self.max_batch):
                 chunk = inputs[start : start + self.max_batch]
-                out += self._generate_chunk(knobs, chunk, 1 if prefill_only else max_new_tokens, keep_logits)
+                out += self._generate_chunk(
+                    knobs, chunk, 1 if prefill_only else max_new_tokens, keep_logits, on_tokens
+                )
         return out
 
     def _generate_chunk(
-        self, knobs: Knobs, inputs: Sequence[PromptInput], max_new_tokens: int, keep_logits: bool
+        self,
+        knobs: Knobs,
+        inputs: Sequence[PromptInput],
+        max_new_tokens: int,
+        keep_logits: bool,
+        on_tokens: Callable[[list[list[int]]], bool] | None = None,
     ) -> list[GenerationResult]:
         pair = pair_of(knobs)
         fk = self.runner.forward_knobs(knobs)
@@ -460,9 +470,10 @@ class GenerationEngine:
             step_logits: list[torch.Tensor] = []
             steps_ms: list[float] = []
             done = self._finished(tokens[0])
+            stopped = on_tokens is not None and not on_tokens(torch.stack(tokens, dim=1).tolist())
             t_decode = self._now()
             for _ in range(max_new_tokens - 1):
-                if bool(done.all()):
+                if stopped or bool(done.all()):
                     break
                 t = time.perf_counter()
                 self._run(("decode", pair, b), lambda: self._decode_step(b))
@@ -472,6 +483,8 @@ class GenerationEngine:
                     step_logits.append(self.decode_logits[:n].clone())
                 done = done | self._finished(tok)
                 steps_ms.append((self._now() - t) * 1e3)
+                if on_tokens is not None and not on_tokens(torch.stack(tokens, dim=1).tolist()):
+                    stopped = True
             t_end = self._now()
         timings = {
             "vision": vision_ms,

@@ -24,6 +24,12 @@ class RouterMetrics:
         self.bad_requests = metrics.Counter(
             "lookup_bad_requests_total", description="Requests refused with 4xx.", tag_keys=("reason",)
         )
+        self.attainment = metrics.Counter(
+            "lookup_budget_attainment_total",
+            description="Served requests by whether their measured latency met the budget "
+            "(first token or total, per budget.covers), by budget bucket.",
+            tag_keys=("covers", "budget_bucket", "met"),
+        )
         self.resolve_ms = metrics.Histogram(
             "lookup_resolve_latency_ms",
             description="Time to turn a budget into knobs, milliseconds.",

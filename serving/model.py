@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
@@ -86,6 +88,8 @@ class MoEModel:
         # The replica's own queue: waits per request, and the report each answer carries back.
         self.queue = ReplicaQueue(self._replica, self.settings.batch.max_batch_size)
         self._tokens = itertools.count(1)
+        self._streams: set[asyncio.Task[None]] = set()  # running stream tasks (kept referenced)
+        self.stream_counts = {"started": 0, "finished": 0, "cancelled": 0}
 
     async def generate(
         self,
@@ -110,6 +114,77 @@ class MoEModel:
             return await self._batched(k, req, expected_latency_ms, (token, decode_ms_per_token))
         finally:
             self.queue.dropped(token)  # no-op once its backend call started
+
+    async def generate_stream(
+        self,
+        knobs: dict[str, Any],
+        request: dict[str, Any],
+        expected_latency_ms: float | None = None,
+        decode_ms_per_token: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yields {"text": decoded so far} after the prefill and after each decode step, then
+        {"output": the same dict generate returns}. Runs alone, not in a Serve batch (a batch's
+        first token waits for every member's prefill). When the caller goes away (Serve cancels
+        this generator) the backend is told to stop at its next step."""
+        k = Knobs.from_mapping(knobs)
+        self.backend.validate_knobs(k)
+        req = ModelRequest(**request)
+        check_request = getattr(self.backend, "check_request", None)
+        if check_request is not None:
+            check_request(k, req)
+        stream = getattr(self.backend, "generate_stream", None)
+        if stream is None:  # a backend that cannot stream: one piece, at the end
+            out = await self.generate(knobs, request, expected_latency_ms, decode_ms_per_token)
+            yield {"text": out["text"]}
+            yield {"output": out}
+            return
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def on_text(text: str) -> bool:
+            loop.call_soon_threadsafe(pieces.put_nowait, ("text", text))
+            return not stop.is_set()
+
+        args: tuple[Any, ...] = (k, req, on_text)
+        if self._pass_expected:
+            args += (expected_latency_ms, decode_ms_per_token)
+        started = time.monotonic()
+
+        async def run() -> None:
+            try:
+                o = await asyncio.to_thread(stream, *args)
+                # Counted here: after a client left, nobody reads the queue any more.
+                self.stream_counts["cancelled" if o.finish_reason == "cancelled" else "finished"] += 1
+                pieces.put_nowait(("done", o))
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+                pieces.put_nowait(("error", e))
+
+        task = asyncio.create_task(run())
+        self.stream_counts["started"] += 1
+        self._streams.add(task)  # referenced until done, also after the consumer left
+        task.add_done_callback(self._streams.discard)
+        try:
+            while True:
+                kind, value = await pieces.get()
+                if kind == "text":
+                    yield {"text": value}
+                elif kind == "error":
+                    raise value
+                else:
+                    service_ms = (time.monotonic() - started) * 1000
+                    o = value
+                    yield {"output": {
+                        "text": o.text, "output_tokens": o.output_tokens, "prompt_tokens": o.prompt_tokens,
+                        "finish_reason": o.finish_reason, "timings_ms": o.timings_ms, "batch_size": 1,
+                        "batch_knobs": k.as_dict(), "service_ms": service_ms, "queue_wait_ms": 0.0,
+                        "first_token_ms": first_token_ms(self.backend, o.timings_ms, service_ms),
+                    }}
+                    return
+        finally:
+            # The client left (or we are done): the backend stops at its next step, and `task`
+            # ends with the backend call on its own.
+            stop.set()
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _batched(
@@ -144,6 +219,8 @@ class MoEModel:
                 out[i] = {
                     "text": o.text,
                     "output_tokens": o.output_tokens,
+                    "prompt_tokens": o.prompt_tokens,
+                    "finish_reason": o.finish_reason,
                     "timings_ms": o.timings_ms,
                     # The backend call this request ran in: its size, id and knobs (one knob set
                     # per call), and how many requests the Serve batch that held it collected.
@@ -163,6 +240,10 @@ class MoEModel:
     def supported_ranges(self) -> dict[str, Any]:
         """Published to the controller, which refuses tables with configs outside these ranges."""
         return self.backend.supported_ranges().to_dict()
+
+    def stream_stats(self) -> dict[str, int]:
+        """Streams started, finished, and stopped early because their client went away."""
+        return dict(self.stream_counts)
 
     def engine_stats(self) -> dict[str, Any]:
         """Capture seconds, graph memory, disabled configs (torch backend); {} for others."""

@@ -6,10 +6,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serving import openai_api, openai_serve
+from serving.attainment import budget_bucket
 from serving.auth import HEADER, ActiveKeys, ApiKeys
 from serving.body import generate_body
 from serving.budget_plan import parse_policy
@@ -31,6 +33,8 @@ async def _bad_input(_: Request, e: BadInput) -> JSONResponse:
     # e.field is one of ours (configured header, query or body field name, "body"): a bounded set.
     router_metrics().bad_requests.inc(tags={"reason": e.field})
     router_stats().bad_request(e.field)
+    if openai_api.is_openai_path(_.url.path):  # the OpenAI error shape on the OpenAI routes
+        return JSONResponse(openai_api.bad_input_body(e), status_code=e.status)
     return JSONResponse(e.to_dict(), status_code=e.status)
 
 
@@ -155,15 +159,9 @@ class Router:
             raise
         model_ms = (time.perf_counter() - model_started) * 1000
         adm.done(token, answer, output, (time.perf_counter() - started) * 1000)
-        self.metrics.requests.inc(
-            tags={
-                "config": answer.knobs.key,
-                "feasible": str(answer.feasible).lower(),
-                "fallback": str(answer.fallback).lower(),
-            }
-        )
-        self.stats.served(answer.knobs.key)
         total_ms = (time.perf_counter() - started) * 1000
+        decode_ms = float(((output or {}).get("timings_ms") or {}).get("decode", 0.0))
+        self.served(answer, budget, first_token_ms=total_ms - decode_ms, total_ms=total_ms)
         content = {
             "output": output,
             **answer.to_dict(),
@@ -172,6 +170,42 @@ class Router:
         timing = _server_timing(controller_ms, model_ms, total_ms, answer.queue_wait_ms)
         headers = _knob_headers(answer) | {"Server-Timing": timing}
         return JSONResponse(content, headers=headers)
+
+    def served(self, answer: Answer, budget_ms: float, *, first_token_ms: float, total_ms: float) -> None:
+        """Count a served request, and whether it met its budget as this router measured it: its
+        first token (router time minus the model's decode; the first chunk when streaming) or the
+        whole request, as budget.covers says. The budget's bucket is one of a fixed set."""
+        self.metrics.requests.inc(
+            tags={
+                "config": answer.knobs.key,
+                "feasible": str(answer.feasible).lower(),
+                "fallback": str(answer.fallback).lower(),
+            }
+        )
+        self.stats.served(answer.knobs.key)
+        covers = self.config.budget.covers
+        measured = total_ms if covers == "total" else first_token_ms
+        met = measured <= budget_ms
+        self.metrics.attainment.inc(
+            tags={"covers": covers, "budget_bucket": budget_bucket(budget_ms), "met": str(met).lower()}
+        )
+        self.stats.attainment(met)
+
+    def knob_headers(self, answer: Answer) -> dict[str, str]:
+        return _knob_headers(answer)
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        """OpenAI chat completions (serving.openai_api); the budget as for /v1/generate."""
+        return await openai_serve.handle(self, request, "chat")
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await openai_serve.handle(self, request, "completion")
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return openai_api.models()
 
     def _model_error(self, answer: Answer, e: ModelCallError) -> JSONResponse:
         self.stats.model_error(e.kind)

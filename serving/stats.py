@@ -29,6 +29,8 @@ class RouterStats:
         self.fallback = 0
         self.bad_requests: Counter[str] = Counter()
         self.model_errors: Counter[str] = Counter()  # keys: ModelCallError.KINDS only
+        self.budget_met = 0  # served requests whose measured latency met their budget
+        self.budget_missed = 0
         self._resolve_us: deque[float] = deque(maxlen=window)
 
     def answered(self, resolve_ms: float, feasible: bool | None, fallback: bool) -> None:
@@ -42,6 +44,11 @@ class RouterStats:
         """One generate request answered by the model with this config."""
         with self._lock:
             self.requests_by_config[config_key] += 1
+
+    def attainment(self, met: bool) -> None:
+        with self._lock:
+            self.budget_met += met
+            self.budget_missed += not met
 
     def bad_request(self, reason: str) -> None:
         with self._lock:
@@ -58,6 +65,7 @@ class RouterStats:
             bad = dict(self.bad_requests)
             model_errors = dict(self.model_errors)
             infeasible, fallback = self.infeasible, self.fallback
+            met, missed = self.budget_met, self.budget_missed
         return {
             "requests_total": sum(by_config.values()),
             "requests_by_config": by_config,
@@ -66,6 +74,10 @@ class RouterStats:
             "bad_requests_total": sum(bad.values()),
             "bad_requests_by_reason": bad,
             "model_errors": model_errors,
+            # As this router measured them (first token or whole request, per budget.covers).
+            "budget_met": met,
+            "budget_missed": missed,
+            "attainment": met / (met + missed) if met + missed else None,
             "resolve_latency_us": {
                 "p50": _percentile(latencies, 0.50),
                 "p99": _percentile(latencies, 0.99),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,6 +23,10 @@ class ModelOutput:
     output_tokens: int
     # Milliseconds: "vision", "prefill", "decode", "total" (the core_exp names without the T_ prefix).
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Tokens the model read (vision + prompt), for usage reports; 0 where a backend cannot say.
+    prompt_tokens: int = 0
+    # "stop" (end of sequence), "length" (max_new_tokens reached) or "cancelled" (the client left).
+    finish_reason: str = "length"
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,11 @@ class SupportedRanges:
             "num_active_blocks": list(self.num_active_blocks),
             "disabled": list(self.disabled),
         }
+
+
+# A streaming backend calls this with the text decoded so far after the first token and after each
+# further one; a False return stops the generation (the client went away).
+OnText = Callable[[str], bool]
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from controller.errors import KnobError
 from controller.knobs import TIER_CROP_RANGE, Knobs, vision_tokens
 from moe.errors import ConfigDisabledError
-from serving.backends.base import ModelOutput, ModelRequest, SupportedRanges
+from serving.backends.base import ModelOutput, ModelRequest, OnText, SupportedRanges
 
 
 class SimulatedOptions(BaseModel):
@@ -163,6 +163,37 @@ class SimulatedBackend:
             ModelOutput(text=_fake_text(knobs, r), output_tokens=r.max_new_tokens, timings_ms=t)
             for r, t in zip(requests, timings, strict=True)
         ]
+
+
+    def generate_stream(
+        self,
+        knobs: Knobs,
+        request: ModelRequest,
+        on_text: OnText,
+        expected_latency_ms: float | None = None,
+        decode_ms_per_token: float | None = None,
+    ) -> ModelOutput:
+        """The same timings as generate_batch for one request, spent in steps: vision + prefill,
+        then the first piece of text, then one piece per decode step (stopping when told to)."""
+        self.validate_knobs(knobs)
+        if self.options.latency_source == "table" and expected_latency_ms is not None:
+            t = self.calibrated_timings_ms(knobs, request, expected_latency_ms, decode_ms_per_token)
+        else:
+            t = self.timings_ms(knobs, request)
+        words = _fake_text(knobs, request).split(" ")
+        steps = max(1, request.max_new_tokens)
+        time.sleep((t["vision"] + t["prefill"]) / 1000)
+        produced = 1
+        going = on_text(words[0])
+        while going and produced < steps:
+            time.sleep(t["decode"] / 1000 / max(1, steps - 1))
+            produced += 1
+            going = on_text(" ".join(words[: min(len(words), produced)]))
+        reason = "length" if produced == steps else "cancelled"
+        return ModelOutput(
+            text=" ".join(words[: min(len(words), produced)]), output_tokens=produced, timings_ms=t,
+            prompt_tokens=len(request.prompt.split()), finish_reason=reason,
+        )
 
 
 def _fake_text(knobs: Knobs, request: ModelRequest) -> str:

@@ -6,12 +6,13 @@ Importable without ray; torch and transformers load when a TorchBackend is const
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.knobs import TIER_CROP_RANGE, Knobs
-from serving.backends.base import ModelOutput, ModelRequest, SupportedRanges
+from serving.backends.base import ModelOutput, ModelRequest, OnText, SupportedRanges
 
 
 class TorchOptions(BaseModel):
@@ -153,11 +154,40 @@ class TorchBackend:
             longest = max(r.max_new_tokens for r in chunk)
             inputs = [PromptInput(r.prompt, self.crops_for(knobs, r), image_seed=_seed(r)) for r in chunk]
             results = self.engine.generate(knobs, inputs, max_new_tokens=longest)
-            for r, res in zip(chunk, results, strict=True):
-                ids = res.token_ids[: r.max_new_tokens]
-                text = res.text if len(ids) == len(res.token_ids) else self.runner.codec.decode(ids)
-                out.append(ModelOutput(text=text, output_tokens=len(ids), timings_ms=dict(res.timings_ms)))
+            out += [self._output(r, res) for r, res in zip(chunk, results, strict=True)]
         return out
+
+    def generate_stream(self, knobs: Knobs, request: ModelRequest, on_text: OnText) -> ModelOutput:
+        """One request, its text handed to `on_text` after the prefill and after every decode step."""
+        from moe.runner import PromptInput
+
+        self.validate_knobs(knobs)
+        codec = self.runner.codec
+
+        def on_tokens(rows: list[list[int]]) -> bool:
+            return on_text(codec.decode(_until_eos(rows[0], self.engine.eos_token_id)))
+
+        x = PromptInput(request.prompt, self.crops_for(knobs, request), image_seed=_seed(request))
+        (res,) = self.engine.generate(knobs, [x], max_new_tokens=request.max_new_tokens, on_tokens=on_tokens)
+        out = self._output(request, res)
+        if not res.ends_with_eos and len(res.token_ids) < request.max_new_tokens:
+            return replace(out, finish_reason="cancelled")
+        return out
+
+    def _output(self, request: ModelRequest, res: Any) -> ModelOutput:
+        ids = res.token_ids[: request.max_new_tokens]
+        text = res.text if len(ids) == len(res.token_ids) else self.runner.codec.decode(ids)
+        return ModelOutput(
+            text=text,
+            output_tokens=len(ids),
+            timings_ms=dict(res.timings_ms),
+            prompt_tokens=res.vision_tokens + res.text_tokens,
+            finish_reason="stop" if res.ends_with_eos and len(ids) == len(res.token_ids) else "length",
+        )
+
+
+def _until_eos(ids: list[int], eos: int | None) -> list[int]:
+    return ids[: ids.index(eos) + 1] if eos is not None and eos in ids else ids
 
 
 def _seed(request: ModelRequest) -> int:
