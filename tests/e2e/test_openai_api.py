@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ from ray import serve
 
 from controller.store import TableStore
 from serving.app import build_app_from_config
+from serving.attainment import BUCKETS
 from serving.config import ServingConfig
 from serving.testing import synthetic_table
 
@@ -178,3 +181,56 @@ def test_hostile_bodies_are_4xx(base: str) -> None:
         r = httpx.post(f"{base}/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 400, r.text
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "moe_budget_dashboard.json"
+
+
+def dashboard_metrics() -> set[str]:
+    """Every metric name a panel of the Grafana dashboard queries."""
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
+    return {m for e in exprs for m in re.findall(r"\b(ray_lookup_[a-z_]+)\b", e)}
+
+
+@pytest.fixture(scope="module")
+def fallback_base(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A router whose controller never answers in time: every request takes the fallback config."""
+    store = tmp_path_factory.mktemp("oai_fallback_store")
+    TableStore(str(store)).publish(synthetic_table())
+    config = ServingConfig.model_validate(
+        {"controller": {"store": str(store), "resolve_mode": "remote", "timeout_s": 0.000001},
+         "model": {"backend_options": {"latency_scale": 0.05}}}
+    )
+    serve.run(build_app_from_config(config), name="oaifb", route_prefix="/oaifb")
+    yield f"http://127.0.0.1:{serve_port}/oaifb"
+    serve.delete("oaifb")
+
+
+def test_every_dashboard_metric_is_exported_by_the_running_app(
+    client: openai.OpenAI, base: str, fallback_base: str
+) -> None:
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = dashboard_metrics()
+    assert {"ray_lookup_budget_attainment_total", "ray_lookup_requests_total", "ray_lookup_infeasible_total",
+            "ray_lookup_fallback_total", "ray_lookup_table_version_info", "ray_lookup_table_reloads_total",
+            "ray_lookup_resolve_latency_ms_bucket"} <= wanted
+    for budget in ("1", "150", "60000"):  # 1 ms: infeasible, answered with the fastest config
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "m"}], max_tokens=2,
+                                       extra_headers={BUDGET: budget})
+    assert httpx.post(f"{fallback_base}/v1/generate", json={"prompt": "fb"}, timeout=30).headers["x-fallback"] == "true"
+    port = ray._private.worker._global_node.metrics_export_port  # the node's Prometheus endpoint
+    deadline, missing = time.monotonic() + 90, wanted
+    while time.monotonic() < deadline:  # metrics reach the exporter every few seconds
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        exported = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+        missing = wanted - exported
+        if not missing:
+            break
+        time.sleep(1)
+    assert not missing, f"dashboard queries metrics the app does not export: {sorted(missing)}"
+    met = [s for f in text_string_to_metric_families(text) for s in f.samples
+           if s.name == "ray_lookup_budget_attainment_total"]
+    assert {s.labels["met"] for s in met} <= {"true", "false"}
+    assert {s.labels["budget_bucket"] for s in met} <= set(BUCKETS)
