@@ -30,7 +30,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) -m bench.run_all
 
 lint: $(VENV)/.dev-installed
-	$(VENV)/bin/ruff check controller serving moe tests bench
+	$(VENV)/bin/ruff check controller lookupctl serving moe tests bench
 	$(VENV)/bin/mypy
 
 clean:

@@ -39,7 +39,7 @@ def sh(cmd: list[str], log: Path) -> None:
 
 
 def lookupctl(*args: str) -> list[str]:
-    return [sys.executable, "-m", "controller.cli", *args]
+    return [sys.executable, "-m", "lookupctl", *args]
 
 
 def write_configs(work: Path, store: Path, preset: str, device: str) -> Path:

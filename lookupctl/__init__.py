@@ -13,14 +13,14 @@ from controller.optional import MissingExtraError
 
 # Each module defines `register(subparsers)`; the parser it adds sets `func(args) -> int`.
 COMMAND_MODULES: tuple[str, ...] = (
-    "controller.cli.build",
-    "controller.cli.predict",
-    "controller.cli.inspect",
-    "controller.cli.sample_data",
-    "controller.cli.profile",
-    "controller.cli.store",
-    "controller.cli.recalibrate",
-    "controller.cli.evaluate",
+    "lookupctl.build",
+    "lookupctl.predict",
+    "lookupctl.inspect",
+    "lookupctl.sample_data",
+    "lookupctl.profile",
+    "lookupctl.store",
+    "lookupctl.recalibrate",
+    "lookupctl.evaluate",
 )
 
 

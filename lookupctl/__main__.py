@@ -1,7 +1,7 @@
-"""`python -m controller.cli` == `lookupctl`."""
+"""`python -m lookupctl` == `lookupctl`."""
 
 import sys
 
-from controller.cli import main
+from lookupctl import main
 
 sys.exit(main())

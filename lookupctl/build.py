@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from controller.build import build_table_from_results
-from controller.cli import add_flag
 from controller.params import make_build_params
 from controller.report import table_summary_lines
+from lookupctl import add_flag
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from controller.cli import add_flag
 from controller.evaluate import Strategy, budget_range, evaluate, parse_strategies, strategy_name
 from controller.evaluate_report import text_lines, to_json
 from controller.loader import load_samples
 from controller.params import make_build_params
+from lookupctl import add_flag
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from controller.cli import add_flag
 from controller.report import config_rows, table_summary_lines
 from controller.table import Table
+from lookupctl import add_flag
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -6,9 +6,9 @@ import argparse
 import json
 import math
 
-from controller.cli import add_flag
 from controller.errors import BudgetError
 from controller.table import Table
+from lookupctl import add_flag
 
 
 def _budget(text: str) -> float:

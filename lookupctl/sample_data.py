@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from controller.cli import add_flag
 from controller.sample_data import generate_sample_results
+from lookupctl import add_flag
 
 
 def register(subparsers: Any) -> None:

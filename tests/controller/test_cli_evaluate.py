@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from controller.cli import main
+from lookupctl import main
 
 # Every question gives the same accuracy and latency under one config, so the numbers do not depend on
 # which questions the split holds out: low/4/12 0.3 @ 50 ms, medium/8/16 0.6 @ 100 ms, high/8/16 0.9 @ 150 ms.

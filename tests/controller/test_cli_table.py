@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import main
 from controller.sample_data import generate_sample_results
 from controller.table import Table
+from lookupctl import main
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_inspect_and_plot(table_path: Path, tmp_path: Path, capsys) -> None:
 ])
 def test_errors_are_one_line(argv, needle, table_path: Path, results_dir: Path, tmp_path: Path) -> None:
     argv = [a.format(table=table_path, results=results_dir) for a in argv]
-    proc = subprocess.run([sys.executable, "-m", "controller.cli", *argv], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "lookupctl", *argv], capture_output=True, text=True,
                           cwd=tmp_path)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()

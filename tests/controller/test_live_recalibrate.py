@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import main
 from controller.knobs import Knobs
 from controller.live_files import read_snapshots, write_snapshot
 from controller.live_latency import LiveDataError, LiveWindow, Observation, merge_snapshots, read_snapshot, snapshot
 from controller.live_sketch import LatencySketch, SketchError
 from controller.recalibrate import drift, recalibrate
 from controller.store import TableStore
+from lookupctl import main
 from tests.controller.tables import grid, table_of
 
 LOW = Knobs("low", 4, 12)

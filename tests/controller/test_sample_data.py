@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-import controller.cli as cli
-from controller.cli import sample_data as cli_sample_data
+import lookupctl as cli
 from controller.core_exp_writer import config_filename, dataset_folder
 from controller.errors import ControllerError
 from controller.sample_data import generate_sample_results
+from lookupctl import sample_data as cli_sample_data
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL: dict[str, Any] = {
@@ -175,7 +175,7 @@ def test_bundled_folder_equals_regeneration_with_documented_command(tmp_path: Pa
 def test_cli_prints_synthetic_summary_and_rejects_bad_values(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("controller.cli.sample_data",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("lookupctl.sample_data",))
     argv = ["sample-data", "--out", str(tmp_path / "o"), "--datasets", "okvqa", "--samples-per-config", "5"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out

@@ -99,7 +99,7 @@ def test_public_api_and_purity() -> None:
                  "create_lookup_table_controller", "Table", "load_table", "build_table"):
         assert name in controller.__all__
     # Importing the library pulls in neither ray nor torch, and configures no logging.
-    code = ("import sys, logging, controller, controller.cli; "
+    code = ("import sys, logging, controller, lookupctl; "
             "assert 'ray' not in sys.modules and 'torch' not in sys.modules; "
             "assert not logging.getLogger().handlers")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import main
 from controller.errors import StoreError, TableLoadError
 from controller.store import LATEST, TableStore, new_version_id
+from lookupctl import main
 from serving.testing import synthetic_table
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import main as lookupctl
 from controller.errors import PointerError, StoreReadError
 from controller.store import LATEST, TableStore
 from controller.store_fs import call_with_timeout
+from lookupctl import main as lookupctl
 from serving.table_watcher import TableWatcher
 from serving.testing import synthetic_table
 

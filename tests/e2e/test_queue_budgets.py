@@ -17,8 +17,8 @@ import pytest
 from ray import serve
 
 from bench.attainment_load import closed_loop
-from controller.cli import main as lookupctl
 from controller.store import TableStore
+from lookupctl import main as lookupctl
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
 from serving.testing import synthetic_table
