@@ -59,7 +59,8 @@ async def handle(router: Any, request: Request, kind: str) -> Response:
         err = json.loads(bytes(refused.body))["error"]
         body = openai_api.error_body(err["message"], "budget_error", h.budget, err.get("type"))
         return JSONResponse(body | {"budget": openai_api.budget_extra(answer.to_dict())},
-                            status_code=refused.status_code, headers=dict(refused.headers))
+                            status_code=refused.status_code,
+                            headers=headers | {k: v for k, v in refused.headers.items() if k.lower() == "retry-after"})
     payload = {"prompt": req.prompt, "max_new_tokens": req.max_new_tokens, "image_b64": req.image_b64}
     args = (answer.knobs.as_dict(), payload, answer.service_ms, answer.decode_ms_per_token)
     rid = openai_api.new_id(kind)

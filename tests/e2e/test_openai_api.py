@@ -160,6 +160,7 @@ def test_client_disconnect_stops_the_generation(base: str) -> None:
          400, "messages", "data URL"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages", "cannot read"),
         ({"messages": []}, 400, "messages", "non-empty"),
+        ({"extra_headers": {BUDGET: "1", "X-Budget-Policy": "strict"}}, 422, BUDGET, "below the fastest config"),
     ],
 )
 def test_bad_requests_get_the_openai_error_shape(

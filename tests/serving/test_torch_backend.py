@@ -100,3 +100,21 @@ def test_supported_ranges_match_what_validate_knobs_accepts(backend: TorchBacken
     for k in (Knobs("low", 17, 16), Knobs("low", 8, 17)):
         with pytest.raises(KnobError):
             ranges.check(k)
+
+
+def test_generate_stream_hands_out_text_per_step_and_stops_when_told(backend: TorchBackend) -> None:
+    knobs, req = Knobs("low", 4, 12), ModelRequest("stream me", 6)
+    pieces: list[str] = []
+    out = backend.generate_stream(knobs, req, lambda text: pieces.append(text) or True)
+    (whole,) = backend.generate_batch(knobs, [req])
+    assert out.text == whole.text and out.output_tokens == whole.output_tokens
+    assert len(pieces) == out.output_tokens and pieces[-1] == out.text  # one piece per token, growing
+    assert out.prompt_tokens > 0 and out.finish_reason in ("length", "stop")
+    seen: list[str] = []
+
+    def two_then_stop(text: str) -> bool:
+        seen.append(text)
+        return len(seen) < 2
+
+    stopped = backend.generate_stream(knobs, ModelRequest("stream me", 50), two_then_stop)
+    assert stopped.finish_reason == "cancelled" and stopped.output_tokens == 2 and len(seen) == 2
