@@ -7,7 +7,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -67,46 +67,32 @@ class Table:
         object.__setattr__(self, "_global", self.scope_map[GLOBAL_SCOPE])
         object.__setattr__(self, "_tolerance", self.build.tolerance)
 
-    # --- construction and files (implemented in controller.table_file) ---------------------------
+    # --- construction and files: controller.table_file registers the codec at import ---------------
     @classmethod
     def load(cls, path: str | Path) -> Table:
-        from controller.table_file import load_table
-
-        return load_table(path)
+        return _codec().load(path)
 
     @classmethod
     def from_json_bytes(cls, data: bytes, source: str = "<bytes>") -> Table:
-        from controller.table_file import table_from_bytes
-
-        return table_from_bytes(data, source)
+        return _codec().from_bytes(data, source)
 
     def to_json_bytes(self) -> bytes:
-        from controller.table_file import table_to_bytes
-
-        return table_to_bytes(self)
+        return _codec().to_bytes(self)
 
     def to_json_dict(self) -> dict[str, Any]:
-        from controller.table_file import table_to_dict
-
-        return table_to_dict(self)
+        return _codec().to_dict(self)
 
     def save(self, path: str | Path) -> Path:
-        from controller.table_file import save_table
-
-        return save_table(self, path)
+        return _codec().save(self, path)
 
     def with_version(self, version_id: str) -> Table:
-        from controller.table_file import restamp
-
-        return restamp(self, version_id=version_id)
+        return _codec().restamp(self, version_id)
 
     def without_configs(self, keys: Iterable[str]) -> Table:
         """This table minus the configs named by `keys` (Knobs.key), frontiers rebuilt, for a model
         that cannot run them (e.g. a failed graph capture): resolve() never picks them. The version
         id stays, so decisions still name their version; the sha256 is the new content's, and
         source["excluded_configs"] lists what went. BuildError if a scope would be left empty."""
-        from controller.table_file import restamp
-
         drop = set(keys) & {k.key for k in self.all_knobs()}
         if not drop:
             return self
@@ -118,7 +104,7 @@ class Table:
             scopes[name] = Scope(name, scope.datasets, kept)
         source = dict(self.source, excluded_configs=sorted(drop | set(self.source.get("excluded_configs", []))))
         table = Table(self.version_id, self.created_at, self.build, source, scopes, "", self.origin)
-        return restamp(table, version_id=self.version_id)
+        return _codec().restamp(table, self.version_id)
 
     # --- queries -----------------------------------------------------------------------------------
     @property
@@ -208,6 +194,28 @@ class Table:
         }
 
 
-def load_table(path: str | Path) -> Table:
-    """Load a table file (this project's format or the reference implementation's)."""
-    return Table.load(path)
+
+class TableCodec(Protocol):
+    """The file format, implemented by controller.table_file (which imports this module, never the
+    reverse): Table's load/save methods delegate here so that callers keep `Table.load(path)`."""
+
+    def load(self, path: str | Path) -> Table: ...
+    def from_bytes(self, data: bytes, source: str) -> Table: ...
+    def to_bytes(self, table: Table) -> bytes: ...
+    def to_dict(self, table: Table) -> dict[str, Any]: ...
+    def save(self, table: Table, path: str | Path) -> Path: ...
+    def restamp(self, table: Table, version_id: str) -> Table: ...
+
+
+_registered: list[TableCodec] = []
+
+
+def register_codec(codec: TableCodec) -> None:
+    """Called once by controller.table_file at import (`import controller` always imports it)."""
+    _registered[:] = [codec]
+
+
+def _codec() -> TableCodec:
+    if not _registered:  # only reachable by importing controller.table without the package __init__
+        raise RuntimeError("controller.table_file is not imported; import controller first")
+    return _registered[0]

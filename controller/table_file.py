@@ -18,7 +18,7 @@ from controller.errors import ControllerError, TableLoadError
 from controller.knobs import Knobs
 from controller.params import BuildParams
 from controller.stats import ConfigStats
-from controller.table import GLOBAL_SCOPE, Scope, Table
+from controller.table import GLOBAL_SCOPE, Scope, Table, register_codec
 
 FORMAT = "moe-budget-controller/lookup-table"
 SCHEMA_VERSION = 1
@@ -277,3 +277,20 @@ def _from_seed_format(raw: dict[str, Any], source: str, data: bytes) -> Table:
     t = make_table({GLOBAL_SCOPE: Scope(GLOBAL_SCOPE, [], configs)}, build, src,
                    version_id=f"seed-{digest[:12]}", created_at="1970-01-01T00:00:00.000000Z")
     return Table(t.version_id, t.created_at, t.build, t.source, t.scope_map, t.sha256, origin=source)
+
+
+class _Codec:
+    """What Table's file methods delegate to (see controller.table.register_codec)."""
+
+    load = staticmethod(load_table)
+    from_bytes = staticmethod(table_from_bytes)
+    to_bytes = staticmethod(table_to_bytes)
+    to_dict = staticmethod(table_to_dict)
+    save = staticmethod(save_table)
+
+    @staticmethod
+    def restamp(table: Table, version_id: str) -> Table:
+        return restamp(table, version_id=version_id)
+
+
+register_codec(_Codec())

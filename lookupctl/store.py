@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def _publish(args: argparse.Namespace) -> int:
     from controller.signing import read_key_file
-    from controller.table import load_table
+    from controller.table_file import load_table
 
     key = read_key_file(args.sign_key_file) if args.sign_key_file else None
     report = TableStore(args.store).publish_report(load_table(args.table), sign_key=key)

@@ -22,7 +22,7 @@ PUBLISHERS, ROUNDS = 4, 10
 _PUBLISHER = """
 import json, sys
 from controller.store import TableStore
-from controller.table import load_table
+from controller.table_file import load_table
 store, table = TableStore(sys.argv[1]), load_table(sys.argv[2])
 for _ in range(int(sys.argv[3])):
     r = store.publish_report(table)
