@@ -23,7 +23,9 @@ $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
 demo: $(VENV)/.serve-installed
 	$(PY) -m serving.demo
 
+# The import contracts first (pyproject.toml [tool.importlinter]): the layout is part of the tests.
 test: $(VENV)/.dev-installed
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.dev-installed
@@ -32,6 +34,7 @@ bench: $(VENV)/.dev-installed
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check controller lookupctl serving moe tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
