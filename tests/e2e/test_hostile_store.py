@@ -30,6 +30,7 @@ from serving.testing import LoadLoop, synthetic_table
 pytestmark = pytest.mark.serve
 APP = "hostile"
 POLL_S = 0.3
+ROOT = Path(__file__).resolve().parents[2]
 BUDGETS = (60.0, 120.0, 400.0)
 
 
@@ -156,6 +157,8 @@ def test_fifo_version_file_is_rejected_and_reload_goes_on(app: App) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=ROOT,  # the checkout's own packages, whatever the installed copy is doing meanwhile
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert out.returncode == 0, out.stderr
     assert fifo_id in out.stdout and "INVALID" in out.stdout
