@@ -38,6 +38,7 @@ def test_concurrent_publishes_lose_nothing(tmp_path: Path) -> None:
             [sys.executable, "-c", _PUBLISHER, str(store_dir), str(table_file), str(ROUNDS)],
             stdout=subprocess.PIPE,
             text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         )
         for _ in range(PUBLISHERS)
     ]
