@@ -16,7 +16,7 @@ from controller.errors import (
 from controller.knobs import TIERS, Knobs
 from controller.params import BuildParams
 from controller.samples import SampleColumns
-from controller.seed_api import (
+from controller.reference_api import (
     LookupTableBaselineController,
     LookupTableControllerWrapper,
     build_lookup_table_from_core_exp,

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from controller.build import build_table, build_table_from_results
+from controller.decision import Decision
+from controller.errors import ControllerError
 from controller.params import make_build_params
 from controller.records import records_to_samples
 from controller.table import Table
@@ -42,6 +44,10 @@ class LookupTableBaselineController:
         self.tolerance = table.build.tolerance
         self.use_prefill_only = table.build.latency_metric == "prefill"
         self.profiling_results: list[dict[str, Any]] = profiling_results or []
+        # predict() answers from a per-(scope, config) template dict: one copy and three stores per
+        # call instead of Decision.to_dict() (the reference API's cost stays within 2x resolve).
+        self._templates: dict[str, dict[int, dict[str, Any]]] = {}
+        self._resolve = table.resolve
         latencies = [c.latency_ms for c in table.configs()]
         self.min_latency = float(min(latencies))
         self.max_latency = float(max(latencies))
@@ -73,14 +79,34 @@ class LookupTableBaselineController:
                 dataset: str | None = None, tolerance: float | None = None) -> Any:
         """The best config dict; with return_all_candidates, every feasible config sorted by accuracy
         (best first). When none is feasible: the fastest config with 'feasible': False."""
-        tol = self.tolerance if tolerance is None else tolerance
-        decision = self.table.resolve(latency_budget, tolerance=tol, dataset=dataset)
-        if not decision.feasible:
+        # self.tolerance is the table's own: passing it would re-validate it on every call.
+        if tolerance is None and dataset is None:
+            decision = self._resolve(latency_budget)
+        else:
+            decision = self._resolve(latency_budget, tolerance=tolerance, dataset=dataset)
+        _, _, _, feasible, scope, _, budget, tol, stats = decision
+        if not feasible:
             log.warning("No config satisfies budget %.2fms (fastest: %.2fms); using %s",
                         decision.budget_ms, decision.expected_latency_ms, decision.knobs.key)
             return decision.to_dict()
-        if not return_all_candidates:
-            return decision.to_dict()
+        if return_all_candidates:
+            return self._candidates(decision)
+        try:
+            out = self._templates[scope][id(stats)].copy()
+        except KeyError:
+            out = self._template(decision).copy()
+        out["budget_ms"] = budget
+        out["tolerance"] = tol
+        return out
+
+    def _template(self, decision: Decision) -> dict[str, Any]:
+        # A feasible answer's dict. Keyed by the config object's id: the table, and so every
+        # ConfigStats in it, lives as long as self.
+        template = decision.to_dict()
+        self._templates.setdefault(decision.scope, {})[id(decision.stats)] = template
+        return template
+
+    def _candidates(self, decision: Decision) -> list[dict[str, Any]]:
         threshold = decision.budget_ms * (1 + decision.tolerance)
         feasible = [c for c in self.table.configs(decision.scope) if c.latency_ms <= threshold]
         feasible.sort(key=lambda c: (-c.accuracy, c.latency_ms, c.knobs.sort_key))
@@ -184,7 +210,5 @@ def create_lookup_table_controller(lookup_table_path: str | Path | None = None,
                                                       aggregation_method=aggregation_method,
                                                       tolerance=tolerance, **options)
     else:
-        from controller.errors import ControllerError
-
         raise ControllerError("create_lookup_table_controller needs lookup_table_path or results_dir")
     return LookupTableControllerWrapper(controller)

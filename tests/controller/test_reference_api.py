@@ -63,6 +63,18 @@ def test_infeasible_budget_returns_closest_flagged(results_dir: Path) -> None:
     assert config["feasible"] is False and config["latency"] == ctl.min_latency
 
 
+def test_predict_is_the_resolved_decision_as_dict(results_dir: Path) -> None:
+    ctl = build_lookup_table_from_core_exp(str(results_dir), use_cache=False, progress=False)
+    for budget in (1.0, 120.0, 150.5, 200.0, 400, 150.5):
+        for options in ({}, {"tolerance": 0.2}, {"dataset": "text-vqa"}):
+            got = ctl.predict(budget, **options)
+            want = ctl.table.resolve(budget, **options).to_dict()
+            assert list(got.items()) == list(want.items())
+    first, second = ctl.predict(200.0), ctl.predict(200.0)
+    first["tier"] = "changed"
+    assert second["tier"] != "changed"  # every call gets its own dict
+
+
 def test_constructor_from_profiling_results() -> None:
     ctl = LookupTableBaselineController(records(90), aggregation_method="median", tolerance=0.1,
                                         use_prefill_only=False)
