@@ -15,13 +15,13 @@ from controller.errors import (
 )
 from controller.knobs import TIERS, Knobs
 from controller.params import BuildParams
-from controller.samples import SampleColumns
 from controller.reference_api import (
     LookupTableBaselineController,
     LookupTableControllerWrapper,
     build_lookup_table_from_core_exp,
     create_lookup_table_controller,
 )
+from controller.samples import SampleColumns
 from controller.stats import ConfigStats
 from controller.table import GLOBAL_SCOPE, Table
 from controller.table_file import load_table
