@@ -19,14 +19,14 @@ log = logging.getLogger("ray.serve")
 
 class AppArgs(BaseModel):
     """Exactly one of config_path / config. `store` overrides the config's store location;
-    `seed_results_dir` builds and publishes a first table when the store is empty (CPU demos)."""
+    `bootstrap_results_dir` builds and publishes a first table when the store is empty (CPU demos)."""
 
     model_config = ConfigDict(extra="forbid")
 
     config_path: str | None = None
     config: ServingConfig | None = None
     store: str | None = None
-    seed_results_dir: str | None = None
+    bootstrap_results_dir: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "AppArgs":
@@ -53,7 +53,7 @@ def resolve_config(args: AppArgs) -> ServingConfig:
     return config.model_copy(update={"controller": controller})
 
 
-def seed_store(store: str, results_dir: str) -> str | None:
+def bootstrap_store(store: str, results_dir: str) -> str | None:
     """Publish a table built from `results_dir` if the store has none yet; returns its id."""
     if TableStore(store).latest_id() is not None:
         return None
@@ -61,7 +61,7 @@ def seed_store(store: str, results_dir: str) -> str | None:
 
     table = build_table_from_results(str(_project_path(results_dir)), progress=False).table
     published = TableStore(store).publish(table)
-    log.info("seeded empty store %s with %s from %s", store, published.version_id, results_dir)
+    log.info("bootstrapped empty store %s with %s from %s", store, published.version_id, results_dir)
     return published.version_id
 
 
@@ -102,6 +102,6 @@ def build_app_from_config(
 # runtime to turn the `args` mapping of a config file into AppArgs.
 def build_app(args: AppArgs) -> Application:
     config = resolve_config(args)
-    if args.seed_results_dir:
-        seed_store(config.controller.store, args.seed_results_dir)
+    if args.bootstrap_results_dir:
+        bootstrap_store(config.controller.store, args.bootstrap_results_dir)
     return build_app_from_config(config)

@@ -43,7 +43,7 @@ def test_serve_config_is_valid(name: str, config: dict[str, Any]) -> None:
                 from serving.lookup_controller import ControllerUserConfig
 
                 ControllerUserConfig.model_validate(d["user_config"])
-        if args.seed_results_dir:
+        if args.bootstrap_results_dir:
             assert serving_config.model.backend == "simulated"
 
 
