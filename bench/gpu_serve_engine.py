@@ -188,6 +188,16 @@ def one_engine(engine: str, a: argparse.Namespace, out: Path, accuracy_dir: Path
 
         with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/v1/stats", timeout=10) as r:
             res["stats_model"] = json.loads(r.read()).get("model")
+        if a.curve:  # attainment against concurrency: budgets get room for the requests ahead
+            per = statistics.median(r["client_ms"] for r in soak if r["status"] == 200)
+            res["curve"] = {}
+            for c in a.curve:
+                cb = sorted({round(b + (c - 1) * per, 1) for b in budgets})
+                s = summarise(run_mode(cb, a.requests, c, a.max_new_tokens))
+                res["curve"][str(c)] = {k: s[k] for k in ("requests", "ok", "feasible", "met_model", "met_client")}
+                res["curve"][str(c)]["budgets"] = cb
+                print(f"[{engine}] {c} clients: {res['curve'][str(c)]}", flush=True)
+            return res
         seq = run_mode(budgets, a.requests, 1, a.max_new_tokens)
         # 4 closed-loop clients: about 3 requests ahead of each, so the concurrent budgets get that
         # much room (3 x the soak's median whole request); the router resolves for what is left.
@@ -231,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="olmoe-1b-7b")
     p.add_argument("--device", default="cuda")
     p.add_argument("--small_grid", action="store_true", help="2 x 2 x 2 configs (a CPU rehearsal)")
+    p.add_argument("--curve", nargs="+", type=int, default=None,
+                   help="instead of sequential + 4 clients: attainment at each of these client counts")
     a = p.parse_args(argv)
     if a.small_grid:
         GRID.update(tiers=["low", "medium"], top_k=["4", "8"], blocks=["12", "16"])
