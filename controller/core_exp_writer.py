@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from controller.blocks import active_blocks
 from controller.errors import KnobError
 from controller.knobs import TIER_CROP_RANGE, Knobs, vision_tokens
 
@@ -23,9 +24,6 @@ STAGE_KEYS: tuple[str, ...] = (
     "T_decode_per_token",
 )
 KNOB_RECORD_KEYS: tuple[str, ...] = ("tier", "tier_range", "top_k", "num_active_blocks")
-# Blocks MolmoE's profiling drops first (importance order measured on 16 blocks): 15 kept -> {4},
-# 14 -> {4, 13}, 13 -> {4, 10, 13}, 12 -> {2, 4, 10, 13}.
-MOLMOE_DROP_ORDER: tuple[int, ...] = (4, 13, 10, 2)
 
 
 def dataset_folder(name: str) -> str:
@@ -42,25 +40,11 @@ def config_filename(
 
 
 def default_active_blocks(num_active_blocks: int, num_total_blocks: int = 16) -> list[int]:
-    """Blocks kept when only `num_active_blocks` of `num_total_blocks` run, in ascending order.
-
-    With 16 blocks the first four drops follow MOLMOE_DROP_ORDER. Beyond that (or for other depths)
-    middle blocks are dropped from the deepest down; the first and last blocks go only when nothing
-    else is left, so the rule is defined for every 1 <= num_active_blocks <= num_total_blocks.
-    """
+    """Blocks kept when only `num_active_blocks` of `num_total_blocks` run, in ascending order: the
+    runner's own rule (controller.blocks, "molmoe" order), so a file records the blocks it skipped."""
     if isinstance(num_total_blocks, bool) or not isinstance(num_total_blocks, int) or num_total_blocks < 1:
         raise KnobError("num_total_blocks", num_total_blocks, "a positive integer, e.g. 16")
-    if (
-        isinstance(num_active_blocks, bool)
-        or not isinstance(num_active_blocks, int)
-        or not 1 <= num_active_blocks <= num_total_blocks
-    ):
-        raise KnobError("num_active_blocks", num_active_blocks, f"an integer in [1, {num_total_blocks}]")
-    order: list[int] = list(MOLMOE_DROP_ORDER) if num_total_blocks == 16 else []
-    order += [b for b in range(num_total_blocks - 2, 0, -1) if b not in order]
-    order += [b for b in (num_total_blocks - 1, 0) if b not in order]
-    dropped = set(order[: num_total_blocks - num_active_blocks])
-    return [b for b in range(num_total_blocks) if b not in dropped]
+    return active_blocks(num_active_blocks, num_total_blocks, "molmoe")
 
 
 def _finite(values: Iterable[Any]) -> np.ndarray[Any, np.dtype[np.float64]]:

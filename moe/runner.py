@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from controller.blocks import active_blocks, blocks_range, skipped_blocks
 from controller.errors import KnobError
 from controller.knobs import TIER_CROP_RANGE, Knobs, tier_index, vision_tokens
-from moe.blocks import active_blocks, blocks_range, skipped_blocks
 from moe.knob_patch import ForwardKnobs, knob_context
 from moe.presets import LoadedModel
 from moe.tokenizer import TextCodec, make_codec

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from controller.errors import KnobError
+from controller.knobs import Knobs
 from controller.loader import load_samples
 from lookupctl import main
 from moe.profiler import NO_ACCURACY, Grid, profile_grid
@@ -44,6 +45,11 @@ def test_profile_writes_core_exp_files_and_resumes(runner, tmp_path: Path) -> No
     assert name.startswith("text-vqa_imgsizetier-") and "_topk" in name and name.endswith(".json")
     small = json.loads((tmp_path / "text-vqa" / next(p.name for p in files if "blocks12" in p.name)).read_text())
     assert small["active_block_indices"] == [0, 1, 3, 5, 6, 7, 8, 9, 11, 12, 14, 15]
+    for path in files:  # what each file records is what the runner skipped for its knobs
+        data = json.loads(path.read_text())
+        knobs = Knobs(data["tier"], data["top_k"], data["num_active_blocks"])
+        skipped = runner.forward_knobs(knobs).skip_blocks
+        assert data["active_block_indices"] == [b for b in range(16) if b not in skipped]
 
     loaded = load_samples(tmp_path, use_cache=False, progress=False)
     assert loaded.report.samples_kept == 16
@@ -125,7 +131,6 @@ def test_cli_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_interleaved_rounds_visit_every_config_per_sample(runner, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from controller.knobs import Knobs
 
     calls: list[tuple[Knobs, str]] = []
     real = runner.generate

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from controller.blocks import active_blocks, blocks_range, skipped_blocks
+from controller.core_exp_writer import default_active_blocks
 from controller.errors import KnobError
-from moe.blocks import active_blocks, blocks_range, skipped_blocks
 
 
 def test_molmoe_order_matches_profiling() -> None:
@@ -26,3 +27,14 @@ def test_out_of_range_names_knob_and_range() -> None:
         skipped_blocks(17, 16)
     with pytest.raises(KnobError, match="block_order"):
         blocks_range(16, [0, 3])
+
+
+def test_writer_records_the_blocks_the_rule_keeps_at_every_depth() -> None:
+    # The profiler's writer and the runner share one rule; before, they disagreed off 16 blocks and
+    # on block 0.
+    for depth in range(1, 33):
+        lo, hi = blocks_range(depth)
+        for kept in range(lo, hi + 1):
+            recorded = default_active_blocks(kept, depth)
+            assert recorded == [b for b in range(depth) if b not in skipped_blocks(kept, depth)]
+            assert 0 in recorded and len(recorded) == kept
