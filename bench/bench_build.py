@@ -1,6 +1,6 @@
 """Benchmark: cold load+build, warm rebuild from the parse cache, and peak memory of a cold build.
 
-Run as `python -m bench.bench_build [--quick]`. Data is SYNTHETIC (controller.sample_data).
+Run as `python -m bench.bench_build [--quick]`. Data is SYNTHETIC (controller.core_exp.synthetic).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ TARGET_PEAK_MB = 200.0
 _CHILD = r"""
 import json, resource, sys, time
 mode, results, cache = sys.argv[1], sys.argv[2], sys.argv[3]
-from controller.loader import load_samples
+from controller.core_exp.load import load_samples
 try:
     from controller.build import BuildParams, build_table_from_results
 except ImportError:
@@ -67,7 +67,7 @@ def _child(mode: str, results: Path, cache: Path) -> dict[str, Any]:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    from controller.sample_data import generate_sample_results
+    from controller.core_exp.synthetic import generate_sample_results
 
     samples_per_config = 100 if quick else 1000
     with tempfile.TemporaryDirectory(prefix="bench_build_") as tmp:

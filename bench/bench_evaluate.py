@@ -15,8 +15,8 @@ from typing import Any
 
 from bench.report import cli_main
 from controller.build import build_table
+from controller.core_exp.load import load_samples
 from controller.evaluate import budget_range, evaluate, parse_strategies
-from controller.loader import load_samples
 from controller.params import BuildParams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ def run(quick: bool) -> dict[str, Any]:
         m = _measure(BUNDLED)
         data = "bundled sample_results/core_exp_synthetic (40 samples per config)"
     else:
-        from controller.sample_data import generate_sample_results
+        from controller.core_exp.synthetic import generate_sample_results
 
         with tempfile.TemporaryDirectory(prefix="bench_evaluate_") as tmp:
             generate_sample_results(tmp, extended_grid=True, samples_per_config=300, seed=0, max_decode_steps=2)

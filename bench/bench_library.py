@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from bench.report import cli_main
+from controller.core_exp.synthetic import knob_grid
 from controller.params import BuildParams
 from controller.reference_api import LookupTableBaselineController
-from controller.sample_data import knob_grid
 from controller.stats import ConfigStats
 from controller.table import GLOBAL_SCOPE, Scope, Table
 from controller.table_file import make_table

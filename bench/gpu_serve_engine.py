@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         GRID.update(tiers=["low", "medium"], top_k=["4", "8"], blocks=["12", "16"])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    from controller.sample_data import generate_sample_results
+    from controller.core_exp.synthetic import generate_sample_results
 
     accuracy_dir = Path("/tmp/gpu_serve_engine/accuracy_synthetic")
     generate_sample_results(accuracy_dir, datasets=("text_vqa",), tiers=tuple(GRID["tiers"]),

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     profile_s = time.time() - t
     sh(["tar", "czf", str(out / "core_exp_gpu.tgz"), "-C", str(work), "core_exp_gpu"], log)
     # The accuracy half: SYNTHETIC results for the same grid (random weights have no accuracy).
-    from controller.sample_data import generate_sample_results
+    from controller.core_exp.synthetic import generate_sample_results
 
     accuracy_dir = work / "accuracy_synthetic"
     generate_sample_results(accuracy_dir, datasets=("text_vqa",), tiers=tuple(a.tiers),

@@ -1,7 +1,7 @@
 """Which blocks a `num_active_blocks` knob keeps: an importance order, dropped from its front.
 
 One rule for the runner that skips blocks (moe/runner.py) and the writer that records them
-(controller/core_exp_writer.py), so a profile file names the blocks that were really skipped."""
+(controller/core_exp/write.py), so a profile file names the blocks that were really skipped."""
 
 from __future__ import annotations
 

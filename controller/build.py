@@ -124,7 +124,7 @@ def build_table(samples: SampleColumns, params: BuildParams | None = None, *,
 @dataclass(frozen=True)
 class BuildResult:
     table: Table
-    load_report: Any  # controller.loader.LoadReport
+    load_report: Any  # controller.core_exp.load.LoadReport
     latency_load_report: Any = None
 
 
@@ -133,7 +133,7 @@ def build_table_from_results(results_dir: str | Path, params: BuildParams | None
                              cache_dir: str | Path | None = None, use_cache: bool = True,
                              progress: bool | None = None,
                              latency_from: str | Path | None = None) -> BuildResult:
-    from controller.loader import load_samples
+    from controller.core_exp.load import load_samples
 
     params = params or BuildParams()
     loaded = load_samples(results_dir, datasets=datasets, strict=strict, cache_dir=cache_dir,

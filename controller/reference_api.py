@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from controller.build import build_table, build_table_from_results
+from controller.core_exp.records import records_to_samples
 from controller.decision import Decision
 from controller.errors import ControllerError
 from controller.params import make_build_params
-from controller.records import records_to_samples
 from controller.table import Table
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from controller.datasets import normalize_dataset_name
 from controller.decision import Decision
 from controller.errors import BuildError
 from controller.frontier import Frontier
@@ -121,7 +122,7 @@ class Table:
             return self.scope_map[GLOBAL_SCOPE]
         found = self.scope_map.get(dataset)
         if found is None:
-            found = self.scope_map.get(dataset.strip().lower().replace("-", "_"), self.scope_map[GLOBAL_SCOPE])
+            found = self.scope_map.get(normalize_dataset_name(dataset), self.scope_map[GLOBAL_SCOPE])
         return found
 
     def configs(self, scope: str = GLOBAL_SCOPE) -> list[ConfigStats]:

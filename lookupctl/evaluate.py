@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from controller.core_exp.load import load_samples
 from controller.evaluate import Strategy, budget_range, evaluate, parse_strategies, strategy_name
 from controller.evaluate_report import text_lines, to_json
-from controller.loader import load_samples
 from controller.params import make_build_params
 from lookupctl import add_flag
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from controller.sample_data import generate_sample_results
+from controller.core_exp.synthetic import generate_sample_results
 from lookupctl import add_flag
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from controller.core_exp_writer import dataset_folder, sample_record, write_config_file
+from controller.core_exp.write import sample_record, write_config_file
+from controller.datasets import dataset_folder
 from controller.knobs import TIER_CROP_RANGE, TIERS, Knobs
 from moe.runner import GenerationResult, MoERunner, PromptInput, choose_crops
 from moe.samples import AccuracyHook, ProfileSample, score

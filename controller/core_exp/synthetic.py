@@ -11,15 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from controller.core_exp_writer import (
+from controller.core_exp.write import (
     KNOB_RECORD_KEYS,
     build_config_result,
     config_filename,
-    dataset_folder,
     sample_record,
     write_config_file,
     write_json_atomic,
 )
+from controller.datasets import dataset_folder
 from controller.errors import ControllerError, UnknownDatasetError
 from controller.knobs import TIER_CROP_RANGE, Knobs, tier_index
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from controller.blocks import active_blocks
+from controller.datasets import dataset_folder
 from controller.errors import KnobError
 from controller.knobs import TIER_CROP_RANGE, Knobs, vision_tokens
 
@@ -24,11 +25,6 @@ STAGE_KEYS: tuple[str, ...] = (
     "T_decode_per_token",
 )
 KNOB_RECORD_KEYS: tuple[str, ...] = ("tier", "tier_range", "top_k", "num_active_blocks")
-
-
-def dataset_folder(name: str) -> str:
-    """`coco_2014_vqa` -> `coco-2014-vqa`: the per-dataset folder and the task part of file names."""
-    return name.replace("_", "-")
 
 
 def config_filename(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from controller.blocks import active_blocks, blocks_range, skipped_blocks
-from controller.core_exp_writer import default_active_blocks
+from controller.core_exp.write import default_active_blocks
 from controller.errors import KnobError
 
 

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 
 from controller.build import build_table, build_table_from_results
+from controller.core_exp.records import DROP_MISSING_KNOBS, DROP_NONFINITE_ACCURACY, records_to_samples
+from controller.core_exp.synthetic import generate_sample_results
 from controller.errors import BuildError
 from controller.knobs import Knobs
-from controller.loader import DROP_MISSING_KNOBS, DROP_NONFINITE_ACCURACY
 from controller.params import BuildParams, make_build_params
-from controller.records import records_to_samples
-from controller.sample_data import generate_sample_results
 
 
 def records(n: int = 60, seed: int = 3) -> list[dict]:

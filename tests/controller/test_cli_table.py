@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.sample_data import generate_sample_results
+from controller.core_exp.synthetic import generate_sample_results
 from controller.table import Table
 from lookupctl import main
 

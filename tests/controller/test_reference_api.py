@@ -16,7 +16,7 @@ from controller import (
     build_lookup_table_from_core_exp,
     create_lookup_table_controller,
 )
-from controller.sample_data import generate_sample_results
+from controller.core_exp.synthetic import generate_sample_results
 from tests.controller.test_build import records
 from tests.controller.test_table_file import seed_table_json
 

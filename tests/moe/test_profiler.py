@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from controller.core_exp.load import load_samples
 from controller.errors import KnobError
 from controller.knobs import Knobs
-from controller.loader import load_samples
 from lookupctl import main
 from moe.profiler import NO_ACCURACY, Grid, profile_grid
 from moe.samples import ProfileSample, read_samples_jsonl, synthetic_samples

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controller.file_cache import CACHE_FORMAT_VERSION, INDEX_NAME, default_cache_dir
-from controller.loader import LoadResult, load_samples
+from controller.core_exp.cache import CACHE_FORMAT_VERSION, INDEX_NAME, default_cache_dir
+from controller.core_exp.load import LoadResult, load_samples
 from controller.samples import COLUMNS
 
 

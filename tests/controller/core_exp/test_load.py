@@ -11,18 +11,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controller.errors import DataLoadError, UnknownDatasetError
-from controller.loader import (
+from controller.core_exp.discover import discover_datasets
+from controller.core_exp.load import LoadResult, load_samples
+from controller.core_exp.records import (
     DROP_INVALID_KNOBS,
     DROP_INVALID_RECORD,
     DROP_MISSING_ACCURACY,
     DROP_MISSING_KNOBS,
     DROP_NONFINITE_ACCURACY,
-    LoadResult,
-    discover_datasets,
-    load_samples,
-    normalize_dataset_name,
 )
+from controller.datasets import normalize_dataset_name
+from controller.errors import DataLoadError, UnknownDatasetError
 from controller.progress import ProgressBar, progress_enabled
 
 
@@ -368,7 +367,7 @@ def test_load_draws_progress_on_stderr_when_forced(results: Path, capsys: pytest
 
 
 def test_generated_quirky_results(tmp_path: Path) -> None:
-    from controller.sample_data import generate_sample_results
+    from controller.core_exp.synthetic import generate_sample_results
 
     summary = generate_sample_results(tmp_path, samples_per_config=20, seed=3, quirks=True)
     res = load(tmp_path)

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 
 import lookupctl as cli
-from controller.core_exp_writer import config_filename, dataset_folder
+from controller.core_exp.synthetic import generate_sample_results
+from controller.core_exp.write import config_filename
+from controller.datasets import dataset_folder
 from controller.errors import ControllerError
-from controller.sample_data import generate_sample_results
 from lookupctl import sample_data as cli_sample_data
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SMALL: dict[str, Any] = {
     "tiers": ("low", "high"),
     "top_ks": (4, 8),

@@ -9,13 +9,8 @@ from typing import Any
 
 import pytest
 
-from controller.core_exp_writer import (
-    config_filename,
-    dataset_folder,
-    default_active_blocks,
-    sample_record,
-    write_config_file,
-)
+from controller.core_exp.write import config_filename, default_active_blocks, sample_record, write_config_file
+from controller.datasets import dataset_folder
 from controller.errors import KnobError
 
 TOP_KEYS = {
