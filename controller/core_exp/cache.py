@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 # Bump when the cached column layout or meta meaning changes: older entries are then ignored.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: T_total is not rebuilt from decode alone (a failed timing stays 0)
 INDEX_NAME = "index.json"
 ENV_CACHE_DIR = "LOOKUPCTL_CACHE_DIR"
 

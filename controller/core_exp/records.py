@@ -184,8 +184,10 @@ def records_to_entry(
                 ds_names.append(name)
             ds_col[i] = j
 
-    # Latencies (see module docs of the format): T_total from parts when 0, prefill falls back to T_total.
-    total = np.where(tot_raw == 0, vis + pre + dec, tot_raw)
+    # Latencies (docs/core-exp-format.md): T_total from parts when 0, but only when vision or prefill
+    # was timed; a sample whose timing failed (vision, prefill and T_total all 0) keeps T_total = 0, so
+    # the build drops it as zero latency instead of pricing it at decode time alone.
+    total = np.where((tot_raw == 0) & ((vis != 0) | (pre != 0)), vis + pre + dec, tot_raw)
     prefill = vis + pre
     prefill = np.where((vis == 0) & (pre == 0), tot_raw, prefill)
     with np.errstate(divide="ignore", invalid="ignore"):

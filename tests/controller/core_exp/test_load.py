@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from controller.build import build_table
 from controller.core_exp.discover import discover_datasets
 from controller.core_exp.load import LoadResult, load_samples
 from controller.core_exp.records import (
@@ -20,8 +21,9 @@ from controller.core_exp.records import (
     DROP_MISSING_KNOBS,
     DROP_NONFINITE_ACCURACY,
 )
-from controller.datasets import normalize_dataset_name
+from controller.datasets import dataset_folder, normalize_dataset_name
 from controller.errors import DataLoadError, UnknownDatasetError
+from controller.params import make_build_params
 from controller.progress import ProgressBar, progress_enabled
 
 
@@ -94,6 +96,8 @@ def results(tmp_path: Path) -> Path:
 def test_dataset_names_normalize() -> None:
     assert normalize_dataset_name("coco-2014-vqa") == "coco_2014_vqa"
     assert normalize_dataset_name("coco_2014_vqa") == "coco_2014_vqa"
+    assert normalize_dataset_name(" COCO-2014-VQA ") == "coco_2014_vqa"
+    assert dataset_folder("Coco_2014_VQA") == "coco-2014-vqa"
 
 
 def test_discover_ignores_logs_and_other_folders(results: Path) -> None:
@@ -167,7 +171,7 @@ def test_latency_rules(tmp_path: Path) -> None:
         record(0),  # 50 + 80
         record(1, T_vision_total=0.0, T_LLM_prefill=0.0),  # fallback to T_total
         record(2, T_total=0.0),  # total from parts
-        record(3, T_vision_total=0.0, T_LLM_prefill=0.0, T_total=0.0),  # zero kept, not counted
+        record(3, T_vision_total=0.0, T_LLM_prefill=0.0, T_total=0.0),  # failed timing: zero, dropped at build
         record(4, T_vision_total=float("nan")),  # NaN latency kept, not counted
         record(5, T_LLM_prefill=None),  # null counts as missing
     ]
@@ -180,7 +184,11 @@ def test_latency_rules(tmp_path: Path) -> None:
     assert pre[0] == 130.0 and tot[0] == 240.0
     assert pre[1] == 241.0 and tot[1] == 241.0
     assert pre[2] == 134.0 and tot[2] == 52.0 + 82.0 + 100.0
-    assert pre[3] == 0.0 and tot[3] == 100.0
+    # Not a decode-only T_total (the reference kept 100.0 here): zero, so the build drops it for
+    # either metric, as the reference README says zero-latency samples are.
+    assert pre[3] == 0.0 and tot[3] == 0.0
+    table = build_table(s, make_build_params(latency_metric="total", min_samples=1))
+    assert table.source["dropped_at_build"] == {"nonpositive_latency": 1}
     assert math.isnan(pre[4]) and tot[4] == 244.0
     assert pre[5] == 55.0
 
