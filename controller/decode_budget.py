@@ -8,19 +8,13 @@ scope's configs (a few dozen) with the same rule and tie order as `controller.fr
 from __future__ import annotations
 
 from controller.decision import Decision
-from controller.errors import ControllerError
+from controller.errors import TokenCountError
 from controller.stats import ConfigStats
 from controller.table import Table
 from controller.validate import validate_budget, validate_tolerance
 
 # A request may ask for at most this many tokens here; the serving layer has its own, lower limit.
 MAX_NEW_TOKENS = 1_000_000
-
-
-class TokenCountError(ControllerError):
-    def __init__(self, value: object) -> None:
-        self.value = value
-        super().__init__(f"max_new_tokens={value!r} is not valid; expected an integer in [0, {MAX_NEW_TOKENS}]")
 
 
 def decode_rates(configs: tuple[ConfigStats, ...] | list[ConfigStats]) -> dict[ConfigStats, float | None]:
@@ -44,7 +38,7 @@ def resolve_total(
     Expected decode is None when the table has no decode statistics (then only first token counts)."""
     budget = validate_budget(budget_ms)
     if type(max_new_tokens) is not int or not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
-        raise TokenCountError(max_new_tokens)
+        raise TokenCountError(max_new_tokens, MAX_NEW_TOKENS)
     tol = table.tolerance if tolerance is None else validate_tolerance(tolerance)
     scope = table.scope(dataset)
     rates = decode_rates(scope.configs)

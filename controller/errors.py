@@ -84,3 +84,30 @@ class StoreLockError(StoreError):
 
 class PointerError(StoreError):
     """The store's LATEST pointer holds something other than a version id (a path, binary)."""
+
+
+class EvaluationError(ControllerError):
+    """An evaluation cannot be run as asked (bad fraction, empty split, budgets, strategies)."""
+
+
+class TokenCountError(ControllerError):
+    def __init__(self, value: object, maximum: int) -> None:
+        self.value, self.maximum = value, maximum
+        super().__init__(f"max_new_tokens={value!r} is not valid; expected an integer in [0, {maximum}]")
+
+
+class LiveDataError(ControllerError):
+    """An observation or a snapshot is not valid (names the field and what is accepted)."""
+
+
+class SketchError(ControllerError):
+    """A serialized sketch is malformed, too large, or made with another accuracy."""
+
+
+class NotAFileError(StoreError):
+    """The path exists but is not a regular file (directory, FIFO, device, socket) or is too large."""
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is missing; the message names the extra that installs it. An ImportError,
+    not a ControllerError: callers that guard an optional import catch ImportError."""

@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from controller.aggregate import aggregate_group, config_codes, knobs_from_code
 from controller.build import build_table, valid_samples
-from controller.errors import ControllerError
+from controller.errors import EvaluationError
 from controller.frontier import choose_by_scan
 from controller.knobs import Knobs
 from controller.params import BuildParams, make_build_params
@@ -50,10 +50,6 @@ from controller.validate import validate_budgets
 
 FULL_CONFIG = Knobs("high", 8, 16)
 FloatArray = npt.NDArray[np.float64]
-
-
-class EvaluationError(ControllerError):
-    """An evaluation cannot be run as asked (bad fraction, empty split, budgets, strategies)."""
 
 
 # --- split ------------------------------------------------------------------------------------------

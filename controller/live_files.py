@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller.errors import StoreError
-from controller.live_latency import LiveDataError, Snapshot, read_snapshot
+from controller.errors import LiveDataError, StoreError
+from controller.live_latency import Snapshot, read_snapshot
 from controller.store import REMOTE_SCHEMES
 from controller.table_file import atomic_write
 

@@ -13,19 +13,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.errors import ControllerError, KnobError
+from controller.errors import KnobError, LiveDataError, SketchError
 from controller.knobs import Knobs
-from controller.live_sketch import MAX_VALUE, LatencySketch, SketchError
+from controller.live_sketch import MAX_VALUE, LatencySketch
 
 SNAPSHOT_FORMAT = "moe-budget-controller/live-latency"
 BUCKETS = 4
 MAX_CONFIGS = 4096  # a snapshot holding more is not ours
 MAX_TOKENS = 1_000_000
 MAX_CROPS = 1_000
-
-
-class LiveDataError(ControllerError):
-    """An observation or a snapshot is not valid (names the field and what is accepted)."""
 
 
 @dataclass(frozen=True)

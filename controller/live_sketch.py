@@ -11,7 +11,7 @@ import binascii
 import math
 from typing import Any
 
-from controller.errors import ControllerError
+from controller.errors import SketchError
 from controller.optional import require
 
 # Bounds for values read back from files: a hostile or corrupt snapshot must not allocate without
@@ -19,10 +19,6 @@ from controller.optional import require
 MAX_SKETCH_BYTES = 256 * 1024
 MAX_BIN_KEY = 20_000  # gamma 1.02: key 20000 is ~1e172 ms, far above anything real
 MAX_VALUE = 1e7  # ms; observations above are refused before they reach a sketch
-
-
-class SketchError(ControllerError):
-    """A serialized sketch is malformed, too large, or made with another accuracy."""
 
 
 def _dd() -> Any:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-
-class MissingExtraError(ImportError):
-    """An optional dependency is missing; the message names the extra that installs it."""
+from controller.errors import MissingExtraError
 
 
 def require(module: str, extra: str) -> ModuleType:

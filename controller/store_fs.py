@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from controller.errors import NotAFileError as NotAFileError  # controller.store imports it from here
 from controller.errors import StoreError, StoreLockError, StoreReadError
 from controller.optional import require
 from controller.table_file import atomic_write
@@ -28,10 +29,6 @@ LOCK_NAME = ".publish.lock"
 MAX_STUCK_READS = 4
 _stuck = 0
 _stuck_lock = threading.Lock()
-
-
-class NotAFileError(StoreError):
-    """The path exists but is not a regular file (directory, FIFO, device, socket) or is too large."""
 
 
 def call_with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:

@@ -8,8 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from controller.errors import ControllerError
-from controller.optional import MissingExtraError
+from controller.errors import ControllerError, MissingExtraError
 
 # Each module defines `register(subparsers)`; the parser it adds sets `func(args) -> int`.
 COMMAND_MODULES: tuple[str, ...] = (

@@ -23,3 +23,8 @@ class ConfigDisabledError(ControllerError):
     def __init__(self, config: str, reason: str) -> None:
         self.config, self.reason = config, reason
         super().__init__(f"config {config} is disabled on this replica: {reason}")
+
+
+class SampleFileError(ControllerError):
+    def __init__(self, path: str, line: int, problem: str) -> None:
+        super().__init__(f'{path}:{line}: {problem}; expected a JSON object with at least a "prompt" string')

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.errors import ControllerError
+from moe.errors import SampleFileError
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,6 @@ class ProfileSample:
 
 
 AccuracyHook = Callable[[str, ProfileSample], float]
-
-
-class SampleFileError(ControllerError):
-    def __init__(self, path: str, line: int, problem: str) -> None:
-        super().__init__(f'{path}:{line}: {problem}; expected a JSON object with at least a "prompt" string')
 
 
 def read_samples_jsonl(path: str | Path, limit: int | None = None) -> list[ProfileSample]:

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.knobs import Knobs
+from serving.errors import ServingConfigError
 
 
 class _Strict(BaseModel):
@@ -193,8 +194,8 @@ def load_config(path: str | Path) -> ServingConfig:
     except FileNotFoundError:
         raise FileNotFoundError(f"serving config {p} not found") from None
     if not isinstance(data, dict):
-        raise ValueError(f"serving config {p}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ServingConfigError(f"serving config {p}: expected a mapping at the top level, got {type(data).__name__}")
     try:
         return ServingConfig.model_validate(data)
     except ValueError as e:
-        raise ValueError(f"serving config {p}: {e}") from e
+        raise ServingConfigError(f"serving config {p}: {e}") from e

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from serving.config import BudgetSettings
+from serving.errors import ServingError
 
 PREFIX_CHARS = 64  # errors quote at most this much of a value: a 10 MB prompt gets a short answer
 # Plain ASCII decimal numbers only: float() would also take "1_000", Unicode digits and "infinity".
@@ -25,7 +26,7 @@ def prefix(value: Any) -> Any:
     return text if len(text) <= PREFIX_CHARS else f"{text[:PREFIX_CHARS]}... ({len(text)} chars)"
 
 
-class BadInput(Exception):
+class BadInput(ServingError):
     """Becomes a 400 (413 for sizes) JSON error naming the field, a short prefix of the value and
     what is accepted. `field` is always one of ours (a configured header, a query or body field
     name, or "body"), never a client-chosen key: it is also a stats key and a metric tag."""

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller import Table
+from controller.errors import LiveDataError
 from controller.live_files import write_snapshot
-from controller.live_latency import LiveDataError, LiveWindow, Observation, snapshot
+from controller.live_latency import LiveWindow, Observation, snapshot
 from controller.recalibrate import drift, recalibrate
 from controller.store import REMOTE_SCHEMES, TableStore
 from serving.config import AutoRecalibrateSettings, FeedbackSettings

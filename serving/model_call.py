@@ -15,11 +15,12 @@ from typing import Any
 from controller.errors import ControllerError
 from controller.store import short
 from moe.errors import InputTooLongError
+from serving.errors import ServingError
 
 log = logging.getLogger("ray.serve")
 
 
-class ModelCallError(Exception):
+class ModelCallError(ServingError):
     """`kind` is one of a fixed set, so that it can be a metric tag and a client can branch on it."""
 
     KINDS = ("model_unavailable", "model_timeout", "unsupported_config", "model_error", "input_too_long")

@@ -7,6 +7,7 @@ from typing import Any
 
 from controller.optional import require
 from serving.backends.base import Backend
+from serving.errors import ServingConfigError
 
 # name -> (module, class, extra that installs its dependencies or None)
 BACKENDS: dict[str, tuple[str, str, str | None]] = {
@@ -19,7 +20,8 @@ def create_backend(name: str, options: dict[str, Any] | None = None) -> Backend:
     try:
         module_name, class_name, extra = BACKENDS[name]
     except KeyError:
-        raise ValueError(f"model.backend={name!r} is not known; expected one of {', '.join(BACKENDS)}") from None
+        known = ", ".join(BACKENDS)
+        raise ServingConfigError(f"model.backend={name!r} is not known; expected one of {known}") from None
     if extra is not None:
         require("torch", extra)
     cls = getattr(importlib.import_module(module_name), class_name)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from controller import build_table_from_results
-from controller.decode_budget import TokenCountError, resolve_total
-from controller.errors import BudgetError
+from controller.decode_budget import resolve_total
+from controller.errors import BudgetError, TokenCountError
 from controller.table import Table
 from tests.controller.tables import stats, table_of
 

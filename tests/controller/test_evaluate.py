@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from controller.errors import BudgetError, ControllerError
+from controller.errors import BudgetError, ControllerError, EvaluationError
 from controller.evaluate import (
-    EvaluationError,
     EvaluationResult,
     Split,
     Strategy,

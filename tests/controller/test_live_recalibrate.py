@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from controller.errors import LiveDataError, SketchError
 from controller.knobs import Knobs
 from controller.live_files import read_snapshots, write_snapshot
-from controller.live_latency import LiveDataError, LiveWindow, Observation, merge_snapshots, read_snapshot, snapshot
-from controller.live_sketch import LatencySketch, SketchError
+from controller.live_latency import LiveWindow, Observation, merge_snapshots, read_snapshot, snapshot
+from controller.live_sketch import LatencySketch
 from controller.recalibrate import drift, recalibrate
 from controller.store import TableStore
 from lookupctl import main

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.optional import MissingExtraError, require
+from controller.errors import MissingExtraError
+from controller.optional import require
 
 
 def test_present_module_is_returned() -> None:
