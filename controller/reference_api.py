@@ -5,6 +5,7 @@ Existing code written against `experiments.controller.lookup_table_baseline` and
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,7 @@ from controller.decision import Decision
 from controller.errors import ControllerError
 from controller.params import make_build_params
 from controller.table import Table
+from controller.table_file import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +139,37 @@ class LookupTableBaselineController:
         self.table.save(output_file)
         log.info("Lookup table saved to %s", output_file)
 
+    def to_reference_dict(self) -> dict[str, Any]:
+        """The reference implementation's own file layout, which its `load()` reads: config_table keyed
+        "tier_topk_blocks", the 5 ms lookup_table grid, statistics and metadata. Global scope only
+        (the reference has no per-dataset tables)."""
+        return {
+            "config_table": {f"{t}_{k}_{n}": info for (t, k, n), info in self.config_table.items()},
+            "lookup_table": {str(b): entry for b, entry in self.lookup_table.items()},
+            "statistics": self.get_statistics(),
+            "metadata": {
+                "aggregation_method": self.aggregation_method,
+                "tolerance": self.tolerance,
+                "use_prefill_only": self.use_prefill_only,
+                "num_profiling_results": sum(c.num_samples for c in self.table.configs()),
+                "exported_from": {"table_version": self.table.version_id, "sha256": self.table.sha256},
+            },
+        }
+
     @classmethod
     def load(cls, lookup_file: str | Path) -> LookupTableBaselineController:
         """Reads this project's table files and the reference implementation's own JSON."""
         return cls.from_table(Table.load(lookup_file))
+
+
+def save_reference_format(table: Table, path: str | Path) -> Path:
+    """Write `table` in the reference implementation's JSON layout (`lookupctl export --format
+    reference`); this project reads that layout back too (Table.load)."""
+    data = json.dumps(LookupTableBaselineController.from_table(table).to_reference_dict(), indent=2,
+                      allow_nan=False)
+    out = Path(path)
+    atomic_write(out, data.encode() + b"\n")
+    return out
 
 
 def build_lookup_table_from_core_exp(results_dir: str | Path, dataset_names: list[str] | None = None,

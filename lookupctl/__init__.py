@@ -14,6 +14,7 @@ from controller.errors import ControllerError, MissingExtraError
 COMMAND_MODULES: tuple[str, ...] = (
     "lookupctl.build",
     "lookupctl.predict",
+    "lookupctl.export",
     "lookupctl.inspect",
     "lookupctl.sample_data",
     "lookupctl.profile",

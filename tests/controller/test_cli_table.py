@@ -94,3 +94,23 @@ def test_errors_are_one_line(argv, needle, table_path: Path, results_dir: Path, 
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_export_reference_format_round_trips(table_path: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "lookup_table_baseline.json"
+    assert main(["export", "--table", str(table_path), "--format", "reference", "--output_file", str(out)]) == 0
+    assert "per-dataset scopes not exported" in capsys.readouterr().out
+    raw = json.loads(out.read_text())
+    # What the reference's load() reads: config_table keyed "tier_topk_blocks", a float-keyed grid.
+    assert {"config_table", "lookup_table", "statistics", "metadata"} <= set(raw)
+    table = Table.load(table_path)
+    assert {tuple(k.split("_")) for k in raw["config_table"]} == {
+        (c.knobs.tier, str(c.knobs.top_k), str(c.knobs.num_active_blocks)) for c in table.configs()}
+    assert all({"accuracy", "latency", "num_samples"} <= set(v) for v in raw["config_table"].values())
+    assert all(float(b) > 0 for b in raw["lookup_table"])
+    assert raw["metadata"]["tolerance"] == table.build.tolerance
+    back = Table.load(out)  # this project reads the reference layout back: same global answers
+    for budget in (1.0, 120.0, 150.0, 180.0, 240.0, 400.0):
+        a, b = table.resolve(budget), back.resolve(budget)
+        assert (a.knobs, a.feasible, a.expected_accuracy, a.expected_latency_ms) == (
+            b.knobs, b.feasible, b.expected_accuracy, b.expected_latency_ms)
