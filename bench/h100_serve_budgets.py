@@ -232,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
-        subprocess.run([sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())",
-                        "stop", "--force"], check=False, capture_output=True)
+        if a.device.startswith("cuda"):  # a dedicated GPU host only: elsewhere it stops every cluster
+            subprocess.run([sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())",
+                            "stop", "--force"], check=False, capture_output=True)
         serve_log.close()
     return 0
 

@@ -31,13 +31,16 @@ def _row(label: str, r: object) -> str:
         return f"{label:>10}  -> {r.status_code} {r.json()['error']['message']}"
     b = r.json()
     k = b["knobs"]
-    feasible = "feasible" if b["feasible"] else "INFEASIBLE"
+    feasible = {True: "feasible", False: "INFEASIBLE"}.get(b["feasible"], "FALLBACK")
     t, backend_ms = b["timings_ms"], b["output"]["timings_ms"]["total"]
+    # A fallback answer (controller not ready yet) has no table figures: print what is there.
+    expect = "   n/a" if b.get("expected_latency_ms") is None else f"{b['expected_latency_ms']:6.1f}"
+    acc = "  n/a" if b.get("expected_accuracy") is None else f"{b['expected_accuracy']:.3f}"
     return (
         f"{label:>10}  -> {k['tier']:<6} top_k={k['top_k']} blocks={k['num_active_blocks']:<2}  "
-        f"expect {b['expected_latency_ms']:6.1f} ms  acc {b['expected_accuracy']:.3f}  {feasible:<10}  "
+        f"expect {expect} ms  acc {acc}  {feasible:<10}  "
         f"model {t['model']:5.1f} ms (backend {backend_ms:5.1f})  controller {t['controller'] * 1000:3.0f} us  "
-        f"table {b['table_version'][-8:]}"
+        f"table {(b.get('table_version') or 'none')[-8:]}"
     )
 
 

@@ -42,6 +42,7 @@ def test_ray_metrics_have_the_documented_names_and_tags() -> None:
     }
     assert got == {
         "lookup_requests_total": ("config", "feasible", "fallback"),
+        "lookup_budget_attainment_total": ("covers", "budget_bucket", "met"),
         "lookup_infeasible_total": (),
         "lookup_fallback_total": (),
         "lookup_bad_requests_total": ("reason",),
