@@ -9,7 +9,7 @@ from pathlib import Path
 
 from controller.core_exp.load import load_samples
 from controller.evaluate import Strategy, budget_range, evaluate, parse_strategies, strategy_name
-from controller.evaluate_report import text_lines, to_json
+from controller.evaluate.report import text_lines, to_json
 from controller.params import make_build_params
 from lookupctl import add_flag
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(to_json(result), indent=1) + "\n")
         lines.append(f"wrote {out}")
     if args.plot:
-        from controller.evaluate_plot import plot_evaluation
+        from controller.evaluate.plot import plot_evaluation
 
         lines.append(f"wrote {plot_evaluation(result, args.plot)}")
     print("\n".join(lines), file=sys.stdout)

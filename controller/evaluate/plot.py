@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.evaluate import EvaluationResult
+from controller.evaluate.results import EvaluationResult
 from controller.optional import require
 from controller.table import GLOBAL_SCOPE
 

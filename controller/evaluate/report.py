@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from controller.evaluate import BudgetRow, ConfigOutcome, EvaluationResult, ScopeEvaluation, StrategyResult
+from controller.evaluate.results import BudgetRow, ConfigOutcome, EvaluationResult, ScopeEvaluation, StrategyResult
 from controller.knobs import Knobs
 from controller.table import GLOBAL_SCOPE
 

@@ -19,7 +19,7 @@ from controller.evaluate import (
     split_by_mask,
     split_samples,
 )
-from controller.evaluate_report import text_lines, to_json
+from controller.evaluate.report import text_lines, to_json
 from controller.knobs import TIERS, Knobs
 from controller.params import BuildParams
 from controller.samples import SampleColumns
