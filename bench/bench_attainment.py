@@ -66,7 +66,7 @@ def bench_table(scale: float = 0.5, samples: int = 200, jitter: float = 0.05) ->
 
 
 def _config(store: str, *, queue_aware: bool, proxy_ms: float = 1.0, slowdown: float = 1.0,
-            auto: bool = False) -> Any:
+            auto: bool = False, scheduling: str = "fifo") -> Any:
     from serving.config import ServingConfig
 
     return ServingConfig.model_validate(
@@ -83,6 +83,7 @@ def _config(store: str, *, queue_aware: bool, proxy_ms: float = 1.0, slowdown: f
                                     "decode": "per_token", "ground_truth": "first_table",
                                     "slowdown": slowdown, "seed": 0},
                 "batch": {"max_batch_size": 1, "batch_wait_timeout_s": 0},
+                "scheduling": scheduling,
             },
         }
     )
@@ -165,6 +166,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         proxy_ms = round(outside[int(0.99 * (len(outside) - 1))], 1)
         apps = {
             "queue-aware": _config(stores["base"], queue_aware=True, proxy_ms=proxy_ms),
+            "queue-aware + deadline order": _config(stores["base"], queue_aware=True, proxy_ms=proxy_ms,
+                                                    scheduling="deadline"),
             "queue-aware + live recalibration, 30% slower": _config(stores["recal"], queue_aware=True,
                                                                      proxy_ms=proxy_ms, slowdown=1.3, auto=True),
         }
@@ -202,7 +205,7 @@ def _report(curves: dict[str, list[dict[str, Any]]], capacity: float, requests: 
     figures = []
     for name, points in curves.items():
         for p in points:
-            judged = name == "queue-aware" and p["load"] <= 0.75
+            judged = name in ("queue-aware", "queue-aware + deadline order") and p["load"] <= 0.75
             figures.append({
                 "name": f"{name} @ {round(100 * p['load'])}% load",
                 "value": f"{100 * p['attainment']:.1f}% (acc {p['mean_expected_accuracy']:.3f})",

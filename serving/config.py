@@ -146,6 +146,10 @@ class ModelSettings(_Strict):
     # How long a request waits for a model replica to take it. Past it: 503 model_unavailable at
     # once, rather than holding the client for timeout_s while a replica restarts.
     assign_timeout_s: float = Field(default=5.0, gt=0)
+    # Order in which a replica's waiting requests enter its batches: "fifo" (arrival, Serve's own)
+    # or "deadline" (earliest arrival + budget first: a tight budget overtakes a loose one that
+    # has time to spare; serving.deadline_gate).
+    scheduling: Literal["fifo", "deadline"] = "fifo"
 
 
 class LimitSettings(_Strict):

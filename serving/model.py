@@ -18,6 +18,7 @@ from serving.backends.base import Backend, ModelRequest
 from serving.backends.registry import create_backend
 from serving.backends.simulated import SimulatedBackend
 from serving.config import ModelSettings
+from serving.deadline_gate import DeadlineGate
 from serving.engine_prep import EnginePreparer
 from serving.replica_queue import ReplicaQueue
 
@@ -87,6 +88,11 @@ class MoEModel:
         self._replica = _replica_id()
         # The replica's own queue: waits per request, and the report each answer carries back.
         self.queue = ReplicaQueue(self._replica, self.settings.batch.max_batch_size)
+        # Deadline order: as many requests in the batcher as one batch holds, the rest wait in
+        # earliest-deadline order (serving.deadline_gate).
+        self.gate = (
+            DeadlineGate(self.settings.batch.max_batch_size) if self.settings.scheduling == "deadline" else None
+        )
         self._tokens = itertools.count(1)
         self._streams: set[asyncio.Task[None]] = set()  # running stream tasks (kept referenced)
         self.stream_counts = {"started": 0, "finished": 0, "cancelled": 0}
@@ -97,9 +103,11 @@ class MoEModel:
         request: dict[str, Any],
         expected_latency_ms: float | None = None,
         decode_ms_per_token: float | None = None,
+        budget_ms: float | None = None,
     ) -> dict[str, Any]:
         """`expected_latency_ms` is the table's latency for these knobs (None: unknown, e.g. fallback);
-        `decode_ms_per_token` the table's decode rate for them (None: the table has none)."""
+        `decode_ms_per_token` the table's decode rate for them (None: the table has none);
+        `budget_ms` what is left of the request's budget (its deadline, with scheduling: deadline)."""
         k = Knobs.from_mapping(knobs)
         # A table published after start may hold a config this backend cannot run: refuse that
         # one request with the reason, not the whole batch it would have joined.
@@ -111,7 +119,11 @@ class MoEModel:
         token = next(self._tokens)
         self.queue.arrived(token, k.key, expected_latency_ms, time.monotonic())
         try:
-            return await self._batched(k, req, expected_latency_ms, (token, decode_ms_per_token))
+            if self.gate is None:
+                return await self._batched(k, req, expected_latency_ms, (token, decode_ms_per_token))
+            deadline = time.monotonic() + (budget_ms if budget_ms is not None else 3600_000.0) / 1000
+            async with self.gate.admitted(deadline):
+                return await self._batched(k, req, expected_latency_ms, (token, decode_ms_per_token))
         finally:
             self.queue.dropped(token)  # no-op once its backend call started
 

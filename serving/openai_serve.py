@@ -63,6 +63,7 @@ async def handle(router: Any, request: Request, kind: str) -> Response:
                             headers=headers | {k: v for k, v in refused.headers.items() if k.lower() == "retry-after"})
     payload = {"prompt": req.prompt, "max_new_tokens": req.max_new_tokens, "image_b64": req.image_b64}
     args = (answer.knobs.as_dict(), payload, answer.service_ms, answer.decode_ms_per_token)
+    budget_left = max(0.0, budget - float(answer.overhead_ms or 0.0))
     rid = openai_api.new_id(kind)
     if req.stream:
         events = _events(router, req, answer, args, started, rid)
@@ -71,7 +72,8 @@ async def handle(router: Any, request: Request, kind: str) -> Response:
     model_started = time.perf_counter()
     token = adm.sent(answer)
     try:
-        output = await call_model(router.model.generate.remote(*args), cfg.model.assign_timeout_s, cfg.model.timeout_s)
+        output = await call_model(router.model.generate.remote(*args, budget_left), cfg.model.assign_timeout_s,
+                                  cfg.model.timeout_s)
     except ModelCallError as e:
         adm.failed(token)
         router.stats.model_error(e.kind)
