@@ -39,8 +39,8 @@ def realistic_table(seed: int = 0) -> Table:
     return make_table({GLOBAL_SCOPE: Scope(GLOBAL_SCOPE, [], configs)}, BuildParams(), {"synthetic": True})
 
 
-def seed_style_predict(config_table: dict[tuple[str, int, int], dict[str, Any]], latency_budget: float,
-                       tolerance: float) -> dict[str, Any]:
+def reference_style_predict(config_table: dict[tuple[str, int, int], dict[str, Any]], latency_budget: float,
+                            tolerance: float) -> dict[str, Any]:
     """The reference implementation's predict(): scan every config, build dicts, sort by accuracy."""
     budget_max = latency_budget * (1 + tolerance)
     valid = []
@@ -69,15 +69,16 @@ def _per_call_us(fn: Any, budgets: list[float], repeats: int) -> float:
 
 def run(quick: bool = False) -> dict[str, Any]:
     table = realistic_table()
-    config_table = {(c.knobs.tier, c.knobs.top_k, c.knobs.num_active_blocks): c.seed_dict() for c in table.configs()}
+    config_table = {(c.knobs.tier, c.knobs.top_k, c.knobs.num_active_blocks): c.reference_dict()
+                    for c in table.configs()}
     rng = np.random.default_rng(1)
     budgets = rng.uniform(60, 260, 2_000 if quick else 20_000).tolist()
     repeats = 5 if quick else 15
     # Same answers first: the benchmark compares equal work.
     for b in budgets[:500]:
-        assert seed_style_predict(config_table, b, 0.05)["accuracy"] == table.resolve(b).expected_accuracy
+        assert reference_style_predict(config_table, b, 0.05)["accuracy"] == table.resolve(b).expected_accuracy
     ours = _per_call_us(table.resolve, budgets, repeats)
-    seed = _per_call_us(lambda b: seed_style_predict(config_table, b, 0.05), budgets, repeats)
+    seed = _per_call_us(lambda b: reference_style_predict(config_table, b, 0.05), budgets, repeats)
     # predict() on budgets that at least one config fits (the infeasible path logs a
     # warning per call, as the reference did, and is not what callers loop on).
     reference = LookupTableBaselineController.from_table(table)

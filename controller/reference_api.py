@@ -23,8 +23,8 @@ from controller.table_file import atomic_write
 
 log = logging.getLogger(__name__)
 
-# The seed precomputed best configs on a 5 ms budget grid; kept for `lookup_table` and statistics.
-_SEED_BUDGET_STEP_MS = 5.0
+# The reference precomputed best configs on a 5 ms budget grid; kept for `lookup_table` and statistics.
+_REFERENCE_BUDGET_STEP_MS = 5.0
 
 
 class LookupTableBaselineController:
@@ -62,13 +62,13 @@ class LookupTableBaselineController:
 
     @property
     def config_table(self) -> dict[tuple[str, int, int], dict[str, Any]]:
-        return {(c.knobs.tier, c.knobs.top_k, c.knobs.num_active_blocks): c.seed_dict()
+        return {(c.knobs.tier, c.knobs.top_k, c.knobs.num_active_blocks): c.reference_dict()
                 for c in self.table.configs()}
 
     @property
     def lookup_table(self) -> dict[float, dict[str, Any]]:
-        """The seed's precomputed budget grid (min..max latency every 5 ms) -> best config."""
-        grid = np.arange(self.min_latency, self.max_latency + _SEED_BUDGET_STEP_MS, _SEED_BUDGET_STEP_MS)
+        """The reference's precomputed budget grid (min..max latency every 5 ms) -> best config."""
+        grid = np.arange(self.min_latency, self.max_latency + _REFERENCE_BUDGET_STEP_MS, _REFERENCE_BUDGET_STEP_MS)
         out = {}
         for budget, decision in zip(grid.tolist(), self.table.resolve_many(grid, tolerance=self.tolerance)):
             if decision.feasible:
@@ -113,7 +113,7 @@ class LookupTableBaselineController:
         feasible = [c for c in self.table.configs(decision.scope) if c.latency_ms <= threshold]
         feasible.sort(key=lambda c: (-c.accuracy, c.latency_ms, c.knobs.sort_key))
         base = decision.to_dict()
-        return [{**base, **c.knobs.as_dict(), **c.seed_dict()} for c in feasible]
+        return [{**base, **c.knobs.as_dict(), **c.reference_dict()} for c in feasible]
 
     def get_statistics(self) -> dict[str, Any]:
         configs = self.table.configs()
@@ -191,7 +191,7 @@ def build_lookup_table_from_core_exp(results_dir: str | Path, dataset_names: lis
 
 
 class LookupTableControllerWrapper:
-    """The seed wrapper's interface (drop-in for the GRPO controller); needs no torch."""
+    """The reference wrapper's interface (drop-in for the GRPO controller); needs no torch."""
 
     def __init__(self, lookup_table_controller: LookupTableBaselineController) -> None:
         self.controller = lookup_table_controller

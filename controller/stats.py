@@ -45,7 +45,7 @@ class ConfigStats:
         fields = {k: v for k, v in record.items() if k not in ("tier", "top_k", "num_active_blocks")}
         return cls(knobs=Knobs.from_mapping(record), **fields)
 
-    def seed_dict(self) -> dict[str, Any]:
+    def reference_dict(self) -> dict[str, Any]:
         """The reference implementation's per-config dict (its config_table values)."""
         return {
             "accuracy": self.accuracy,

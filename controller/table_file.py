@@ -199,7 +199,7 @@ def table_from_bytes(data: bytes, source: str) -> Table:
     if not isinstance(raw, dict):
         raise TableLoadError(source, f"expected a JSON object, found {type(raw).__name__}")
     if "config_table" in raw and "format" not in raw:
-        return _from_seed_format(raw, source, data)
+        return _from_reference_format(raw, source, data)
     return _from_native(raw, source)
 
 
@@ -232,7 +232,7 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _from_seed_format(raw: dict[str, Any], source: str, data: bytes) -> Table:
+def _from_reference_format(raw: dict[str, Any], source: str, data: bytes) -> Table:
     """The reference implementation's file: config_table keyed "tier_k_n", lookup_table (derived,
     ignored), statistics, metadata. Configs with a NaN accuracy (its mean-of-NaN bug) are dropped."""
     table = raw["config_table"]

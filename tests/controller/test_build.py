@@ -81,7 +81,7 @@ def test_aggregations_equal_the_seed(method: str, prefill: bool) -> None:
         samples, BuildParams(aggregation_method=method, latency_metric="prefill" if prefill else "total")
     )
     expected = seed_config_table(recs, method, prefill)
-    got = {(c.knobs.tier, c.knobs.top_k, c.knobs.num_active_blocks): c.seed_dict() for c in table.configs()}
+    got = {(c.knobs.tier, c.knobs.top_k, c.knobs.num_active_blocks): c.reference_dict() for c in table.configs()}
     assert got.keys() == expected.keys()
     for key in expected:
         for field, value in expected[key].items():

@@ -18,9 +18,9 @@ from controller import (
 )
 from controller.core_exp.synthetic import generate_sample_results
 from tests.controller.test_build import records
-from tests.controller.test_table_file import seed_table_json
+from tests.controller.test_table_file import reference_table_json
 
-SEED_KEYS = {"tier", "top_k", "num_active_blocks", "accuracy", "latency", "num_samples", "accuracy_std",
+REFERENCE_KEYS = {"tier", "top_k", "num_active_blocks", "accuracy", "latency", "num_samples", "accuracy_std",
              "latency_std"}
 
 
@@ -37,7 +37,7 @@ def test_seed_workflow(results_dir: Path, tmp_path: Path) -> None:
         output_file=str(tmp_path / "ckpt" / "lookup_table_baseline.json"), aggregation_method="mean",
         tolerance=0.05, cache_dir=tmp_path / "cache", progress=False)
     config = ctl.predict(latency_budget=200.0)
-    assert SEED_KEYS <= set(config)
+    assert REFERENCE_KEYS <= set(config)
     assert isinstance(config["tier"], str) and isinstance(config["top_k"], int)
     assert isinstance(config["accuracy"], float) and isinstance(config["num_samples"], int)
     all_configs = ctl.predict(latency_budget=200.0, return_all_candidates=True)
@@ -84,14 +84,14 @@ def test_constructor_from_profiling_results() -> None:
 
 def test_wrapper(tmp_path: Path, results_dir: Path) -> None:
     path = tmp_path / "seed.json"
-    path.write_text(json.dumps(seed_table_json()))
+    path.write_text(json.dumps(reference_table_json()))
     w = create_lookup_table_controller(lookup_table_path=str(path))
     assert w.predict_stage1(latency_budget=150.0) == {"tier": "medium"}
     assert w.predict_stage2(latency_budget=150.0) == {"top_k": 8, "num_active_blocks": 16}
     assert w.predict_all(200.0)["tier"] == "high"
     assert w.to("cuda").eval() is w and w.forward_stage1(None, None) == {}
     built = create_lookup_table_controller(results_dir=str(results_dir), use_cache=False, progress=False)
-    assert SEED_KEYS <= set(built.predict_all(180.0))
+    assert REFERENCE_KEYS <= set(built.predict_all(180.0))
     with pytest.raises(ControllerError, match="lookup_table_path or results_dir"):
         create_lookup_table_controller()
 

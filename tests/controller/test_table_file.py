@@ -102,7 +102,7 @@ def test_missing_and_directory(tmp_path: Path) -> None:
         Table.load(tmp_path)
 
 
-def seed_table_json(nan_config: bool = False) -> dict:
+def reference_table_json(nan_config: bool = False) -> dict:
     """A file as the reference implementation's save() writes it."""
     config_table = {
         "low_4_12": {
@@ -143,7 +143,7 @@ def seed_table_json(nan_config: bool = False) -> dict:
 
 
 def test_reads_reference_format(tmp_path: Path) -> None:
-    t = _load_text(tmp_path, json.dumps(seed_table_json(nan_config=True)))
+    t = _load_text(tmp_path, json.dumps(reference_table_json(nan_config=True)))
     assert t.version_id.startswith("seed-") and t.build.aggregation_method == "median"
     assert t.build.tolerance == 0.1
     assert len(t.configs()) == 3  # the NaN config never reaches the table
