@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from moe.presets import build_model
     from moe.profiler import crops_for
     from moe.runner import MoERunner, PromptInput
-    from moe.samples import synthetic_samples
+    from moe.prompts import synthetic_samples
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     torch = require("torch", "torch")
     require("transformers", "torch")
     from moe.profiler import Grid, profile_grid
-    from moe.samples import load_hook, read_samples_jsonl, synthetic_samples
+    from moe.prompts import load_hook, read_samples_jsonl, synthetic_samples
 
     hook = load_hook(args.eval_hook) if args.eval_hook else None
     samples = (

@@ -13,7 +13,7 @@ from controller.errors import KnobError
 from controller.knobs import Knobs
 from lookupctl import main
 from moe.profiler import NO_ACCURACY, Grid, profile_grid
-from moe.samples import ProfileSample, read_samples_jsonl, synthetic_samples
+from moe.prompts import ProfileSample, read_samples_jsonl, synthetic_samples
 
 GRID = Grid(("low", "medium"), (4, 8), (12, 16))
 
