@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from moe.engine import EngineOptions, GenerationEngine
     from moe.presets import build_model
     from moe.profiler import crops_for
-    from moe.runner import MoERunner, PromptInput
     from moe.prompts import synthetic_samples
+    from moe.runner import MoERunner, PromptInput
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ import torch
 from controller.core_exp.write import sample_record, write_config_file
 from controller.datasets import dataset_folder
 from controller.knobs import TIER_CROP_RANGE, TIERS, Knobs
-from moe.runner import GenerationResult, MoERunner, PromptInput, choose_crops
 from moe.prompts import AccuracyHook, ProfileSample, score
+from moe.runner import GenerationResult, MoERunner, PromptInput, choose_crops
 
 NO_ACCURACY = "none (random weights): accuracy is 0.0 placeholder, take it from another table"
 IMAGE_SIZE_PER_CROP = 336
