@@ -149,7 +149,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     from serving.app import build_app_from_config
     from serving.testing import free_port, local_serve
 
-    requests = 40 if quick else 50  # per point: the whole run stays within make bench's 240 s
+    requests = 30 if quick else 40  # per point (5 curves x 4 loads): the run stays within make bench's 240 s
     table = bench_table()
     stores = {name: tempfile.mkdtemp(prefix=f"bench-att-{name}-") for name in ("base", "recal")}
     firsts = {name: TableStore(s).publish(table).version_id for name, s in stores.items()}
