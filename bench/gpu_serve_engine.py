@@ -22,14 +22,66 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench.h100_serve_budgets import PORT, ROOT, lookupctl, model_ms, post, sh, wait_healthy
-
+ROOT = Path(__file__).resolve().parents[1]
+PORT = 8000
 GRID = {"tiers": ["low", "medium", "high"], "top_k": ["4", "6", "8"], "blocks": ["12", "14", "16"]}
+
+
+def sh(cmd: list[str], log: Path) -> None:
+    with log.open("a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def lookupctl(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lookupctl", *args]
+
+
+def post(budget: float | None, prompt: str, max_new_tokens: int) -> tuple[int, dict[str, Any], dict[str, str]]:
+    headers = {"content-type": "application/json"}
+    if budget is not None:
+        headers["X-Latency-Budget-Ms"] = f"{budget:g}"
+    body = json.dumps({"prompt": prompt, "max_new_tokens": max_new_tokens}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{PORT}/v1/generate", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read()), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}"), dict(e.headers)
+
+
+def wait_healthy(deadline_s: float) -> float:
+    t0 = time.time()
+    while time.time() - t0 < deadline_s:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return time.time() - t0
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"app not healthy after {deadline_s} s")
+
+
+def model_ms(resp: dict[str, Any]) -> dict[str, float]:
+    """The model's own stage timings, wherever the response nests them."""
+    stack = [resp]
+    while stack:
+        d = stack.pop()
+        if isinstance(d, dict):
+            t = d.get("timings_ms")
+            if isinstance(t, dict) and "prefill" in t:
+                return {k: float(v) for k, v in t.items()}
+            stack.extend(v for v in d.values() if isinstance(v, dict))
+    return {}
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -185,7 +237,6 @@ def one_engine(engine: str, a: argparse.Namespace, out: Path, accuracy_dir: Path
         extra = pct(gaps, 95) if gaps else 0.0
         budgets = sorted({round(b + extra, 1) for b in base})
         res["budgets"] = budgets
-        import urllib.request
 
         with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/v1/stats", timeout=10) as r:
             res["stats_model"] = json.loads(r.read()).get("model")
