@@ -108,14 +108,7 @@ class MoEModel:
         """`expected_latency_ms` is the table's latency for these knobs (None: unknown, e.g. fallback);
         `decode_ms_per_token` the table's decode rate for them (None: the table has none);
         `budget_ms` what is left of the request's budget (its deadline, with scheduling: deadline)."""
-        k = Knobs.from_mapping(knobs)
-        # A table published after start may hold a config this backend cannot run: refuse that
-        # one request with the reason, not the whole batch it would have joined.
-        self.backend.validate_knobs(k)
-        req = ModelRequest(**request)
-        check_request = getattr(self.backend, "check_request", None)
-        if check_request is not None:  # too many tokens for the engine's shapes: 413, before batching
-            check_request(k, req)
+        k, req = self._checked(knobs, request)
         token = next(self._tokens)
         self.queue.arrived(token, k.key, expected_latency_ms, time.monotonic())
         try:
@@ -126,6 +119,17 @@ class MoEModel:
                 return await self._batched(k, req, expected_latency_ms, (token, decode_ms_per_token))
         finally:
             self.queue.dropped(token)  # no-op once its backend call started
+
+    def _checked(self, knobs: dict[str, Any], request: dict[str, Any]) -> tuple[Knobs, ModelRequest]:
+        """Refuse one request, not the batch it would join: a config this backend cannot run (a
+        table published after start may hold one), or too many tokens for the engine (413)."""
+        k = Knobs.from_mapping(knobs)
+        self.backend.validate_knobs(k)
+        req = ModelRequest(**request)
+        check_request = getattr(self.backend, "check_request", None)
+        if check_request is not None:
+            check_request(k, req)
+        return k, req
 
     async def generate_stream(
         self,
@@ -138,12 +142,7 @@ class MoEModel:
         {"output": the same dict generate returns}. Runs alone, not in a Serve batch (a batch's
         first token waits for every member's prefill). When the caller goes away (Serve cancels
         this generator) the backend is told to stop at its next step."""
-        k = Knobs.from_mapping(knobs)
-        self.backend.validate_knobs(k)
-        req = ModelRequest(**request)
-        check_request = getattr(self.backend, "check_request", None)
-        if check_request is not None:
-            check_request(k, req)
+        k, req = self._checked(knobs, request)
         stream = getattr(self.backend, "generate_stream", None)
         if stream is None:  # a backend that cannot stream: one piece, at the end
             out = await self.generate(knobs, request, expected_latency_ms, decode_ms_per_token)
