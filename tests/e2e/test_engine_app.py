@@ -5,8 +5,7 @@ chosen by the router."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,12 @@ from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
 from serving.testing import synthetic_table
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.serve
 POLL_S = 0.3
 
 
-def until(pred: Callable[[], Any], what: str, limit_s: float = 90.0) -> Any:
-    """Waits for a condition (liveness, not timing: the limit only bounds a broken run)."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"not reached within {limit_s} s: {what}")
 
 
 class EngineApp:

@@ -8,8 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from serving.app import build_app_from_config
 from serving.config import ServingConfig
 from serving.model_call import ModelCallError, describe_failure
 from serving.testing import LoadLoop, synthetic_table
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.serve
 APP = "hostile"
@@ -52,15 +52,6 @@ class App:
         return self.http.post("/v1/generate", json={"prompt": "hi"}, headers={"X-Latency-Budget-Ms": str(budget)})
 
 
-def until(pred: Callable[[], Any], what: str, limit_s: float = 60.0) -> Any:
-    """Waits for a condition (liveness, not timing: the limit only bounds a broken run)."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"not reached within {limit_s} s: {what}")
 
 
 def _replicas(deployment: str) -> list[str]:
