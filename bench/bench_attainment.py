@@ -41,7 +41,7 @@ def bench_table(scale: float = 0.5, samples: int = 200, jitter: float = 0.05) ->
 
     from controller import BuildParams, SampleColumns, build_table
     from controller.knobs import TIERS
-    from serving.testing import GRID
+    from tests.support.tables import GRID
 
     rng = np.random.default_rng(0)
     cols: dict[str, list[Any]] = {k: [] for k in ("tier", "top_k", "num_active_blocks", "accuracy",
@@ -147,7 +147,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
     from controller.store import TableStore
     from serving.app import build_app_from_config
-    from serving.testing import free_port, local_serve
+    from serving.local import free_port, local_serve
 
     requests = 30 if quick else 40  # per point (5 curves x 4 loads): the run stays within make bench's 240 s
     table = bench_table()

@@ -85,7 +85,7 @@ def _big_bodies(url: str, clients: int, n: int, size: int) -> set[int]:
 
 def _concurrent_publishes(publishers: int, rounds: int) -> tuple[int, int]:
     from controller.store import TableStore
-    from serving.testing import synthetic_table
+    from tests.support.tables import synthetic_table
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-publish-"))
     synthetic_table().save(tmp / "t.json")
@@ -110,7 +110,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     from controller.store import TableStore
     from serving.app import build_app_from_config
     from serving.config import ServingConfig
-    from serving.testing import free_port, local_serve, synthetic_table
+    from serving.local import free_port, local_serve
+    from tests.support.tables import synthetic_table
 
     n = 300 if quick else 1000
     store_dir = tempfile.mkdtemp(prefix="bench-hostile-")

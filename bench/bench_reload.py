@@ -26,7 +26,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     from controller.store import TableStore
     from serving.app import build_app_from_config
     from serving.config import ServingConfig
-    from serving.testing import LoadLoop, ReloadProbe, free_port, local_serve, synthetic_table
+    from serving.local import free_port, local_serve
+    from tests.support.load import LoadLoop
+    from tests.support.reload import ReloadProbe
+    from tests.support.tables import synthetic_table
 
     publishes = 6 if quick else 20
     store_dir = tempfile.mkdtemp(prefix="bench-reload-")

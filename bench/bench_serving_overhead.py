@@ -22,7 +22,7 @@ BUDGETS = (60.0, 95.0, 120.0, 170.0, 400.0)
 
 
 def _measure(url: str, seconds: float, warmup_s: float = 1.0) -> dict[str, float]:
-    from serving.testing import LoadLoop
+    from tests.support.load import LoadLoop
 
     with LoadLoop(url, BUDGETS, concurrency=CONCURRENCY) as load:
         time.sleep(warmup_s + seconds)
@@ -64,7 +64,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     from controller.store import TableStore
     from serving.app import build_app_from_config
     from serving.config import ServingConfig
-    from serving.testing import free_port, local_serve, synthetic_table
+    from serving.local import free_port, local_serve
+    from tests.support.tables import synthetic_table
 
     rounds, seconds = (2, 4.0) if quick else (5, 6.0)
     store = tempfile.mkdtemp(prefix="bench-store-")

@@ -62,7 +62,7 @@ def main() -> int:
     from controller.store import TableStore
     from serving.app import build_app_from_config
     from serving.config import load_config
-    from serving.testing import free_port, import_ray_quietly, local_serve
+    from serving.local import free_port, import_ray_quietly, local_serve
 
     import_ray_quietly()
     store_dir = Path(tempfile.mkdtemp(prefix="lookup-demo-store-"))

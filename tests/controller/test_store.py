@@ -12,7 +12,7 @@ import pytest
 from controller.errors import StoreError, TableLoadError
 from controller.store import LATEST, TableStore, new_version_id
 from lookupctl import main
-from serving.testing import synthetic_table
+from tests.support.tables import synthetic_table
 
 
 @pytest.fixture(scope="module")

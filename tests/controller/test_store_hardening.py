@@ -16,7 +16,7 @@ from controller.store import LATEST, TableStore
 from controller.store_fs import call_with_timeout
 from lookupctl import main as lookupctl
 from serving.table_watcher import TableWatcher
-from serving.testing import synthetic_table
+from tests.support.tables import synthetic_table
 
 PUBLISHERS, ROUNDS = 4, 10
 _PUBLISHER = """

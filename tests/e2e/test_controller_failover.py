@@ -13,7 +13,8 @@ from ray import serve
 from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
-from serving.testing import LoadLoop, synthetic_table
+from tests.support.load import LoadLoop
+from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
 APP = "failover"

@@ -17,7 +17,7 @@ from controller import Table
 from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
-from serving.testing import synthetic_table
+from tests.support.tables import synthetic_table
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.serve

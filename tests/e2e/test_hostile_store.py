@@ -24,7 +24,8 @@ from controller.store import LATEST, TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
 from serving.model_call import ModelCallError, describe_failure
-from serving.testing import LoadLoop, synthetic_table
+from tests.support.load import LoadLoop
+from tests.support.tables import synthetic_table
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.serve

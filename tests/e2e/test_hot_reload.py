@@ -13,7 +13,9 @@ from ray import serve
 from controller.store import LATEST, TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
-from serving.testing import LoadLoop, ReloadProbe, synthetic_table
+from tests.support.load import LoadLoop
+from tests.support.reload import ReloadProbe
+from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
 POLL_S = 1.0

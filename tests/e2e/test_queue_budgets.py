@@ -21,7 +21,7 @@ from controller.store import TableStore
 from lookupctl import main as lookupctl
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
-from serving.testing import synthetic_table
+from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
 BUDGET = "X-Latency-Budget-Ms"

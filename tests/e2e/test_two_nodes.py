@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.testing import free_port
+from serving.local import free_port
 
 pytestmark = pytest.mark.serve
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -12,7 +12,7 @@ from serving.backends.base import Backend, ModelRequest, SupportedRanges
 from serving.backends.registry import create_backend
 from serving.backends.simulated import SimulatedBackend
 from serving.model import MoEModel, check_configs
-from serving.testing import synthetic_table
+from tests.support.tables import synthetic_table
 
 
 def test_simulated_latency_grows_with_every_knob() -> None:

@@ -19,7 +19,7 @@ from ray import serve
 from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
-from serving.testing import synthetic_table
+from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
 APP = "hostile_in"

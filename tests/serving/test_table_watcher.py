@@ -6,7 +6,7 @@ from pathlib import Path
 
 from controller.store import LATEST, TableStore
 from serving.table_watcher import TableWatcher
-from serving.testing import synthetic_table
+from tests.support.tables import synthetic_table
 
 
 def _point_latest_at(root: Path, version_id: str, data: bytes) -> None:

@@ -1,0 +1,27 @@
+"""One Ray + Serve per test session, shared by every test directory (the `serve_port` fixture)."""
+
+from __future__ import annotations
+
+from serving.local import free_port, local_serve
+
+_shared: dict[str, object] = {"users": 0}
+
+
+
+def acquire_shared_serve() -> int:
+    """One Ray + Serve per test session, shared by every test directory; returns its HTTP port."""
+    if _shared["users"] == 0:
+        port = free_port()
+        cm = local_serve(port)
+        cm.__enter__()
+        _shared.update(port=port, cm=cm)
+    _shared["users"] = int(_shared["users"]) + 1  # type: ignore[call-overload]
+    return int(_shared["port"])  # type: ignore[call-overload]
+
+
+
+def release_shared_serve() -> None:
+    _shared["users"] = int(_shared["users"]) - 1  # type: ignore[call-overload]
+    if _shared["users"] == 0:
+        _shared.pop("cm").__exit__(None, None, None)  # type: ignore[attr-defined]
+
