@@ -6,6 +6,8 @@ import math
 import re
 from typing import Any
 
+from controller.errors import BudgetError
+from controller.validate import validate_budget
 from serving.config import BudgetSettings
 from serving.errors import ServingError
 
@@ -73,10 +75,10 @@ def parse_budget(raw: str | None, field: str, settings: BudgetSettings) -> float
             raise BadInput(field, raw, "is missing and this server requires a budget", accepted)
         return settings.default_budget_ms
     value = _number(raw, field, accepted)
-    if math.isinf(value):
-        raise BadInput(field, raw, "is infinite", accepted)
-    if value <= 0:
-        raise BadInput(field, raw, "is not positive", accepted)
+    try:  # the library's own rule (finite, > 0), so that the edge and the library agree
+        value = validate_budget(value)
+    except BudgetError as e:
+        raise BadInput(field, raw, e.reason, accepted) from None
     if value > settings.max_budget_ms:
         raise BadInput(field, raw, f"is above the maximum of {settings.max_budget_ms:g} ms", accepted)
     return value
