@@ -35,10 +35,10 @@ from typing import Any, Literal
 import torch
 from transformers.cache_utils import Cache
 
-from controller.knobs import TIER_CROP_RANGE, Knobs
+from controller.knobs import TIER_CROP_RANGE, TOKENS_PER_CROP, Knobs
 from moe.errors import ConfigDisabledError, InputTooLongError
 from moe.knob_patch import ForwardKnobs, knob_context
-from moe.runner import _CACHE_KW, GenerationResult, MoERunner, PromptInput
+from moe.runner import _CACHE_KW, GenerationResult, MoERunner, PromptInput, build_results, finished
 from moe.vision import fill_pixels
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class GenerationEngine:
             with torch.inference_mode():
                 self.pixels[n] = torch.zeros(n, 3, size, size, device=self.device, dtype=self.dtype)
                 hidden = int(self.model.config.hidden_size)
-                self.vision_out[n] = torch.zeros(n, 144, hidden, device=self.device, dtype=self.dtype)
+                self.vision_out[n] = torch.zeros(n, TOKENS_PER_CROP, hidden, device=self.device, dtype=self.dtype)
         return self.pixels[n], self.vision_out[n]
 
     # ---- the step functions (captured as graphs, or run as they are) ---------------------------
@@ -351,11 +351,12 @@ class GenerationEngine:
         if reason is not None:
             raise ConfigDisabledError(knobs.key, reason)
 
-    def prompt_tokens(self, x: PromptInput) -> int:
-        return x.num_images * 144 + len(self.codec.encode(x.prompt))
+    def prompt_tokens(self, x: PromptInput, text_ids: list[int] | None = None) -> int:
+        ids = self.codec.encode(x.prompt) if text_ids is None else text_ids
+        return x.num_images * TOKENS_PER_CROP + len(ids)
 
-    def check_input(self, x: PromptInput, max_new_tokens: int) -> None:
-        n = self.prompt_tokens(x)
+    def check_input(self, x: PromptInput, max_new_tokens: int, text_ids: list[int] | None = None) -> None:
+        n = self.prompt_tokens(x, text_ids)
         if n > self.options.max_prompt_tokens:
             raise InputTooLongError(
                 "prompt_tokens",
@@ -397,14 +398,16 @@ class GenerationEngine:
         if max_new_tokens < 1:
             raise InputTooLongError("max_new_tokens", max_new_tokens, 1, "expected an integer >= 1")
         self.check(knobs)
-        for x in inputs:
-            self.check_input(x, max_new_tokens)
+        text_ids = [self.codec.encode(x.prompt) for x in inputs]  # once per request
+        for x, ids in zip(inputs, text_ids, strict=True):
+            self.check_input(x, max_new_tokens, ids)
         out: list[GenerationResult] = []
         with self._lock, torch.inference_mode():
             for start in range(0, len(inputs), self.max_batch):
-                chunk = inputs[start : start + self.max_batch]
+                end = start + self.max_batch
                 out += self._generate_chunk(
-                    knobs, chunk, 1 if prefill_only else max_new_tokens, keep_logits, on_tokens
+                    knobs, inputs[start:end], text_ids[start:end], 1 if prefill_only else max_new_tokens,
+                    keep_logits, on_tokens,
                 )
         return out
 
@@ -412,6 +415,7 @@ class GenerationEngine:
         self,
         knobs: Knobs,
         inputs: Sequence[PromptInput],
+        text_ids: list[list[int]],
         max_new_tokens: int,
         keep_logits: bool,
         on_tokens: Callable[[list[list[int]]], bool] | None = None,
@@ -421,8 +425,7 @@ class GenerationEngine:
         n = len(inputs)
         b = next(x for x in self.options.decode_buckets if x >= n)
         emb = self.model.lm.get_input_embeddings()
-        text_ids = [self.codec.encode(x.prompt) for x in inputs]
-        lengths = [x.num_images * 144 + len(ids) for x, ids in zip(inputs, text_ids, strict=True)]
+        lengths = [self.prompt_tokens(x, ids) for x, ids in zip(inputs, text_ids, strict=True)]
         pads = [self._bucket(L) for L in lengths]
         end = max(pads)  # every row's prompt ends at cache index `end`
         first_logits: list[torch.Tensor] = [torch.empty(0)] * n
@@ -441,9 +444,9 @@ class GenerationEngine:
                 t1 = self._now()
                 self.embeds[:, : P - L].zero_()
                 if nimg:
-                    self.embeds[0, P - L : P - L + nimg * 144].copy_(vis.reshape(-1, vis.shape[-1]))
+                    self.embeds[0, P - L : P - L + nimg * TOKENS_PER_CROP].copy_(vis.reshape(-1, vis.shape[-1]))
                 ids = torch.tensor(text_ids[i], device=self.device)
-                self.embeds[0, P - L + nimg * 144 : P].copy_(emb(ids))
+                self.embeds[0, P - L + nimg * TOKENS_PER_CROP : P].copy_(emb(ids))
                 self.pad_start.fill_(P - L)
                 self._run(("prefill", pair, P), lambda P=P: self._prefill_step(P))
                 self.tok[i : i + 1].copy_(self.prefill_token)
@@ -493,28 +496,11 @@ class GenerationEngine:
             "total": (t_end - t_start) * 1e3,
         }
         generated = torch.stack(tokens, dim=1).tolist()
-        results = []
-        for i, x in enumerate(inputs):
-            ids = generated[i]
-            eos = self.eos_token_id is not None and self.eos_token_id in ids
-            if eos:
-                ids = ids[: ids.index(self.eos_token_id) + 1]
-            res = GenerationResult(
-                token_ids=ids,
-                text=self.codec.decode(ids),
-                ends_with_eos=eos,
-                num_crops=x.num_crops,
-                vision_tokens=x.num_images * 144,
-                text_tokens=len(text_ids[i]),
-                timings_ms=dict(timings),
-                decode_per_step_ms=list(steps_ms),
-            )
-            if keep_logits:
-                res.logits = [first_logits[i]] + [s[i] for s in step_logits][: len(ids) - 1]
-            results.append(res)
+        results = build_results(inputs, generated, text_ids, self.codec, self.eos_token_id, timings, steps_ms)
+        if keep_logits:
+            for i, res in enumerate(results):
+                res.logits = [first_logits[i]] + [s[i] for s in step_logits][: len(res.token_ids) - 1]
         return results
 
     def _finished(self, token: torch.Tensor) -> torch.Tensor:
-        if self.eos_token_id is None:
-            return torch.zeros_like(token, dtype=torch.bool)
-        return token == self.eos_token_id
+        return finished(token, self.eos_token_id)

@@ -51,6 +51,44 @@ class GenerationResult:
         return self.vision_tokens + self.text_tokens + len(self.token_ids)
 
 
+def cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
+    """Tokens up to and including the first end-of-sequence token."""
+    return ids[: ids.index(eos) + 1] if eos is not None and eos in ids else ids
+
+
+def finished(token: torch.Tensor, eos: int | None) -> torch.Tensor:
+    """Per row: did this step produce the end-of-sequence token?"""
+    return torch.zeros_like(token, dtype=torch.bool) if eos is None else token == eos
+
+
+def build_results(
+    inputs: Sequence[PromptInput],
+    generated: list[list[int]],
+    text_ids: list[list[int]],
+    codec: TextCodec,
+    eos: int | None,
+    timings: dict[str, float],
+    steps_ms: list[float],
+) -> list[GenerationResult]:
+    """One GenerationResult per request of a batch (the runner's and the engine's alike)."""
+    results = []
+    for i, x in enumerate(inputs):
+        ids = cut_at_eos(generated[i], eos)
+        results.append(
+            GenerationResult(
+                token_ids=ids,
+                text=codec.decode(ids),
+                ends_with_eos=eos is not None and ids[-1:] == [eos],
+                num_crops=x.num_crops,
+                vision_tokens=0 if x.num_crops is None else vision_tokens(x.num_crops),
+                text_tokens=len(text_ids[i]),
+                timings_ms=dict(timings),
+                decode_per_step_ms=list(steps_ms),
+            )
+        )
+    return results
+
+
 def choose_crops(tier: str, seed: int) -> int:
     """Crops for one image of `tier`: uniform over the tier's range, reproducible from `seed`.
     (Real preprocessing picks crops from the image's size; there are no real images here.)"""
@@ -161,25 +199,7 @@ class MoERunner:
             "decode": (t3 - t2) * 1e3,
             "total": (t3 - t0) * 1e3,
         }
-        results = []
-        for i, x in enumerate(inputs):
-            ids = generated[i]
-            eos = self.eos_token_id is not None and self.eos_token_id in ids
-            if eos:
-                ids = ids[: ids.index(self.eos_token_id) + 1]
-            results.append(
-                GenerationResult(
-                    token_ids=ids,
-                    text=self.codec.decode(ids),
-                    ends_with_eos=eos,
-                    num_crops=x.num_crops,
-                    vision_tokens=0 if x.num_crops is None else vision_tokens(x.num_crops),
-                    text_tokens=len(text_ids[i]),
-                    timings_ms=dict(timings),
-                    decode_per_step_ms=list(steps_ms),
-                )
-            )
-        return results
+        return build_results(inputs, generated, text_ids, self.codec, self.eos_token_id, timings, steps_ms)
 
     def _assemble(
         self, vis: torch.Tensor, inputs: Sequence[PromptInput], text_ids: list[list[int]]
@@ -244,9 +264,7 @@ class MoERunner:
         return ids, steps
 
     def _finished(self, token: torch.Tensor) -> torch.Tensor:
-        if self.eos_token_id is None:
-            return torch.zeros_like(token, dtype=torch.bool)
-        return token == self.eos_token_id
+        return finished(token, self.eos_token_id)
 
 
 def _cache_kwarg() -> str:

@@ -167,7 +167,8 @@ def bad_input_body(e: BadInput) -> dict[str, Any]:
 
 # ---- responses -----------------------------------------------------------------------------------
 
-def _finish(reason: str) -> str:
+def finish_reason(reason: str) -> str:
+    """The OpenAI finish_reason for ours: a cancelled stream had no client left to tell."""
     return reason if reason in ("stop", "length") else "stop"
 
 
@@ -188,7 +189,7 @@ def new_id(kind: str) -> str:
 
 
 def completion(req: OpenAIRequest, output: dict[str, Any], answer: dict[str, Any], rid: str) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(str(output.get("finish_reason"))),
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason(str(output.get("finish_reason"))),
                               "logprobs": None}
     if req.kind == "chat":
         choice["message"] = {"role": "assistant", "content": output.get("text", "")}

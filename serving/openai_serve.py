@@ -63,7 +63,6 @@ async def handle(router: Any, request: Request, kind: str) -> Response:
                             headers=headers | {k: v for k, v in refused.headers.items() if k.lower() == "retry-after"})
     payload = {"prompt": req.prompt, "max_new_tokens": req.max_new_tokens, "image_b64": req.image_b64}
     args = (answer.knobs.as_dict(), payload, answer.service_ms, answer.decode_ms_per_token)
-    budget_left = max(0.0, budget - float(answer.overhead_ms or 0.0))
     rid = openai_api.new_id(kind)
     if req.stream:
         events = _events(router, req, answer, args, started, rid)
@@ -72,8 +71,8 @@ async def handle(router: Any, request: Request, kind: str) -> Response:
     model_started = time.perf_counter()
     token = adm.sent(answer)
     try:
-        output = await call_model(router.model.generate.remote(*args, budget_left), cfg.model.assign_timeout_s,
-                                  cfg.model.timeout_s)
+        response = router.model.generate.remote(*args, answer.model_budget_ms())
+        output = await call_model(response, cfg.model.assign_timeout_s, cfg.model.timeout_s)
     except ModelCallError as e:
         adm.failed(token)
         router.stats.model_error(e.kind)
@@ -115,7 +114,7 @@ async def _events(
                 yield openai_api.chunk(req, rid, delta, None, None)
             sent = text
         out = output or {}
-        yield openai_api.chunk(req, rid, "", openai_api._finish(str(out.get("finish_reason"))), None)
+        yield openai_api.chunk(req, rid, "", openai_api.finish_reason(str(out.get("finish_reason"))), None)
         if req.include_usage:
             yield openai_api.usage_chunk(req, rid, out)
         yield "data: [DONE]\n\n"

@@ -46,6 +46,13 @@ class Answer:
     # queue estimate prices work with it; a quantile table's latency_ms is a tail figure).
     service_ms: float | None = None
 
+    def model_budget_ms(self) -> float | None:
+        """What the model replica may spend: the budget left after the overhead the router expects
+        outside the replica (its deadline, when the replica schedules by deadline)."""
+        if self.budget_ms is None:
+            return None
+        return max(0.0, float(self.budget_ms) - float(self.overhead_ms or 0.0))
+
     @classmethod
     def from_decision_dict(cls, d: dict[str, Any]) -> Answer:
         return cls(

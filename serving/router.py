@@ -76,14 +76,6 @@ def _knob_headers(a: Answer) -> dict[str, str]:
     }
 
 
-def _model_budget(answer: Answer) -> float | None:
-    """What the model replica may spend: the budget left after the overhead the router expects
-    outside the replica (its deadline, when the replica schedules by deadline)."""
-    if answer.budget_ms is None:
-        return None
-    return max(0.0, float(answer.budget_ms) - float(answer.overhead_ms or 0.0))
-
-
 async def _awaited(response: Any) -> Any:
     return await response
 
@@ -155,7 +147,7 @@ class Router:
             output = await call_model(
                 self.model.generate.remote(
                     answer.knobs.as_dict(), payload, answer.service_ms, answer.decode_ms_per_token,
-                    _model_budget(answer),
+                    answer.model_budget_ms(),
                 ),
                 m.assign_timeout_s,
                 m.timeout_s,

@@ -159,13 +159,13 @@ class TorchBackend:
 
     def generate_stream(self, knobs: Knobs, request: ModelRequest, on_text: OnText) -> ModelOutput:
         """One request, its text handed to `on_text` after the prefill and after every decode step."""
-        from moe.runner import PromptInput
+        from moe.runner import PromptInput, cut_at_eos
 
         self.validate_knobs(knobs)
         codec = self.runner.codec
 
         def on_tokens(rows: list[list[int]]) -> bool:
-            return on_text(codec.decode(_until_eos(rows[0], self.engine.eos_token_id)))
+            return on_text(codec.decode(cut_at_eos(rows[0], self.engine.eos_token_id)))
 
         x = PromptInput(request.prompt, self.crops_for(knobs, request), image_seed=_seed(request))
         (res,) = self.engine.generate(knobs, [x], max_new_tokens=request.max_new_tokens, on_tokens=on_tokens)
@@ -184,10 +184,6 @@ class TorchBackend:
             prompt_tokens=res.vision_tokens + res.text_tokens,
             finish_reason="stop" if res.ends_with_eos and len(ids) == len(res.token_ids) else "length",
         )
-
-
-def _until_eos(ids: list[int], eos: int | None) -> list[int]:
-    return ids[: ids.index(eos) + 1] if eos is not None and eos in ids else ids
 
 
 def _seed(request: ModelRequest) -> int:
