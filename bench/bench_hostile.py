@@ -21,17 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import cli_main
+from tests.support.publisher import PUBLISHER
 
 KEY_CHARS = 100_000
-_PUBLISHER = """
-import json, sys
-from controller.store import TableStore
-from controller.table_file import load_table
-store, table = TableStore(sys.argv[1]), load_table(sys.argv[2])
-for _ in range(int(sys.argv[3])):
-    r = store.publish_report(table)
-    print(json.dumps({"id": r.table.version_id, "after": r.latest_after}), flush=True)
-"""
 
 
 def _rss_mb(pid: int) -> float:
@@ -91,7 +83,7 @@ def _concurrent_publishes(publishers: int, rounds: int) -> tuple[int, int]:
     synthetic_table().save(tmp / "t.json")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _PUBLISHER, str(tmp / "store"), str(tmp / "t.json"), str(rounds)],
+            [sys.executable, "-c", PUBLISHER, str(tmp / "store"), str(tmp / "t.json"), str(rounds)],
             stdout=subprocess.PIPE,
             text=True,
         )

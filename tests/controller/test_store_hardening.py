@@ -16,18 +16,10 @@ from controller.store import LATEST, TableStore
 from controller.store_fs import call_with_timeout
 from lookupctl import main as lookupctl
 from serving.table_watcher import TableWatcher
+from tests.support.publisher import PUBLISHER
 from tests.support.tables import synthetic_table
 
 PUBLISHERS, ROUNDS = 4, 10
-_PUBLISHER = """
-import json, sys
-from controller.store import TableStore
-from controller.table_file import load_table
-store, table = TableStore(sys.argv[1]), load_table(sys.argv[2])
-for _ in range(int(sys.argv[3])):
-    r = store.publish_report(table)
-    print(json.dumps({"id": r.table.version_id, "after": r.latest_after}), flush=True)
-"""
 
 
 def test_concurrent_publishes_lose_nothing(tmp_path: Path) -> None:
@@ -35,7 +27,7 @@ def test_concurrent_publishes_lose_nothing(tmp_path: Path) -> None:
     synthetic_table().save(table_file)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _PUBLISHER, str(store_dir), str(table_file), str(ROUNDS)],
+            [sys.executable, "-c", PUBLISHER, str(store_dir), str(table_file), str(ROUNDS)],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
