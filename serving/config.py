@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controller.knobs import Knobs
 from serving.errors import ServingConfigError
@@ -45,6 +46,9 @@ class BudgetSettings(_Strict):
     # Which quantile of the router's recently measured overhead is budgeted (a budget should hold
     # for most requests, and overhead has a long tail on a busy host).
     overhead_quantile: float = Field(default=0.99, ge=0.5, le=1.0)
+    # With queue_aware: send each request's ladder (serving.dispatch) so that the model replica
+    # chooses its knobs again when the request leaves the queue, for the time really left.
+    late_binding: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> BudgetSettings:
@@ -92,8 +96,9 @@ class FeedbackSettings(_Strict):
 
 
 class ControllerSettings(_Strict):
-    """What `LookupController` gets as `user_config` (store, version, polling, batching), plus how
-    the router talks to it."""
+    """The controller settings, in one model: the `controller` section of a serving YAML, and (the
+    replica's part of it, `user_config()`) what the `LookupController` deployment gets as
+    `user_config`. `resolve_mode` and `timeout_s` are how the router talks to it."""
 
     store: str = Field(min_length=1)
     version: str = Field(default="latest", min_length=1)
@@ -110,15 +115,27 @@ class ControllerSettings(_Strict):
     verify_key_file: str | None = None
 
     def user_config(self) -> dict[str, Any]:
-        return {
-            "store": self.store,
-            "version": self.version,
-            "poll_interval_s": self.poll_interval_s,
-            "max_batch_size": self.batch.max_batch_size,
-            "batch_wait_timeout_s": self.batch.batch_wait_timeout_s,
-            "feedback": self.feedback.model_dump(),
-            "verify_key_file": self.verify_key_file,
-        }
+        """The deployment's user_config: the fields the replica uses, the batch settings flat
+        (`max_batch_size`, `batch_wait_timeout_s`: the form deploy files write)."""
+        return self.model_dump(exclude={"batch", *_ROUTER_FIELDS}) | self.batch.model_dump()
+
+    @classmethod
+    def from_user_config(cls, user_config: Mapping[str, Any]) -> ControllerSettings:
+        """Reads a user_config (from `user_config()` or a deploy file). The router's fields and a
+        nested `batch` are unknown keys there, refused as such."""
+        data = dict(user_config)
+        unknown = [k for k in data if k == "batch" or k in _ROUTER_FIELDS]
+        if unknown:
+            raise ValidationError.from_exception_data(
+                "LookupController user_config",
+                [{"type": "extra_forbidden", "loc": (k,), "input": data[k]} for k in unknown],
+            )
+        batch = {k: data.pop(k) for k in BatchSettings.model_fields if k in data}
+        return cls.model_validate({**data, "batch": batch})
+
+
+# ControllerSettings fields that only the router reads: not part of the controller's user_config.
+_ROUTER_FIELDS = ("resolve_mode", "timeout_s")
 
 
 class KnobsModel(_Strict):
@@ -150,6 +167,10 @@ class ModelSettings(_Strict):
     # or "deadline" (earliest arrival + budget first: a tight budget overtakes a loose one that
     # has time to spare; serving.deadline_gate).
     scheduling: Literal["fifo", "deadline"] = "fifo"
+    # With scheduling: deadline and late binding: the expected deadline misses that one request's
+    # backend call may cause among the requests arriving while it runs (serving.dispatch
+    # BlockingGuard); a longer config is passed over for a shorter one. None: no such limit.
+    blocking_miss_budget: float | None = Field(default=None, gt=0, le=1)
 
 
 class LimitSettings(_Strict):

@@ -8,7 +8,6 @@ import logging
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from controller import Table
@@ -16,7 +15,7 @@ from controller.signing import read_key_file
 from controller.store import TableStore
 from controller.validate import validate_budget, validate_tolerance
 from serving.backends.base import SupportedRanges
-from serving.config import FeedbackSettings
+from serving.config import BatchSettings, ControllerSettings
 from serving.live_feedback import LiveFeedback
 from serving.live_metrics import live_metrics
 from serving.metrics import controller_metrics
@@ -25,30 +24,17 @@ from serving.table_watcher import TableWatcher
 log = logging.getLogger("ray.serve")
 RANGES_TIMEOUT_S = 5.0
 RANGES_REFRESH_S = 30.0
+# @serve.batch needs values at import; every replica sets its own from config (ControllerSettings.batch).
+_DEFAULT_BATCH = BatchSettings()
 
 
-class ControllerUserConfig(BaseModel):
-    """The deployment's `user_config`: small, so that `reconfigure` returns at once."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    store: str = Field(min_length=1)
-    version: str = Field(default="latest", min_length=1)
-    poll_interval_s: float = Field(default=1.0, gt=0, le=3600)
-    max_batch_size: int = Field(default=32, ge=1, le=4096)
-    batch_wait_timeout_s: float = Field(default=0.002, ge=0, le=10)
-    feedback: FeedbackSettings = FeedbackSettings()
-    verify_key_file: str | None = None  # see ControllerSettings.verify_key_file
-
-
-def _sign_key(config: ControllerUserConfig) -> bytes | None:
+def _sign_key(config: ControllerSettings) -> bytes | None:
     return read_key_file(config.verify_key_file) if config.verify_key_file else None
 
 
-def _store(config: ControllerUserConfig) -> TableStore:
+def _store(config: ControllerSettings) -> TableStore:
     """With verify_key_file, only versions signed with that key load (controller/signing.py)."""
-    key = read_key_file(config.verify_key_file) if config.verify_key_file else None
-    return TableStore(config.store, verify_key=key)
+    return TableStore(config.store, verify_key=_sign_key(config))
 
 
 async def _awaited(response: Any) -> Any:
@@ -77,7 +63,8 @@ def served_key(table: Table) -> str:
 class LookupController:
     async def __init__(self, user_config: dict[str, Any], model: Any = None) -> None:
         # The table is loaded here, not only in reconfigure: a replica is useful from its first request.
-        self.config = ControllerUserConfig.model_validate(user_config)
+        self.config = ControllerSettings.from_user_config(user_config)
+        self._set_batch(self.config.batch)
         # The model deployment publishes the knob ranges it can run; a table with a config outside
         # them is rejected like a corrupt one (None: no model to ask, e.g. a bare controller).
         self.model = model
@@ -103,7 +90,7 @@ class LookupController:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Quick by design: Serve takes the replica out of routing while this runs."""
-        new = ControllerUserConfig.model_validate(user_config)
+        new = ControllerSettings.from_user_config(user_config)
         if (new.store, new.version, new.verify_key_file) != (
             self.config.store,
             self.config.version,
@@ -114,8 +101,11 @@ class LookupController:
         if new.feedback != self.config.feedback or new.store != self.config.store:
             self.live = LiveFeedback(new.feedback, new.store, self.replica_id, _sign_key(new))  # a new window
         self.config = new
-        self._resolve_batch.set_max_batch_size(new.max_batch_size)
-        self._resolve_batch.set_batch_wait_timeout_s(new.batch_wait_timeout_s)
+        self._set_batch(new.batch)
+
+    def _set_batch(self, batch: BatchSettings) -> None:
+        self._resolve_batch.set_max_batch_size(batch.max_batch_size)
+        self._resolve_batch.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)
 
     def check_health(self) -> None:
         # A rejected new version is not a health problem: the old table keeps serving. Nor is a
@@ -218,7 +208,7 @@ class LookupController:
         tol = None if tolerance is None else validate_tolerance(tolerance)
         return await self._resolve_batch(budget, tol, dataset)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s)
     async def _resolve_batch(
         self, budgets: list[float], tolerances: list[float | None], datasets: list[str | None]
     ) -> list[dict[str, Any]]:

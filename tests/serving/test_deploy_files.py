@@ -40,9 +40,9 @@ def test_serve_config_is_valid(name: str, config: dict[str, Any]) -> None:
             # ServeDeploySchema allows extra keys for forward compatibility; typos must still fail here.
             assert set(d) <= known_fields, f"{name}: unknown keys {set(d) - known_fields}"
             if d["name"] == "LookupController" and "user_config" in d:
-                from serving.lookup_controller import ControllerUserConfig
+                from serving.config import ControllerSettings
 
-                ControllerUserConfig.model_validate(d["user_config"])
+                ControllerSettings.from_user_config(d["user_config"])
         if args.bootstrap_results_dir:
             assert serving_config.model.backend == "simulated"
 
