@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 from pathlib import Path
 
+from serving.errors import ServingConfigError
+
 HEADER = "Authorization"
 OPEN_PATHS = ("/healthz",)  # probes carry no key
 
@@ -29,10 +31,10 @@ class ApiKeys:
         try:
             lines = p.read_bytes().splitlines()
         except OSError as e:
-            raise ValueError(f"auth.api_keys_file={str(p)!r}: cannot read ({e.strerror or e})") from None
+            raise ServingConfigError(f"auth.api_keys_file={str(p)!r}: cannot read ({e.strerror or e})") from None
         keys = [k.strip() for k in lines if k.strip() and not k.strip().startswith(b"#")]
         if not keys or any(len(k) < 16 for k in keys):
-            raise ValueError(
+            raise ServingConfigError(
                 f"auth.api_keys_file={str(p)!r} must hold keys of at least 16 characters, one per line "
                 "(e.g. `openssl rand -hex 32`)"
             )

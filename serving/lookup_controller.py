@@ -16,6 +16,7 @@ from controller.store import TableStore
 from controller.validate import validate_budget, validate_tolerance
 from serving.backends.base import SupportedRanges
 from serving.config import BatchSettings, ControllerSettings
+from serving.errors import NoTableError
 from serving.live_feedback import LiveFeedback
 from serving.live_metrics import live_metrics
 from serving.metrics import controller_metrics
@@ -111,7 +112,7 @@ class LookupController:
         # A rejected new version is not a health problem: the old table keeps serving. Nor is a
         # model still loading: restarting the controller would not make it load faster.
         if self.watcher.table is None and not (self.model is not None and self.ranges is None):
-            raise RuntimeError(f"LookupController has never loaded a valid table: {self._why_no_table()}")
+            raise NoTableError(f"LookupController has never loaded a valid table: {self._why_no_table()}")
 
     def _why_no_table(self) -> str:
         rej = self.watcher.last_rejection
@@ -214,7 +215,7 @@ class LookupController:
     ) -> list[dict[str, Any]]:
         table = self.table  # one table for the whole batch: every answer carries its version
         if table is None:
-            raise RuntimeError(f"no table loaded yet: {self._why_no_table()}")
+            raise NoTableError(f"no table loaded yet: {self._why_no_table()}")
         self.metrics.batch_size.observe(len(budgets))
         groups: dict[tuple[float | None, str | None], list[int]] = {}
         for i, key in enumerate(zip(tolerances, datasets, strict=True)):
