@@ -86,6 +86,10 @@ class PointerError(StoreError):
     """The store's LATEST pointer holds something other than a version id (a path, binary)."""
 
 
+class NotAFileError(StoreError):
+    """The path exists but is not a regular file (directory, FIFO, device, socket) or is too large."""
+
+
 class EvaluationError(ControllerError):
     """An evaluation cannot be run as asked (bad fraction, empty split, budgets, strategies)."""
 
@@ -102,10 +106,6 @@ class LiveDataError(ControllerError):
 
 class SketchError(ControllerError):
     """A serialized sketch is malformed, too large, or made with another accuracy."""
-
-
-class NotAFileError(StoreError):
-    """The path exists but is not a regular file (directory, FIFO, device, socket) or is too large."""
 
 
 class MissingExtraError(ImportError):

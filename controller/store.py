@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from controller.errors import PointerError, StoreError, StoreReadError, TableLoadError
+from controller.errors import NotAFileError, PointerError, StoreError, StoreReadError, TableLoadError
 from controller.signing import SIG_SUFFIX, sign, verify
-from controller.store_fs import FsspecFS, LocalFS, NotAFileError
+from controller.store_fs import FsspecFS, LocalFS
 
 if TYPE_CHECKING:
     from controller.table import Table

@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.errors import NotAFileError as NotAFileError  # controller.store imports it from here
-from controller.errors import StoreError, StoreLockError, StoreReadError
+from controller.errors import NotAFileError, StoreError, StoreLockError, StoreReadError
 from controller.optional import require
 from controller.table_file import atomic_write
 
