@@ -19,7 +19,7 @@ from serving.config import BatchSettings, ControllerSettings
 from serving.errors import NoTableError
 from serving.live_feedback import LiveFeedback
 from serving.live_metrics import live_metrics
-from serving.metrics import controller_metrics
+from serving.recorder import controller_recorder
 from serving.table_watcher import TableWatcher
 
 log = logging.getLogger("ray.serve")
@@ -72,7 +72,7 @@ class LookupController:
         self.ranges: SupportedRanges | None = None
         self._ranges_at = 0.0
         self.replica_id = _replica_id()
-        self.metrics = controller_metrics()
+        self.recorder = controller_recorder()
         self.watcher = TableWatcher(_store(self.config), self.config.version)
         self.table: Table | None = None
         self._table_bytes = b""
@@ -154,11 +154,10 @@ class LookupController:
     async def _check_once(self) -> None:
         if not await self._refresh_ranges():
             return
-        rejected_before = self.watcher.rejected
         outcome, table = await asyncio.to_thread(self.watcher.check, self._check_supported)
-        if outcome != "rejected" and self.watcher.rejected > rejected_before:
-            # A bad LATEST at start, then an earlier valid version taken: count the rejection too.
-            self.metrics.reloads.inc(tags={"outcome": "rejected"})
+        # The watcher counts the versions it accepted and rejected (/v1/stats); the metric follows
+        # (a bad LATEST at start, then an earlier valid version taken, is one of each).
+        self.recorder.reloads(self.watcher.accepted, self.watcher.rejected)
         if outcome == "accepted" and table is not None:
             table = self._servable(table)
             data = await asyncio.to_thread(table.to_json_bytes)
@@ -171,7 +170,6 @@ class LookupController:
                 self._swap(servable, data)
         elif outcome == "rejected" and self.watcher.last_rejection is not None:
             rej = self.watcher.last_rejection
-            self.metrics.reloads.inc(tags={"outcome": "rejected"})
             log.warning("LookupController: rejected table %s: %s", rej.version_id, rej.reason)
 
     def _swap(self, table: Table, data: bytes) -> None:
@@ -179,10 +177,7 @@ class LookupController:
         self._table_bytes = data
         self.table = table  # the one reference assignment readers see
         self._served_since = time.time()
-        self.metrics.reloads.inc(tags={"outcome": "accepted"})
-        if old is not None:
-            self.metrics.version.set(0, tags={"version": old.version_id})
-        self.metrics.version.set(1, tags={"version": table.version_id})
+        self.recorder.serving(old.version_id if old is not None else None, table.version_id)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         log.info("LookupController %s: serving table %s", self.replica_id, table.version_id)
@@ -216,7 +211,7 @@ class LookupController:
         table = self.table  # one table for the whole batch: every answer carries its version
         if table is None:
             raise NoTableError(f"no table loaded yet: {self._why_no_table()}")
-        self.metrics.batch_size.observe(len(budgets))
+        self.recorder.batch(len(budgets))
         groups: dict[tuple[float | None, str | None], list[int]] = {}
         for i, key in enumerate(zip(tolerances, datasets, strict=True)):
             groups.setdefault(key, []).append(i)

@@ -1,8 +1,7 @@
-"""Serve metrics, created lazily inside replicas (Ray's metric objects need a running worker)."""
+"""Serve metrics of the router and the controller. Ray's metric objects need a running worker:
+serving.recorder creates them inside replicas and is the one place that updates them."""
 
 from __future__ import annotations
-
-from functools import cache
 
 from ray.serve import metrics
 
@@ -54,13 +53,3 @@ class ControllerMetrics:
             description="Budgets resolved per vectorised call.",
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
         )
-
-
-@cache
-def router_metrics() -> RouterMetrics:
-    return RouterMetrics()
-
-
-@cache
-def controller_metrics() -> ControllerMetrics:
-    return ControllerMetrics()

@@ -75,7 +75,7 @@ async def handle(router: Any, request: Request, kind: str) -> Response:
         output = await call_model(response, cfg.model.assign_timeout_s, cfg.model.timeout_s)
     except ModelCallError as e:
         adm.failed(token)
-        router.stats.model_error(e.kind)
+        router.recorder.model_error(e.kind)
         return _error(e, answer.to_dict(), headers)
     except BaseException:
         adm.failed(token)
@@ -124,7 +124,7 @@ async def _events(
         router.served(answer, float(answer.budget_ms), first_token_ms=first_ms or total_ms, total_ms=total_ms)
     except Exception as e:  # noqa: BLE001 - an error mid-stream is an event, then the end
         err = e if isinstance(e, ModelCallError) else describe_failure(e)
-        router.stats.model_error(err.kind)
+        router.recorder.model_error(err.kind)
         yield f"data: {json.dumps(openai_api.error_body(err.message, err.kind, None, err.kind))}\n\n"
         yield "data: [DONE]\n\n"
     finally:

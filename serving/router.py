@@ -11,19 +11,17 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving import openai_api, openai_serve
-from serving.attainment import budget_bucket
 from serving.auth import HEADER, ActiveKeys, ApiKeys
 from serving.body import generate_body
 from serving.budget_plan import parse_policy
 from serving.config import ServingConfig
 from serving.inputs import BadInput, parse_budget, parse_dataset, parse_tolerance, single
-from serving.metrics import router_metrics
 from serving.model_call import ModelCallError, call_model
 from serving.public_views import controller_status as public_controller
 from serving.public_views import local_table_status
 from serving.queue_admission import QueueAdmission
+from serving.recorder import router_recorder
 from serving.resolver import Answer, Resolver
-from serving.stats import router_stats
 
 api = FastAPI(title="MoE latency-budget router")
 
@@ -31,8 +29,7 @@ api = FastAPI(title="MoE latency-budget router")
 @api.exception_handler(BadInput)
 async def _bad_input(_: Request, e: BadInput) -> JSONResponse:
     # e.field is one of ours (configured header, query or body field name, "body"): a bounded set.
-    router_metrics().bad_requests.inc(tags={"reason": e.field})
-    router_stats().bad_request(e.field)
+    router_recorder().bad_request(e.field)
     if openai_api.is_openai_path(_.url.path):  # the OpenAI error shape on the OpenAI routes
         return JSONResponse(openai_api.bad_input_body(e), status_code=e.status)
     return JSONResponse(e.to_dict(), status_code=e.status)
@@ -89,8 +86,7 @@ class Router:
         self.config = ServingConfig.model_validate(config)
         self.model = model
         self.resolver = Resolver(controller, self.config.controller, self.config.fallback)
-        self.metrics = router_metrics()
-        self.stats = router_stats()
+        self.recorder = router_recorder()
         keys = self.config.auth.api_keys_file
         ActiveKeys.keys = ApiKeys.from_file(keys) if keys else None
         self.admission = QueueAdmission(self.config, controller)
@@ -103,12 +99,7 @@ class Router:
         started = time.perf_counter()
         answer = await self.resolver.resolve(budget_ms, tolerance, dataset, max_new_tokens)
         ms = (time.perf_counter() - started) * 1000
-        self.metrics.resolve_ms.observe(ms)
-        self.stats.answered(ms, answer.feasible, answer.fallback)
-        if answer.fallback:
-            self.metrics.fallback.inc()
-        if answer.feasible is False:
-            self.metrics.infeasible.inc()
+        self.recorder.answered(ms, answer)
         return answer, ms
 
     def _inputs(
@@ -176,21 +167,9 @@ class Router:
         """Count a served request, and whether it met its budget as this router measured it: its
         first token (router time minus the model's decode; the first chunk when streaming) or the
         whole request, as budget.covers says. The budget's bucket is one of a fixed set."""
-        self.metrics.requests.inc(
-            tags={
-                "config": answer.knobs.key,
-                "feasible": str(answer.feasible).lower(),
-                "fallback": str(answer.fallback).lower(),
-            }
-        )
-        self.stats.served(answer.knobs.key)
         covers = self.config.budget.covers
         measured = total_ms if covers == "total" else first_token_ms
-        met = measured <= budget_ms
-        self.metrics.attainment.inc(
-            tags={"covers": covers, "budget_bucket": budget_bucket(budget_ms), "met": str(met).lower()}
-        )
-        self.stats.attainment(met)
+        self.recorder.served(answer, budget_ms, measured <= budget_ms, covers)
 
     def knob_headers(self, answer: Answer) -> dict[str, str]:
         return _knob_headers(answer)
@@ -209,7 +188,7 @@ class Router:
         return openai_api.models()
 
     def _model_error(self, answer: Answer, e: ModelCallError) -> JSONResponse:
-        self.stats.model_error(e.kind)
+        self.recorder.model_error(e.kind)
         return JSONResponse(
             {"error": e.to_dict(), **answer.to_dict()},
             status_code=e.status,
@@ -265,7 +244,7 @@ class Router:
             "table_version": local["table_version"] if local else controller.get("table_version"),
             "router": {
                 "replica_id": serve.get_replica_context().replica_id.unique_id,
-                **self.stats.snapshot(),
+                **self.recorder.snapshot(),
                 "local_table_syncs": local["syncs"] if local else None,
                 "queue": self.admission.status(),
             },

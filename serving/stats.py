@@ -1,12 +1,11 @@
-"""Plain in-process counters behind `GET /v1/stats`, kept next to the Ray metrics so that they can
-be read (and tested) without a Prometheus scrape."""
+"""Plain in-process counters behind `GET /v1/stats`, updated with the Ray metrics by
+serving.recorder, so that they can be read (and tested) without a Prometheus scrape."""
 
 from __future__ import annotations
 
 import math
 import threading
 from collections import Counter, deque
-from functools import cache
 from typing import Any
 
 
@@ -84,9 +83,3 @@ class RouterStats:
                 "window": len(latencies),
             },
         }
-
-
-@cache
-def router_stats() -> RouterStats:
-    """One per process, like the Ray metrics: a router replica is its own process."""
-    return RouterStats()
