@@ -44,7 +44,9 @@ def _project_path(p: str) -> Path:
     return PROJECT_ROOT / path
 
 
-def resolve_config(args: AppArgs) -> ServingConfig:
+def config_from_args(args: AppArgs) -> ServingConfig:
+    """The serving config the app runs: read (or inline), with `store` overridden and local store
+    paths made absolute."""
     config = args.config if args.config is not None else load_config(_project_path(str(args.config_path)))
     store = args.store or config.controller.store
     if not store.startswith(REMOTE_SCHEMES):
@@ -101,7 +103,7 @@ def build_app_from_config(
 # No `from __future__ import annotations` in this module: Serve reads the builder's annotation at
 # runtime to turn the `args` mapping of a config file into AppArgs.
 def build_app(args: AppArgs) -> Application:
-    config = resolve_config(args)
+    config = config_from_args(args)
     if args.bootstrap_results_dir:
         bootstrap_store(config.controller.store, args.bootstrap_results_dir)
     return build_app_from_config(config)

@@ -199,6 +199,8 @@ class LookupController:
     async def resolve(
         self, budget_ms: float, tolerance: float | None = None, dataset: str | None = None
     ) -> dict[str, Any]:
+        """`Table.resolve` on this replica's table, batched with other callers' budgets: the same
+        decision, as `Decision.to_dict()` (the router's remote mode)."""
         # Validated one by one so that one bad budget cannot fail a whole batch.
         budget = validate_budget(budget_ms)
         tol = None if tolerance is None else validate_tolerance(tolerance)

@@ -74,7 +74,7 @@ class QueueAdmission:
         return resolvable(remaining_budget_ms(budget_ms, estimate) / self.slowness())
 
     def tokens_for(self, max_new_tokens: int) -> int | None:
-        """What Resolver.resolve takes: a token count only when budgets cover the whole request."""
+        """What Resolver.answer takes: a token count only when budgets cover the whole request."""
         return max_new_tokens if self.covers == "total" else None
 
     def annotate(self, answer: Answer, budget_ms: float, estimate: WaitEstimate, policy: Policy) -> Answer:

@@ -166,7 +166,7 @@ class Resolver:
             log.warning("Router: no table from the controller at start (%s); using fallback until then", e)
         self.local.start()
 
-    async def resolve(
+    async def answer(
         self, budget_ms: float, tolerance: float | None, dataset: str | None, max_new_tokens: int | None = None
     ) -> Answer:
         """`max_new_tokens` given: the budget covers the whole request (first token + decode), which

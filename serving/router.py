@@ -97,7 +97,7 @@ class Router:
         self, budget_ms: float, tolerance: float | None, dataset: str | None, max_new_tokens: int | None = None
     ) -> tuple[Answer, float]:
         started = time.perf_counter()
-        answer = await self.resolver.resolve(budget_ms, tolerance, dataset, max_new_tokens)
+        answer = await self.resolver.answer(budget_ms, tolerance, dataset, max_new_tokens)
         ms = (time.perf_counter() - started) * 1000
         self.recorder.answered(ms, answer)
         return answer, ms

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from ray.serve.schema import DeploymentSchema, ServeDeploySchema
 
-from serving.app import AppArgs, resolve_config
+from serving.app import AppArgs, config_from_args
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_FILES = [ROOT / "deploy" / "serve_local.yaml", ROOT / "deploy" / "serve_h100.yaml"]
@@ -34,7 +34,7 @@ def test_serve_config_is_valid(name: str, config: dict[str, Any]) -> None:
         builder = getattr(importlib.import_module(module_name), attr)
         assert callable(builder)
         args = AppArgs.model_validate(app.args)
-        serving_config = resolve_config(args)  # config_path exists and validates
+        serving_config = config_from_args(args)  # config_path exists and validates
         for d in config["applications"][0]["deployments"]:
             assert d["name"] in DEPLOYMENT_NAMES, f"{name}: unknown deployment {d['name']}"
             # ServeDeploySchema allows extra keys for forward compatibility; typos must still fail here.
