@@ -15,47 +15,54 @@ import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from serving.errors import ServingConfigError
+
 
 class DeadlineGate:
     def __init__(self, slots: int) -> None:
         if slots < 1:
-            raise ValueError(f"slots={slots} must be >= 1")
+            raise ServingConfigError(f"slots={slots} must be >= 1 (model.batch.max_batch_size)")
         self.slots, self.busy = slots, 0
-        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+        # (deadline, arrival order, future, the request's fastest option in ms or None)
+        self._waiting: list[tuple[float, int, asyncio.Future[None], float | None]] = []
         self._seq = itertools.count()
         self.admitted_out_of_order = 0  # admissions that overtook an earlier arrival (for stats)
 
     @property
     def waiting(self) -> int:
-        return sum(not f.done() for _, _, f in self._waiting)
+        return sum(not f.done() for _, _, f, _ in self._waiting)
+
+    def behind(self) -> list[tuple[float, float | None]]:
+        """(deadline, fastest option ms) of the requests still waiting, earliest deadline first."""
+        return sorted((d, fastest) for d, _, f, fastest in self._waiting if not f.done())
 
     @asynccontextmanager
-    async def admitted(self, deadline: float) -> AsyncIterator[None]:
-        await self._acquire(deadline)
+    async def admitted(self, deadline: float, fastest_ms: float | None = None) -> AsyncIterator[None]:
+        await self._acquire(deadline, fastest_ms)
         try:
             yield
         finally:
             self._release()
 
-    async def _acquire(self, deadline: float) -> None:
+    async def _acquire(self, deadline: float, fastest_ms: float | None) -> None:
         if self.busy < self.slots and not self._waiting:
             self.busy += 1
             return
         seq = next(self._seq)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (deadline, seq, fut))
+        heapq.heappush(self._waiting, (deadline, seq, fut, fastest_ms))
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self._release()  # admitted and cancelled at once: hand the slot on
             raise
-        if any(s < seq for _, s, f in self._waiting if not f.done()):
+        if any(s < seq for _, s, f, _ in self._waiting if not f.done()):
             self.admitted_out_of_order += 1
 
     def _release(self) -> None:
         while self._waiting:
-            _, _, fut = heapq.heappop(self._waiting)
+            _, _, fut, _ = heapq.heappop(self._waiting)
             if not fut.done():  # a cancelled waiter is skipped
                 fut.set_result(None)  # the slot passes on: busy stays the same
                 return

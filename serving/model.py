@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
@@ -19,7 +21,9 @@ from serving.backends.registry import create_backend
 from serving.backends.simulated import SimulatedBackend
 from serving.config import ModelSettings
 from serving.deadline_gate import DeadlineGate
+from serving.dispatch import BlockingGuard, Choice, DispatchPlan, PlanError, Waiting, choose
 from serving.engine_prep import EnginePreparer
+from serving.errors import ServingConfigError
 from serving.replica_queue import ReplicaQueue
 
 log = logging.getLogger("ray.serve")
@@ -31,7 +35,7 @@ def check_configs(backend: Backend, knobs: list[Knobs], what: str) -> None:
         try:
             backend.validate_knobs(k)
         except KnobError as e:
-            raise ValueError(
+            raise ServingConfigError(
                 f"{what} config {k.key} is not valid for the {backend.name!r} backend: {e}; "
                 "publish a table built for this model, or change the backend options"
             ) from e
@@ -46,6 +50,28 @@ def first_token_ms(backend: Backend, timings: dict[str, float], service_ms: floa
     if "vision" in timings and "prefill" in timings:
         return float(timings["vision"] + timings["prefill"])
     return service_ms
+
+
+# The batcher's sizes come from the config (set in __init__); the decorator needs a value first.
+_BATCH = ModelSettings().batch
+
+
+@dataclass
+class Pending:
+    """One request in the batcher: its queue token, the table's decode rate for its knobs, and,
+    with late binding, its dispatch plan and deadline (monotonic seconds)."""
+
+    token: int
+    decode_ms_per_token: float | None
+    plan: DispatchPlan | None = None
+    deadline: float = float("inf")
+    choice: Choice | None = None
+
+
+def _dispatch_view(choice: Choice | None) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    return {"option": choice.index, "fits": choice.fits, "left_ms": choice.left_ms}
 
 
 def _replica_id() -> str:
@@ -93,6 +119,12 @@ class MoEModel:
         self.gate = (
             DeadlineGate(self.settings.batch.max_batch_size) if self.settings.scheduling == "deadline" else None
         )
+        self.guard = (
+            BlockingGuard(self.settings.blocking_miss_budget)
+            if self.gate is not None and self.settings.blocking_miss_budget is not None
+            else None
+        )
+        self.dispatch_counts = {"planned": 0, "rebound": 0, "late": 0, "bad_plans": 0}
         self._tokens = itertools.count(1)
         self._streams: set[asyncio.Task[None]] = set()  # running stream tasks (kept referenced)
         self.stream_counts = {"started": 0, "finished": 0, "cancelled": 0}
@@ -104,21 +136,93 @@ class MoEModel:
         expected_latency_ms: float | None = None,
         decode_ms_per_token: float | None = None,
         budget_ms: float | None = None,
+        plan: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """`expected_latency_ms` is the table's latency for these knobs (None: unknown, e.g. fallback);
         `decode_ms_per_token` the table's decode rate for them (None: the table has none);
-        `budget_ms` what is left of the request's budget (its deadline, with scheduling: deadline)."""
+        `budget_ms` what is left of the request's budget for this replica (its deadline);
+        `plan` the request's dispatch plan (serving.dispatch): the knobs are chosen again from it
+        when the request's backend call starts."""
         k, req = self._checked(knobs, request)
+        now = time.monotonic()
         token = next(self._tokens)
-        self.queue.arrived(token, k.key, expected_latency_ms, time.monotonic())
+        pending = Pending(token, decode_ms_per_token)
+        if budget_ms is not None and math.isfinite(budget_ms):
+            pending.deadline = now + max(0.0, budget_ms) / 1000
+            pending.plan = self._plan(plan, req) if plan is not None else None
+        if pending.plan is not None and self.guard is not None and budget_ms is not None:
+            self.guard.arrived(now, budget_ms - pending.plan.options[0].service_ms)
+        self.queue.arrived(token, k.key, expected_latency_ms, now)
         try:
             if self.gate is None:
-                return await self._batched(k, req, expected_latency_ms, (token, decode_ms_per_token))
-            deadline = time.monotonic() + (budget_ms if budget_ms is not None else 3600_000.0) / 1000
-            async with self.gate.admitted(deadline):
-                return await self._batched(k, req, expected_latency_ms, (token, decode_ms_per_token))
+                return await self._batched(k, req, expected_latency_ms, pending)
+            deadline = pending.deadline if math.isfinite(pending.deadline) else now + 3600.0
+            fastest = pending.plan.fastest_ms if pending.plan is not None else None
+            async with self.gate.admitted(deadline, fastest):
+                return await self._batched(k, req, expected_latency_ms, pending)
         finally:
             self.queue.dropped(token)  # no-op once its backend call started
+
+    def _plan(self, raw: dict[str, Any], req: ModelRequest) -> DispatchPlan | None:
+        """The request's plan, keeping only options this backend runs for this request; None (the
+        router's knobs stand) when the plan is malformed or nothing in it can run."""
+        try:
+            plan = DispatchPlan.from_wire(raw)
+        except PlanError as e:
+            self.dispatch_counts["bad_plans"] += 1
+            log.warning("MoEModel: ignoring a dispatch plan: %s", e)
+            return None
+        check_request = getattr(self.backend, "check_request", None)
+        tier_fits: dict[str, bool] = {}  # a request's size limit depends on its tier alone
+        kept = []
+        for o in plan.options:
+            try:
+                self.backend.validate_knobs(o.knobs)
+            except KnobError:
+                continue  # an option this backend cannot run is just skipped
+            if check_request is not None and o.knobs.tier not in tier_fits:
+                try:
+                    check_request(o.knobs, req)
+                    tier_fits[o.knobs.tier] = True
+                except Exception:  # noqa: BLE001 - e.g. too long for this tier: skip its options
+                    tier_fits[o.knobs.tier] = False
+            if tier_fits.get(o.knobs.tier, True):
+                kept.append(o)
+        if not kept:
+            return None
+        self.dispatch_counts["planned"] += 1
+        return DispatchPlan(tuple(kept), plan.tolerance)
+
+    def _bind(self, knobs: list[Knobs], expected: list[float | None], meta: list[Pending]) -> list[int]:
+        """Late binding at the start of a backend call: each planned request gets the best option
+        for the time it has left (serving.dispatch.choose), earliest deadline first, counting the
+        calls this batch runs before it. Returns the members in the order their calls should run."""
+        now = time.monotonic()
+        order = sorted(range(len(meta)), key=lambda i: meta[i].deadline)
+        if not any(m.plan is not None for m in meta):
+            return order
+        ratio = self.queue.ratio()
+        scale = max(1.0, ratio) if ratio is not None else 1.0
+        behind = [
+            Waiting((d - now) * 1000, f) for d, f in (self.gate.behind() if self.gate is not None else [])
+            if f is not None
+        ]
+        too_long = None if self.guard is None else (lambda ms: self.guard.too_long(ms, now))  # type: ignore[union-attr]
+        ahead_ms, groups = 0.0, set()
+        for i in order:
+            m = meta[i]
+            if m.plan is not None:
+                m.choice = choose(m.plan, (m.deadline - now) * 1000 - ahead_ms, scale=scale, behind=behind,
+                                  too_long=too_long)
+                o = m.plan.options[m.choice.index]
+                if o.knobs != knobs[i]:
+                    self.dispatch_counts["rebound"] += 1
+                self.dispatch_counts["late"] += not m.choice.fits
+                knobs[i], expected[i], m.decode_ms_per_token = o.knobs, o.service_ms, o.decode_ms_per_token
+            if knobs[i] not in groups:  # a call of its own: what later members wait for
+                groups.add(knobs[i])
+                ahead_ms += (expected[i] or 0.0) * scale
+        return order
 
     def _checked(self, knobs: dict[str, Any], request: dict[str, Any]) -> tuple[Knobs, ModelRequest]:
         """Refuse one request, not the batch it would join: a config this backend cannot run (a
@@ -197,26 +301,27 @@ class MoEModel:
             # ends with the backend call on its own.
             stop.set()
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=_BATCH.max_batch_size, batch_wait_timeout_s=_BATCH.batch_wait_timeout_s)
     async def _batched(
         self,
         knobs: list[Knobs],
         requests: list[ModelRequest],
         expected: list[float | None],
-        meta: list[tuple[int, float | None]],
+        meta: list[Pending],
     ) -> list[dict[str, Any]]:
+        knobs, expected = list(knobs), list(expected)
         groups: dict[Knobs, list[int]] = {}
-        for i, k in enumerate(knobs):
-            groups.setdefault(k, []).append(i)
+        for i in self._bind(knobs, expected, meta):  # one call per knob set, earliest deadline first
+            groups.setdefault(knobs[i], []).append(i)
         out: list[dict[str, Any]] = [{} for _ in requests]
         for k, idx in groups.items():
             group = next(self._batch_ids)
             batch_id = f"{self._replica}:{group}"
             args: tuple[Any, ...] = (k, [requests[i] for i in idx])
             if self._pass_expected:
-                args += ([expected[i] for i in idx], [meta[i][1] for i in idx])
+                args += ([expected[i] for i in idx], [meta[i].decode_ms_per_token for i in idx])
             started = time.monotonic()
-            waits = self.queue.started(group, [meta[i][0] for i in idx], started)
+            waits = self.queue.started(group, [meta[i].token for i in idx], started)
             # Backends are synchronous (a GPU forward pass); keep the replica's event loop free.
             try:
                 outputs = await asyncio.to_thread(self.backend.generate_batch, *args)
@@ -245,8 +350,15 @@ class MoEModel:
                     "first_token_ms": first_token_ms(self.backend, o.timings_ms, service_ms),
                     "crops": crops_for(k, requests[i]) if crops_for is not None else None,
                     "replica_load": report,
+                    # Late binding: which option of the request's plan ran, and whether it fitted.
+                    "dispatch": _dispatch_view(meta[i].choice),
                 }
         return out
+
+    def dispatch_stats(self) -> dict[str, Any]:
+        """Requests with a plan, those whose knobs changed at dispatch, those no option fitted,
+        and calls the blocking guard made shorter."""
+        return {**self.dispatch_counts, "blocking_miss_budget": self.settings.blocking_miss_budget}
 
     def supported_ranges(self) -> dict[str, Any]:
         """Published to the controller, which refuses tables with configs outside these ranges."""

@@ -180,7 +180,7 @@ def usage(output: dict[str, Any]) -> dict[str, int]:
 def budget_extra(answer: dict[str, Any]) -> dict[str, Any]:
     """The documented extra object: what the budget bought, as in the X-Knob-* headers."""
     keys = ("knobs", "table_version", "feasible", "fallback", "expected_accuracy", "expected_latency_ms",
-            "budget_ms", "remaining_budget_ms", "budget_policy", "budget_covers")
+            "budget_ms", "remaining_budget_ms", "budget_policy", "budget_covers", "knobs_bound_at")
     return {k: answer.get(k) for k in keys}
 
 

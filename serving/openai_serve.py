@@ -70,8 +70,9 @@ async def handle(router: Any, request: Request, kind: str) -> Response:
                                  headers=headers | {"Cache-Control": "no-cache", "X-Request-Id": rid})
     model_started = time.perf_counter()
     token = adm.sent(answer)
+    rungs, plan = adm.plan(answer)
     try:
-        response = router.model.generate.remote(*args, answer.model_budget_ms())
+        response = router.model.generate.remote(*args, answer.model_budget_ms(), plan)
         output = await call_model(response, cfg.model.assign_timeout_s, cfg.model.timeout_s)
     except ModelCallError as e:
         adm.failed(token)
@@ -82,6 +83,8 @@ async def handle(router: Any, request: Request, kind: str) -> Response:
         raise
     now = time.perf_counter()
     total_ms, model_ms = (now - started) * 1000, (now - model_started) * 1000
+    answer = adm.ran(answer, rungs, output)  # the knobs the replica chose at dispatch
+    headers = headers | router.knob_headers(answer)
     adm.done(token, answer, output, total_ms)
     decode_ms = float((output.get("timings_ms") or {}).get("decode", 0.0))
     router.served(answer, budget, first_token_ms=total_ms - decode_ms, total_ms=total_ms)

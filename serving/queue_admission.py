@@ -11,8 +11,10 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from controller.ladder import Rung
 from serving.budget_plan import Policy, refuse_strict, remaining_budget_ms, resolvable
 from serving.config import ServingConfig
+from serving.dispatch import DispatchPlan
 from serving.feedback import FeedbackSender, observation
 from serving.queue_estimate import QueueTracker, WaitEstimate
 from serving.replica_queue import ReplicaReport
@@ -39,6 +41,7 @@ class QueueAdmission:
     def __init__(self, config: ServingConfig, controller: Any) -> None:
         b, fb = config.budget, config.controller.feedback
         self.queue_aware, self.covers = b.queue_aware, b.covers
+        self.late_binding = b.queue_aware and b.late_binding
         self.tracker = QueueTracker(
             config.model.batch.max_batch_size,
             stale_after_s=b.report_stale_after_s,
@@ -112,6 +115,43 @@ class QueueAdmission:
         return JSONResponse(body, status_code=r.status, headers=r.headers())
 
     # -- around the model call ---------------------------------------------------------------------
+
+    def plan(self, answer: Answer) -> tuple[tuple[Rung, ...], dict[str, Any] | None]:
+        """The rungs a replica may choose from when the request leaves its queue (late binding):
+        those the budget would allow with no wait at all, and always the fastest. ((), None): the
+        router's knobs stand (late binding off, or no table behind the answer)."""
+        if not self.late_binding or not answer.rungs or answer.fallback:
+            return (), None
+        model_budget = answer.model_budget_ms()
+        if model_budget is None:
+            return (), None
+        threshold = model_budget * (1 + (answer.tolerance or 0.0))
+        rungs = answer.rungs[:1] + tuple(r for r in answer.rungs[1:] if r.latency_ms <= threshold)
+        return rungs, DispatchPlan.from_rungs(rungs, answer.tolerance or 0.0).to_wire()
+
+    def ran(self, answer: Answer, rungs: tuple[Rung, ...], output: Any) -> Answer:
+        """The answer for the rung the replica ran (its `dispatch` report: the time it had left is
+        in the output; remaining_budget_ms stays what the router assumed); the same answer when
+        there was no plan or the report is not one the replica sends."""
+        view = output.get("dispatch") if isinstance(output, dict) else None
+        if not rungs or not isinstance(view, dict):
+            return answer
+        i, fits = view.get("option"), view.get("fits")
+        if type(i) is not int or not 0 <= i < len(rungs) or not isinstance(fits, bool):
+            return answer
+        r = rungs[i]
+        return replace(
+            answer,
+            knobs=r.stats.knobs,
+            expected_accuracy=r.stats.accuracy,
+            expected_latency_ms=r.latency_ms,
+            feasible=fits,
+            bound_at="replica",
+            first_token_ms=r.stats.latency_ms,
+            decode_ms_per_token=r.stats.decode_ms_per_token,
+            expected_decode_ms=(r.latency_ms - r.stats.latency_ms) if self.covers == "total" else None,
+            service_ms=r.service_ms,
+        )
 
     def sent(self, answer: Answer) -> int:
         token = next(self._tokens)

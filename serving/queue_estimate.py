@@ -51,6 +51,7 @@ class QueueTracker:
         proxy_overhead_ms: float = 0.0,
         overhead_quantile: float = 0.9,
         window: int = 256,
+        overhead_window_s: float = 30.0,
     ) -> None:
         self.max_batch_size = max(1, max_batch_size)
         self.stale_after_s, self.replica_ttl_s = stale_after_s, replica_ttl_s
@@ -59,7 +60,10 @@ class QueueTracker:
         self._reports: dict[str, tuple[float, ReplicaReport]] = {}  # replica -> (received, report)
         self._ratios: deque[float] = deque(maxlen=window)
         self._service: deque[float] = deque(maxlen=window)
-        self._overhead: deque[float] = deque(maxlen=window)
+        # (when, ms): the overhead quantile covers the last overhead_window_s only, so that one stall
+        # of the host (or a cold start) stops inflating every budget once it is past.
+        self._overhead: deque[tuple[float, float]] = deque(maxlen=window)
+        self.overhead_window_s = overhead_window_s
         # Measured first token / table latency: the table's latency is a first-token time, while a
         # backend call also decodes, so slowness is judged on the first token alone.
         self._first_token_ratios: deque[float] = deque(maxlen=window)
@@ -97,7 +101,7 @@ class QueueTracker:
                 self._first_token_ratios.append(first / expected_ms)
             if _finite_nonneg(queue_wait_ms):
                 assert queue_wait_ms is not None
-                self._overhead.append(max(0.0, router_ms - service_ms - queue_wait_ms))
+                self._overhead.append((now, max(0.0, router_ms - service_ms - queue_wait_ms)))
         if report is not None:
             self._reports[report.replica] = (now, report)
 
@@ -115,10 +119,12 @@ class QueueTracker:
         ordered = sorted(self._first_token_ratios)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    def overhead_ms(self) -> float:
+    def overhead_ms(self, now: float | None = None) -> float:
+        while now is not None and self._overhead and now - self._overhead[0][0] > self.overhead_window_s:
+            self._overhead.popleft()
         measured = 0.0
         if self._overhead:
-            ordered = sorted(self._overhead)
+            ordered = sorted(ms for _, ms in self._overhead)
             measured = ordered[min(len(ordered) - 1, int(self.overhead_quantile * len(ordered)))]
         return measured + self.proxy_overhead_ms
 
@@ -156,4 +162,4 @@ class QueueTracker:
             wait, basis = reports, "reports"
         else:
             wait, basis = router, ("router" if self._in_flight else "empty")
-        return WaitEstimate(wait, self.overhead_ms(), len(self._in_flight), replicas, basis)
+        return WaitEstimate(wait, self.overhead_ms(now), len(self._in_flight), replicas, basis)

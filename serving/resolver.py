@@ -12,6 +12,7 @@ from typing import Any
 from controller import Table
 from controller.decode_budget import resolve_total
 from controller.knobs import Knobs
+from controller.ladder import Rung, ladder
 from controller.stats import ConfigStats
 from serving.config import ControllerSettings, FallbackSettings
 
@@ -45,6 +46,12 @@ class Answer:
     # The config's mean first-token latency: what the model is expected to take on average (the
     # queue estimate prices work with it; a quantile table's latency_ms is a tail figure).
     service_ms: float | None = None
+    # The scope's ladder (controller.ladder) for this request's coverage: what late binding may
+    # choose from at the replica. Empty for answers without a local table.
+    rungs: tuple[Rung, ...] = ()
+    # "router": the knobs this router resolved; "replica": chosen again by the model replica when
+    # the request left its queue (late binding), from the rungs the router sent.
+    bound_at: str = "router"
 
     def model_budget_ms(self) -> float | None:
         """What the model replica may spend: the budget left after the overhead the router expects
@@ -83,6 +90,7 @@ class Answer:
             "budget_policy": self.policy,
             "budget_covers": self.covers,
             "expected_decode_ms": self.expected_decode_ms,
+            "knobs_bound_at": self.bound_at,
         }
 
 
@@ -152,10 +160,32 @@ class LocalTable:
         }
 
 
+class LadderCache:
+    """Ladders of the current table by (scope, token count): both bounded (the table's scopes, the
+    token limit), so a client cannot grow it; emptied when the table changes."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._table: Table | None = None
+        self._rungs: dict[tuple[str, int | None], tuple[Rung, ...]] = {}
+
+    def get(self, table: Table, scope: str, max_new_tokens: int | None) -> tuple[Rung, ...]:
+        if table is not self._table:
+            self._table, self._rungs = table, {}
+        key = (scope, max_new_tokens)
+        rungs = self._rungs.get(key)
+        if rungs is None:
+            if len(self._rungs) >= self.size:
+                self._rungs.clear()
+            rungs = self._rungs[key] = ladder(table, scope, max_new_tokens)
+        return rungs
+
+
 class Resolver:
     def __init__(self, controller: Any, settings: ControllerSettings, fallback: FallbackSettings) -> None:
         self.controller, self.settings, self.fallback = controller, settings, fallback
         self.local = LocalTable(controller, watch_timeout_s=max(1.0, 4 * settings.poll_interval_s))
+        self.ladders = LadderCache()
 
     async def start(self) -> None:
         if self.settings.resolve_mode != "local":
@@ -183,7 +213,7 @@ class Resolver:
                     d.knobs, d.expected_accuracy, d.expected_latency_ms, d.feasible, d.scope, d.table_version,
                     d.budget_ms, d.tolerance, covers="total", first_token_ms=d.stats.latency_ms,
                     decode_ms_per_token=d.stats.decode_ms_per_token, expected_decode_ms=decode,
-                    service_ms=_mean_first_token(d.stats),
+                    service_ms=_mean_first_token(d.stats), rungs=self.ladders.get(table, d.scope, max_new_tokens),
                 )
             d = table.resolve(budget_ms, tolerance=tolerance, dataset=dataset)
             return Answer(
@@ -198,6 +228,7 @@ class Resolver:
                 first_token_ms=d.expected_latency_ms,
                 decode_ms_per_token=d.stats.decode_ms_per_token,
                 service_ms=_mean_first_token(d.stats),
+                rungs=self.ladders.get(table, d.scope, None),
             )
         response = self.controller.resolve.remote(budget_ms, tolerance, dataset)
         try:

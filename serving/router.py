@@ -134,11 +134,12 @@ class Router:
         payload = {"prompt": body.prompt, "max_new_tokens": body.max_new_tokens, "image_b64": body.image}
         m = self.config.model
         token = adm.sent(answer)
+        rungs, plan = adm.plan(answer)
         try:
             output = await call_model(
                 self.model.generate.remote(
                     answer.knobs.as_dict(), payload, answer.service_ms, answer.decode_ms_per_token,
-                    answer.model_budget_ms(),
+                    answer.model_budget_ms(), plan,
                 ),
                 m.assign_timeout_s,
                 m.timeout_s,
@@ -150,6 +151,7 @@ class Router:
             adm.failed(token)
             raise
         model_ms = (time.perf_counter() - model_started) * 1000
+        answer = adm.ran(answer, rungs, output)  # the knobs the replica chose at dispatch
         adm.done(token, answer, output, (time.perf_counter() - started) * 1000)
         total_ms = (time.perf_counter() - started) * 1000
         decode_ms = float(((output or {}).get("timings_ms") or {}).get("decode", 0.0))

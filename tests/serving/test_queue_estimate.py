@@ -136,3 +136,12 @@ def test_report_with_non_finite_backlog_does_not_poison_the_estimate() -> None:
     t.done(1, 0.0, expected_ms=None, service_ms=None, router_ms=1.0, queue_wait_ms=None,
            report=ReplicaReport("r", 1, 1, float("nan"), None))
     assert t.estimate(0.1).wait_ms == 0
+
+
+def test_an_overhead_spike_stops_counting_once_it_is_older_than_the_window() -> None:
+    t = QueueTracker(max_batch_size=1, overhead_quantile=0.99, overhead_window_s=30.0)
+    t.done(0, 0.0, expected_ms=10.0, service_ms=10.0, router_ms=2010.0, queue_wait_ms=0.0, report=None)  # a stall
+    for i in range(1, 50):
+        t.done(i, 20.0 + i * 0.1, expected_ms=10.0, service_ms=10.0, router_ms=13.0, queue_wait_ms=0.0, report=None)
+    assert t.estimate(25.0).overhead_ms == pytest.approx(2000.0)  # still within the window: p99 is the stall
+    assert t.estimate(31.0).overhead_ms == pytest.approx(3.0)  # past it: only the recent overhead counts

@@ -1,0 +1,194 @@
+"""Late binding: a model replica chooses a request's knobs when the request leaves its queue.
+
+The router resolves a budget with an estimate of the wait ahead; the replica knows the wait once it
+is over. With each request the router sends a `DispatchPlan`: the rungs of the table's ladder
+(controller.ladder) that the budget could use with no wait at all, fastest first. When the request's
+backend call starts, the replica takes the highest rung that fits the time really left, then steps
+down while that would
+- make a request waiting behind it miss, though it could still be met with its fastest rung
+  (earliest deadline first: the waiting list is the deadline gate's), or
+- with a blocking budget set, cost more expected misses among the requests that arrive while it
+  runs than the budget allows (`BlockingGuard`): a non-preemptive server makes every newcomer wait
+  for the call in progress, so one long call can sink a tight budget that arrives just after it.
+Pure: no Ray, time is an argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from controller.errors import KnobError
+from controller.knobs import Knobs
+from controller.ladder import Rung
+from serving.errors import ServingConfigError, ServingError
+
+MAX_OPTIONS = 256  # a ladder holds at most one rung per config; tables have a few dozen
+
+
+class PlanError(ServingError, ValueError):
+    """A dispatch plan that is not what a router sends (the replica then keeps the router's knobs)."""
+
+
+@dataclass(frozen=True)
+class Option:
+    knobs: Knobs
+    latency_ms: float  # compared with the time left (the table's latency, + decode for `covers: total`)
+    service_ms: float  # expected first-token time (the table's mean): what waiting requests wait for
+    decode_ms_per_token: float | None
+
+
+@dataclass(frozen=True)
+class DispatchPlan:
+    options: tuple[Option, ...]  # fastest first, each more accurate than the one before
+    tolerance: float
+
+    @property
+    def fastest_ms(self) -> float:
+        return self.options[0].latency_ms
+
+    @classmethod
+    def from_rungs(cls, rungs: Sequence[Rung], tolerance: float) -> DispatchPlan:
+        return cls(
+            tuple(Option(r.stats.knobs, r.latency_ms, r.service_ms, r.stats.decode_ms_per_token) for r in rungs),
+            tolerance,
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "tolerance": self.tolerance,
+            "options": [
+                [o.knobs.tier, o.knobs.top_k, o.knobs.num_active_blocks, o.latency_ms, o.service_ms,
+                 o.decode_ms_per_token]
+                for o in self.options
+            ],
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> DispatchPlan:
+        if not isinstance(raw, dict) or not isinstance(raw.get("options"), list):
+            raise PlanError("a dispatch plan is a dict with an 'options' list")
+        rows = raw["options"]
+        if not 1 <= len(rows) <= MAX_OPTIONS:
+            raise PlanError(f"a dispatch plan holds 1 to {MAX_OPTIONS} options, not {len(rows)}")
+        tol = raw.get("tolerance", 0.0)
+        if not _number(tol) or not 0 <= tol <= 1:
+            raise PlanError(f"dispatch plan tolerance={tol!r} is not a number in [0, 1]")
+        options = []
+        for row in rows:
+            if not isinstance(row, list) or len(row) != 6:
+                raise PlanError(f"dispatch plan option {str(row)[:80]} is not [tier, top_k, blocks, "
+                                "latency_ms, service_ms, decode_ms_per_token]")
+            tier, top_k, blocks, latency, service, decode = row
+            if not (_number(latency) and _number(service) and (decode is None or _number(decode))):
+                raise PlanError(f"dispatch plan option {str(row)[:80]} has a latency that is not a finite number >= 0")
+            try:
+                knobs = Knobs.from_mapping({"tier": tier, "top_k": top_k, "num_active_blocks": blocks})
+            except KnobError as e:
+                raise PlanError(f"dispatch plan option {str(row)[:80]}: {e}") from e
+            options.append(Option(knobs, float(latency), float(service), None if decode is None else float(decode)))
+        if any(b.latency_ms < a.latency_ms for a, b in zip(options, options[1:])):
+            raise PlanError("dispatch plan options are not sorted fastest first")
+        return cls(tuple(options), float(tol))
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+
+
+class BlockingGuard:
+    """Expected misses that a call of `service_ms` causes among the requests arriving while it runs.
+
+    A request arriving u ms into a call of S ms waits S - u before it can start; it misses if that
+    exceeds its slack (its model budget minus its fastest rung's expected time). With arrivals at
+    rate r per ms and slacks like the recent ones, expected misses = r x mean(max(0, S - slack)).
+    The rate is measured over the last `horizon_s` (or since the first arrival, if sooner).
+    """
+
+    def __init__(self, miss_budget: float, horizon_s: float = 10.0, window: int = 256) -> None:
+        if not (math.isfinite(miss_budget) and miss_budget > 0):
+            raise ServingConfigError(
+                f"model.blocking_miss_budget={miss_budget!r} must be a finite number > 0"
+            )
+        self.miss_budget, self.horizon_s = miss_budget, horizon_s
+        self._arrivals: deque[float] = deque(maxlen=4096)
+        self._slacks: deque[float] = deque(maxlen=window)
+        self.stepped_down = 0  # calls made shorter by this guard (for stats)
+
+    def arrived(self, now: float, slack_ms: float) -> None:
+        self._arrivals.append(now)
+        if math.isfinite(slack_ms):
+            self._slacks.append(slack_ms)
+
+    def rate_per_ms(self, now: float) -> float:
+        while self._arrivals and now - self._arrivals[0] > self.horizon_s:
+            self._arrivals.popleft()
+        if len(self._arrivals) < 2:
+            return 0.0
+        span_s = max(1.0, min(self.horizon_s, now - self._arrivals[0]))
+        return len(self._arrivals) / span_s / 1000
+
+    def expected_misses(self, service_ms: float, now: float) -> float:
+        if not self._slacks:
+            return 0.0
+        rate = self.rate_per_ms(now)
+        return rate * sum(max(0.0, service_ms - s) for s in self._slacks) / len(self._slacks)
+
+    def too_long(self, service_ms: float, now: float) -> bool:
+        return self.expected_misses(service_ms, now) > self.miss_budget
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A request waiting behind the one being dispatched: ms left to its deadline, its fastest rung."""
+
+    left_ms: float
+    fastest_ms: float
+
+
+def leaves_room(own_ms: float, behind: Sequence[Waiting]) -> bool:
+    """Whether every waiting request that could still be met (earliest deadline first, each with its
+    fastest rung) is still met after a call of `own_ms`."""
+    t = own_ms
+    for w in behind:
+        if w.fastest_ms > w.left_ms:
+            continue  # lost already; it must not drag others down with it
+        t += w.fastest_ms
+        if t > w.left_ms:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Choice:
+    index: int  # into plan.options
+    fits: bool  # the chosen option fits the time left (else it is the fastest, late)
+    left_ms: float
+
+
+def choose(
+    plan: DispatchPlan,
+    left_ms: float,
+    *,
+    scale: float = 1.0,
+    behind: Sequence[Waiting] = (),
+    too_long: Callable[[float], bool] | None = None,
+) -> Choice:
+    """`scale`: the replica's measured time / table time (>= 1 when it runs slow), applied to every
+    option; `too_long(service_ms)`: the blocking guard, or None."""
+    threshold = left_ms * (1 + plan.tolerance)
+    i = 0
+    for j, o in enumerate(plan.options):
+        if o.latency_ms * scale <= threshold:
+            i = j
+        else:
+            break
+    fits = plan.options[i].latency_ms * scale <= threshold
+    while i > 0 and not leaves_room(plan.options[i].latency_ms * scale, behind):
+        i -= 1
+    while i > 0 and too_long is not None and too_long(plan.options[i].service_ms * scale):
+        i -= 1
+    return Choice(i, fits, left_ms)

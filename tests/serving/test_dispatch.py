@@ -1,0 +1,132 @@
+"""Late binding at the replica (serving.dispatch): plans on the wire, the choice for the time left,
+the requests waiting behind, and the blocking guard."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from controller.knobs import Knobs
+from controller.ladder import ladder
+from serving.deadline_gate import DeadlineGate
+from serving.dispatch import BlockingGuard, DispatchPlan, Option, PlanError, Waiting, choose, leaves_room
+from tests.support.tables import synthetic_table
+
+
+def _plan(*latencies: float, tolerance: float = 0.0) -> DispatchPlan:
+    tiers = ("low", "medium", "high")
+    return DispatchPlan(
+        tuple(Option(Knobs(tiers[i % 3], 4, 12 + 2 * (i // 3)), ms, ms * 0.9, 1.0) for i, ms in enumerate(latencies)),
+        tolerance,
+    )
+
+
+def test_plan_round_trips_through_the_wire_format() -> None:
+    table = synthetic_table(latency_scale=0.5, decode_ms_per_token=2.0)
+    plan = DispatchPlan.from_rungs(ladder(table), 0.05)
+    back = DispatchPlan.from_wire(plan.to_wire())
+    assert back == plan
+    assert back.fastest_ms == min(o.latency_ms for o in plan.options)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        "options",
+        {"options": []},
+        {"options": "x"},
+        {"options": [["low", 4, 12, 50.0, 45.0]]},  # a field short
+        {"options": [["low", 4, 12, math.nan, 45.0, None]]},
+        {"options": [["low", 4, 12, math.inf, 45.0, None]]},
+        {"options": [["low", 4, 12, -1.0, 45.0, None]]},
+        {"options": [["low", 4, 12, True, 45.0, None]]},
+        {"options": [["low", 4, 12, 50.0, "45", None]]},
+        {"options": [["ultra", 4, 12, 50.0, 45.0, None]]},
+        {"options": [["low", "4", 12, 50.0, 45.0, None]]},
+        {"options": [["\ud800", 4, 12, 50.0, 45.0, None]]},
+        {"options": [["low", 4, 12, 60.0, 55.0, None], ["high", 8, 16, 50.0, 45.0, None]]},  # not sorted
+        {"options": [["low", 4, 12, 50.0, 45.0, None]], "tolerance": 2},
+        {"options": [["low", 4, 12, 50.0, 45.0, None]], "tolerance": math.nan},
+        {"options": [["low", 4, 12, 50.0, 45.0, None]] * 257},
+    ],
+)
+def test_malformed_plans_are_refused_with_a_plan_error(raw: object) -> None:
+    with pytest.raises(PlanError):
+        DispatchPlan.from_wire(raw)
+
+
+def test_choose_takes_the_highest_option_that_fits_the_time_left() -> None:
+    plan = _plan(40, 60, 80, 100)
+    assert choose(plan, 85).index == 2 and choose(plan, 85).fits
+    assert choose(plan, 500).index == 3
+    late = choose(plan, 30)  # nothing fits: the fastest, flagged
+    assert late.index == 0 and not late.fits
+    assert choose(_plan(40, 60, 80, tolerance=0.1), 74).index == 2  # 74 x 1.1 >= 80
+    assert choose(plan, 85, scale=1.5).index == 0  # a replica running 1.5x slow: 60 x 1.5 > 85
+
+
+def test_choose_leaves_room_for_the_requests_waiting_behind() -> None:
+    plan = _plan(40, 60, 80, 100)
+    # Alone: 100 fits 120 ms. Behind it, one with 150 ms left whose fastest is 40: 100 + 40 <= 150 ok.
+    assert choose(plan, 120, behind=[Waiting(150, 40)]).index == 3
+    # One with 110 ms left: 100 + 40 > 110, 60 + 40 <= 110 -> the 60 ms option.
+    assert choose(plan, 120, behind=[Waiting(110, 40)]).index == 1
+    # A waiting request that cannot be met anyway does not drag this one down.
+    assert choose(plan, 120, behind=[Waiting(20, 40)]).index == 3
+
+
+def test_leaves_room_counts_every_waiting_request_in_deadline_order() -> None:
+    assert leaves_room(50, [Waiting(100, 40), Waiting(140, 40)])
+    assert not leaves_room(50, [Waiting(100, 40), Waiting(120, 40)])
+    assert leaves_room(50, [])
+
+
+def test_blocking_guard_prices_a_call_by_the_misses_it_causes() -> None:
+    g = BlockingGuard(miss_budget=0.01, horizon_s=10.0)
+    assert g.expected_misses(100, 0.0) == 0.0  # nothing known yet: no limit
+    for i in range(100):  # 10 requests per second for 10 s, slack 40 ms each
+        g.arrived(i * 0.1, 40.0)
+    now = 9.9
+    assert g.rate_per_ms(now) == pytest.approx(0.01, rel=0.02)
+    # A 60 ms call: each arrival during it waits up to 60 - u ms; those with u < 20 ms miss.
+    assert g.expected_misses(60, now) == pytest.approx(0.01 * 20, rel=0.02)
+    assert g.expected_misses(40, now) == 0.0
+    assert g.too_long(60, now) and not g.too_long(40.5, now)
+    plan = _plan(40, 60, 80)
+    assert choose(plan, 500, too_long=lambda ms: g.too_long(ms, now)).index == 0
+    # Arrivals stop: after the horizon the rate is gone and so is the limit.
+    assert g.rate_per_ms(30.0) == 0.0 and choose(plan, 500, too_long=lambda ms: g.too_long(ms, 30.0)).index == 2
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, math.nan, math.inf])
+def test_blocking_guard_refuses_a_meaningless_budget(bad: float) -> None:
+    with pytest.raises(ValueError, match="miss_budget"):
+        BlockingGuard(bad)
+
+
+def test_deadline_gate_lists_who_waits_with_their_fastest_option() -> None:
+    async def run() -> list[tuple[float, float | None]]:
+        gate, release = DeadlineGate(slots=1), asyncio.Event()
+
+        async def holder() -> None:
+            async with gate.admitted(0.0):
+                await release.wait()
+
+        async def waiter(deadline: float, fastest: float | None) -> None:
+            async with gate.admitted(deadline, fastest):
+                pass
+
+        tasks = [asyncio.create_task(holder())]
+        await asyncio.sleep(0)
+        tasks += [asyncio.create_task(waiter(d, f)) for d, f in ((9.0, 40.0), (1.0, None), (5.0, 45.0))]
+        await asyncio.sleep(0)
+        behind = gate.behind()
+        release.set()
+        await asyncio.gather(*tasks)
+        assert gate.behind() == []
+        return behind
+
+    assert asyncio.run(run()) == [(1.0, None), (5.0, 45.0), (9.0, 40.0)]
