@@ -7,8 +7,9 @@ Local curve: a real local Serve, the simulated model in table mode with a real q
 per backend call, one call at a time, latency = the table's first-token latency with 5% jitter).
 Capacity is measured first (closed loop, 8 clients, static table); then Poisson arrivals at 25, 50,
 75 and 90% of it, for: the static table (the behaviour before queue-aware resolve), queue-aware
-resolve, queue-aware with the model 30% slower than its table (drift, no recalibration), and
-queue-aware plus live recalibration after that slowdown (the automatic mode publishes first).
+resolve with late binding (FIFO), the same in deadline order with the blocking guard (one model
+replica, and two, whose load is a share of the 2-replica capacity), and queue-aware plus live
+recalibration after a 30% slowdown (the automatic mode publishes first).
 With --url: the same load generator against any running router, closed loop per concurrency.
 """
 
@@ -29,7 +30,10 @@ from bench.attainment_load import closed_loop, open_loop, summarize
 LOADS = (0.25, 0.50, 0.75, 0.90)
 BUDGETS = (100.0, 130.0, 170.0, 240.0)  # ms, in turn; the table's p99 first-token latencies run 45-97 ms
 GOAL = 0.99
-BLOCKING = 0.01  # model.blocking_miss_budget of the deadline-order app
+BLOCKING = 0.01  # model.blocking_miss_budget of the deadline-order apps
+DEADLINE = "queue-aware + deadline order"
+DEADLINE_2 = "queue-aware + deadline order, 2 replicas"
+RECAL = "queue-aware + live recalibration, 30% slower"
 MIN_SAMPLES = 20
 ROOT = Path(__file__).resolve().parent.parent
 PLOT = ROOT / "docs" / "attainment.png"
@@ -160,7 +164,8 @@ def run(quick: bool = False, per_point: int | None = None) -> dict[str, Any]:
     firsts = {name: TableStore(s).publish(table).version_id for name, s in stores.items()}
     port = free_port()
     curves: dict[str, list[dict[str, Any]]] = {}
-    with local_serve(port, quiet=True):
+    # Logical CPUs for Ray's placement only: the simulated replicas sleep, they do not compute.
+    with local_serve(port, num_cpus=8, quiet=True):
         base = f"http://127.0.0.1:{port}"
         serve.run(build_app_from_config(_config(stores["base"], queue_aware=False)), name="a0", route_prefix="/a0")
         static_url = f"{base}/a0"
@@ -171,19 +176,26 @@ def run(quick: bool = False, per_point: int | None = None) -> dict[str, Any]:
         proxy_ms = round(outside[int(0.99 * (len(outside) - 1))], 1)
         apps = {
             "queue-aware": _config(stores["base"], queue_aware=True, proxy_ms=proxy_ms),
-            "queue-aware + deadline order": _config(stores["base"], queue_aware=True, proxy_ms=proxy_ms,
-                                                    scheduling="deadline", blocking=BLOCKING),
-            "queue-aware + live recalibration, 30% slower": _config(stores["recal"], queue_aware=True,
-                                                                     proxy_ms=proxy_ms, slowdown=1.3, auto=True),
+            DEADLINE: _config(stores["base"], queue_aware=True, proxy_ms=proxy_ms, scheduling="deadline",
+                              blocking=BLOCKING),
+            DEADLINE_2: _config(stores["base"], queue_aware=True, proxy_ms=proxy_ms, scheduling="deadline",
+                                blocking=BLOCKING),
+            RECAL: _config(stores["recal"], queue_aware=True, proxy_ms=proxy_ms, slowdown=1.3, auto=True),
+            "static table, 2 replicas": _config(stores["base"], queue_aware=False),  # capacity of 2 only
         }
         urls = {"static table": static_url}
         for i, (name, config) in enumerate(apps.items(), start=1):
-            serve.run(build_app_from_config(config), name=f"a{i}", route_prefix=f"/a{i}")
+            two = name in (DEADLINE_2, "static table, 2 replicas")
+            serve.run(build_app_from_config(config, replicas={"MoEModel": 2} if two else None), name=f"a{i}",
+                      route_prefix=f"/a{i}")
             urls[name] = f"{base}/a{i}"
             asyncio.run(closed_loop(urls[name], BUDGETS, concurrency=2, requests=20))
         cap = summarize(asyncio.run(closed_loop(static_url, BUDGETS, concurrency=8, requests=requests)))
         capacity = cap["throughput_rps"]
-        recal_url = urls["queue-aware + live recalibration, 30% slower"]
+        cap2 = summarize(asyncio.run(closed_loop(urls.pop("static table, 2 replicas"), BUDGETS, concurrency=16,
+                                                 requests=2 * requests)))
+        capacities = {name: (cap2["throughput_rps"] if name == DEADLINE_2 else capacity) for name in urls}
+        recal_url = urls[RECAL]
         recal_store = TableStore(stores["recal"])
         warm_sent, published = _recalibrate_live(recal_url, recal_store, firsts["recal"], table, proxy_ms,
                                                  600 if quick else 1000)
@@ -194,12 +206,12 @@ def run(quick: bool = False, per_point: int | None = None) -> dict[str, Any]:
                     break
                 time.sleep(0.1)
         for name, url in urls.items():
-            curves[name] = _curve(url, capacity, requests)
-        for i in range(len(urls)):
+            curves[name] = _curve(url, capacities[name], requests)
+        for i in range(len(apps) + 1):
             serve.delete(f"a{i}")
     plot = _plot(curves)
     recal = TableStore(stores["recal"]).load("latest") if published else None
-    extra = {"proxy_ms": proxy_ms, "outside_p50_ms": statistics.median(outside)}
+    extra = {"proxy_ms": proxy_ms, "outside_p50_ms": statistics.median(outside), "capacity_2": cap2["throughput_rps"]}
     return _report(curves, capacity, requests, warm_sent, published, recal, table, plot, quick, extra)
 
 
@@ -210,7 +222,7 @@ def _report(curves: dict[str, list[dict[str, Any]]], capacity: float, requests: 
     figures = []
     for name, points in curves.items():
         for p in points:
-            judged = name in ("queue-aware", "queue-aware + deadline order") and p["load"] <= 0.75
+            judged = name in ("queue-aware", DEADLINE, DEADLINE_2) and p["load"] <= 0.75
             figures.append({
                 "name": f"{name} @ {round(100 * p['load'])}% load",
                 "value": f"{100 * p['attainment']:.1f}% (acc {p['mean_expected_accuracy']:.3f})",
@@ -222,10 +234,14 @@ def _report(curves: dict[str, list[dict[str, Any]]], capacity: float, requests: 
                 "passed": (p["attainment"] >= GOAL) if judged else None,
             })
     notes = [
-        f"measured capacity (static table, closed loop, 8 clients): {capacity:.1f} req/s; {requests} requests per "
-        f"point, Poisson arrivals; budgets {', '.join(f'{b:g}' for b in BUDGETS)} ms in turn; max_new_tokens 1",
+        f"measured capacity (static table, closed loop, 8 clients): {capacity:.1f} req/s with one model replica, "
+        f"{extra['capacity_2']:.1f} req/s with two (16 clients; the 2-replica curve's load is a share of that); "
+        f"{requests} requests per point, Poisson arrivals; budgets {', '.join(f'{b:g}' for b in BUDGETS)} ms in "
+        "turn; max_new_tokens 1",
         "served latency = client-measured latency minus the decode time the model reported (first-token budgets)",
-        "model: simulated, table mode, one request per backend call, one call at a time; 5% lognormal jitter; "
+        "model: simulated, table mode, one request per backend call, one call at a time per replica; 5% lognormal "
+        "jitter; late binding on in every queue-aware app; deadline-order apps: model.blocking_miss_budget "
+        f"{BLOCKING}; "
         "table: synthetic, built from 200 draws per config with p99 latencies (first token p99 45-97 ms), tolerance 0",
         f"proxy + client time around the router, measured first: p50 {extra['outside_p50_ms']:.1f} ms, "
         f"p99 {extra['proxy_ms']:.1f} ms (the queue-aware apps' budget.proxy_overhead_ms)",

@@ -103,32 +103,47 @@ class BlockingGuard:
     """Expected misses that a call of `service_ms` causes among the requests arriving while it runs.
 
     A request arriving u ms into a call of S ms waits S - u before it can start; it misses if that
-    exceeds its slack (its model budget minus its fastest rung's expected time). With arrivals at
-    rate r per ms and slacks like the recent ones, expected misses = r x mean(max(0, S - slack)).
-    The rate is measured over the last `horizon_s` (or since the first arrival, if sooner).
+    exceeds its slack (its model budget minus its fastest rung's expected time). With newcomers
+    finding this replica busy at rate r per busy ms, and slacks like the recent ones, expected
+    misses = r x mean(max(0, S - slack)). The rate is measured where it matters: arrivals that came
+    while a call ran, over the time calls ran (last `horizon_s`). With one replica that is the
+    arrival rate; with several, Serve sends newcomers to an idle replica when it can, and the rate
+    a busy one sees is lower, so it may run longer calls. Until calls have run for `min_busy_s`
+    the plain arrival rate stands in (an upper bound).
     """
 
-    def __init__(self, miss_budget: float, horizon_s: float = 10.0, window: int = 256) -> None:
+    def __init__(self, miss_budget: float, horizon_s: float = 10.0, window: int = 256,
+                 min_busy_s: float = 1.0) -> None:
         if not (math.isfinite(miss_budget) and miss_budget > 0):
             raise ServingConfigError(
                 f"model.blocking_miss_budget={miss_budget!r} must be a finite number > 0"
             )
-        self.miss_budget, self.horizon_s = miss_budget, horizon_s
-        self._arrivals: deque[float] = deque(maxlen=4096)
+        self.miss_budget, self.horizon_s, self.min_busy_s = miss_budget, horizon_s, min_busy_s
+        self._arrivals: deque[tuple[float, bool]] = deque(maxlen=4096)  # (when, found it busy)
+        self._calls: deque[tuple[float, float]] = deque(maxlen=4096)  # (ended, seconds it ran)
         self._slacks: deque[float] = deque(maxlen=window)
-        self.stepped_down = 0  # calls made shorter by this guard (for stats)
 
-    def arrived(self, now: float, slack_ms: float) -> None:
-        self._arrivals.append(now)
+    def arrived(self, now: float, slack_ms: float, busy: bool) -> None:
+        self._arrivals.append((now, busy))
         if math.isfinite(slack_ms):
             self._slacks.append(slack_ms)
 
+    def ran(self, started: float, ended: float) -> None:
+        if ended >= started:
+            self._calls.append((ended, ended - started))
+
     def rate_per_ms(self, now: float) -> float:
-        while self._arrivals and now - self._arrivals[0] > self.horizon_s:
+        """Newcomers per ms that find this replica busy."""
+        while self._arrivals and now - self._arrivals[0][0] > self.horizon_s:
             self._arrivals.popleft()
+        while self._calls and now - self._calls[0][0] > self.horizon_s:
+            self._calls.popleft()
+        busy_s = sum(d for _, d in self._calls)
+        if busy_s >= self.min_busy_s:
+            return sum(b for _, b in self._arrivals) / busy_s / 1000
         if len(self._arrivals) < 2:
             return 0.0
-        span_s = max(1.0, min(self.horizon_s, now - self._arrivals[0]))
+        span_s = max(1.0, min(self.horizon_s, now - self._arrivals[0][0]))
         return len(self._arrivals) / span_s / 1000
 
     def expected_misses(self, service_ms: float, now: float) -> float:
@@ -167,6 +182,7 @@ class Choice:
     index: int  # into plan.options
     fits: bool  # the chosen option fits the time left (else it is the fastest, late)
     left_ms: float
+    guarded: bool = False  # the blocking guard chose a shorter option than the time left allowed
 
 
 def choose(
@@ -189,6 +205,7 @@ def choose(
     fits = plan.options[i].latency_ms * scale <= threshold
     while i > 0 and not leaves_room(plan.options[i].latency_ms * scale, behind):
         i -= 1
+    unguarded = i
     while i > 0 and too_long is not None and too_long(plan.options[i].service_ms * scale):
         i -= 1
-    return Choice(i, fits, left_ms)
+    return Choice(i, fits, left_ms, guarded=i < unguarded)

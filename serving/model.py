@@ -124,7 +124,7 @@ class MoEModel:
             if self.gate is not None and self.settings.blocking_miss_budget is not None
             else None
         )
-        self.dispatch_counts = {"planned": 0, "rebound": 0, "late": 0, "bad_plans": 0}
+        self.dispatch_counts = {"planned": 0, "rebound": 0, "late": 0, "bad_plans": 0, "guarded": 0}
         self._tokens = itertools.count(1)
         self._streams: set[asyncio.Task[None]] = set()  # running stream tasks (kept referenced)
         self.stream_counts = {"started": 0, "finished": 0, "cancelled": 0}
@@ -151,7 +151,7 @@ class MoEModel:
             pending.deadline = now + max(0.0, budget_ms) / 1000
             pending.plan = self._plan(plan, req) if plan is not None else None
         if pending.plan is not None and self.guard is not None and budget_ms is not None:
-            self.guard.arrived(now, budget_ms - pending.plan.options[0].service_ms)
+            self.guard.arrived(now, budget_ms - pending.plan.options[0].service_ms, self.queue.busy())
         self.queue.arrived(token, k.key, expected_latency_ms, now)
         try:
             if self.gate is None:
@@ -218,6 +218,7 @@ class MoEModel:
                 if o.knobs != knobs[i]:
                     self.dispatch_counts["rebound"] += 1
                 self.dispatch_counts["late"] += not m.choice.fits
+                self.dispatch_counts["guarded"] += m.choice.guarded
                 knobs[i], expected[i], m.decode_ms_per_token = o.knobs, o.service_ms, o.decode_ms_per_token
             if knobs[i] not in groups:  # a call of its own: what later members wait for
                 groups.add(knobs[i])
@@ -326,7 +327,10 @@ class MoEModel:
             try:
                 outputs = await asyncio.to_thread(self.backend.generate_batch, *args)
             finally:
-                service_ms = (time.monotonic() - started) * 1000
+                ended = time.monotonic()
+                service_ms = (ended - started) * 1000
+                if self.guard is not None:
+                    self.guard.ran(started, ended)
                 known = [expected[i] for i in idx if expected[i] is not None]
                 self.queue.finished(group, max(known) if known else None, service_ms)
             report = self.queue.report(time.monotonic()).to_dict()

@@ -63,6 +63,10 @@ class ReplicaQueue:
         """A request that never reached a backend call (bad knobs, cancelled)."""
         self._waiting.pop(token, None)
 
+    def busy(self) -> bool:
+        """Whether a backend call is running now."""
+        return bool(self._running)
+
     def ratio(self) -> float | None:
         return median(self._ratios) if self._ratios else None
 

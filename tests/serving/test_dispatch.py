@@ -87,18 +87,32 @@ def test_leaves_room_counts_every_waiting_request_in_deadline_order() -> None:
 def test_blocking_guard_prices_a_call_by_the_misses_it_causes() -> None:
     g = BlockingGuard(miss_budget=0.01, horizon_s=10.0)
     assert g.expected_misses(100, 0.0) == 0.0  # nothing known yet: no limit
-    for i in range(100):  # 10 requests per second for 10 s, slack 40 ms each
-        g.arrived(i * 0.1, 40.0)
+    for i in range(100):  # 10 requests per second for 10 s, slack 40 ms each; no call has run yet
+        g.arrived(i * 0.1, 40.0, busy=False)
     now = 9.9
-    assert g.rate_per_ms(now) == pytest.approx(0.01, rel=0.02)
+    assert g.rate_per_ms(now) == pytest.approx(0.01, rel=0.02)  # the plain arrival rate stands in
     # A 60 ms call: each arrival during it waits up to 60 - u ms; those with u < 20 ms miss.
     assert g.expected_misses(60, now) == pytest.approx(0.01 * 20, rel=0.02)
     assert g.expected_misses(40, now) == 0.0
     assert g.too_long(60, now) and not g.too_long(40.5, now)
     plan = _plan(40, 60, 80)
-    assert choose(plan, 500, too_long=lambda ms: g.too_long(ms, now)).index == 0
+    choice = choose(plan, 500, too_long=lambda ms: g.too_long(ms, now))
+    assert choice.index == 0 and choice.guarded
     # Arrivals stop: after the horizon the rate is gone and so is the limit.
-    assert g.rate_per_ms(30.0) == 0.0 and choose(plan, 500, too_long=lambda ms: g.too_long(ms, 30.0)).index == 2
+    later = choose(plan, 500, too_long=lambda ms: g.too_long(ms, 30.0))
+    assert g.rate_per_ms(30.0) == 0.0 and later.index == 2 and not later.guarded
+
+
+def test_blocking_guard_counts_only_newcomers_that_found_the_replica_busy() -> None:
+    """With several replicas, Serve sends most newcomers to an idle one: a busy replica sees fewer."""
+    g = BlockingGuard(miss_budget=0.01, horizon_s=10.0)
+    for i in range(100):  # 10 arrivals per second; calls of 50 ms every 100 ms: busy half the time
+        g.ran(i * 0.1, i * 0.1 + 0.05)
+        g.arrived(i * 0.1 + 0.07, 40.0, busy=(i % 5 == 0))  # 1 in 5 found it busy
+    now = 10.0
+    # 20 newcomers found it busy over ~5 s of calls: 4 per busy second, not the arrival rate of 10.
+    assert g.rate_per_ms(now) == pytest.approx(20 / 5.0 / 1000)
+    assert g.expected_misses(60, now) == pytest.approx(g.rate_per_ms(now) * 20)
 
 
 @pytest.mark.parametrize("bad", [0, -0.1, math.nan, math.inf])
