@@ -129,6 +129,7 @@ def one(budget: float, i: int, max_new_tokens: int) -> dict[str, Any]:
         "budget": budget, "status": status, "client_ms": client_ms, "model": m, "crops": crops,
         "config": "_".join(headers.get(h, "?") for h in ("x-knob-tier", "x-knob-top-k", "x-knob-active-blocks")),
         "feasible": headers.get("x-budget-feasible"), "server_timing": headers.get("server-timing"),
+        "accuracy": resp.get("expected_accuracy"), "bound_at": resp.get("knobs_bound_at"),
         "table_version": headers.get("x-table-version"),
     }
 
@@ -176,8 +177,13 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "first_token_model_p50": statistics.median(first_token_model(r) for r in rs) if rs else None,
             "first_token_client_p50": statistics.median(first_token_client(r) for r in rs) if rs else None,
         }
+    accuracies = [r["accuracy"] for r in ok if isinstance(r.get("accuracy"), (int, float))]
     return {
         "requests": len(rows), "ok": len(ok), "feasible": len(feas),
+        # Every request counts (an error or a late answer is a miss): the attainment a client sees.
+        "attainment_client": sum(first_token_client(r) <= r["budget"] for r in ok) / len(rows) if rows else None,
+        "mean_expected_accuracy": statistics.fmean(accuracies) if accuracies else None,
+        "rebound": sum(r.get("bound_at") == "replica" for r in ok),
         "met_model": sum(first_token_model(r) <= r["budget"] for r in feas) / len(feas) if feas else None,
         "met_client": sum(first_token_client(r) <= r["budget"] for r in feas) / len(feas) if feas else None,
         "per_budget": per_budget,
@@ -246,7 +252,9 @@ def one_engine(engine: str, a: argparse.Namespace, out: Path, accuracy_dir: Path
             for c in a.curve:
                 cb = sorted({round(b + (c - 1) * per, 1) for b in budgets})
                 s = summarise(run_mode(cb, a.requests, c, a.max_new_tokens))
-                res["curve"][str(c)] = {k: s[k] for k in ("requests", "ok", "feasible", "met_model", "met_client")}
+                keys = ("requests", "ok", "feasible", "attainment_client", "mean_expected_accuracy", "met_model",
+                        "met_client")
+                res["curve"][str(c)] = {k: s[k] for k in keys}
                 res["curve"][str(c)]["budgets"] = cb
                 print(f"[{engine}] {c} clients: {res['curve'][str(c)]}", flush=True)
             return res

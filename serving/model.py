@@ -201,7 +201,9 @@ class MoEModel:
         order = sorted(range(len(meta)), key=lambda i: meta[i].deadline)
         if not any(m.plan is not None for m in meta):
             return order
-        ratio = self.queue.ratio()
+        # Options are compared in first-token time: the replica's measured first token / table, when
+        # it runs slower than its table (never faster: the table's tail figures stay the floor).
+        ratio = self.queue.first_token_ratio()
         scale = max(1.0, ratio) if ratio is not None else 1.0
         behind = [
             Waiting((d - now) * 1000, f) for d, f in (self.gate.behind() if self.gate is not None else [])
@@ -336,6 +338,8 @@ class MoEModel:
             report = self.queue.report(time.monotonic()).to_dict()
             crops_for = getattr(self.backend, "crops_for", None)
             for j, (i, o) in enumerate(zip(idx, outputs, strict=True)):
+                first_ms = first_token_ms(self.backend, o.timings_ms, service_ms)
+                self.queue.first_token(first_ms, expected[i])
                 out[i] = {
                     "text": o.text,
                     "output_tokens": o.output_tokens,
@@ -351,7 +355,7 @@ class MoEModel:
                     # Live feedback and queue reports (serving.feedback, serving.queue_estimate).
                     "queue_wait_ms": waits[j],
                     "service_ms": service_ms,
-                    "first_token_ms": first_token_ms(self.backend, o.timings_ms, service_ms),
+                    "first_token_ms": first_ms,
                     "crops": crops_for(k, requests[i]) if crops_for is not None else None,
                     "replica_load": report,
                     # Late binding: which option of the request's plan ran, and whether it fitted.

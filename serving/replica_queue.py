@@ -38,6 +38,9 @@ class ReplicaQueue:
         self._running: dict[int, tuple[float, float]] = {}  # group id -> (started, expected ms scaled)
         self._ratios: deque[float] = deque(maxlen=window)
         self._service_ms: deque[float] = deque(maxlen=window)
+        # First token / table latency per request: what a table's first-token latency means here
+        # (the whole call also decodes, so its ratio would overstate a first-token budget's needs).
+        self._first_token_ratios: deque[float] = deque(maxlen=window)
 
     def arrived(self, token: int, config: str, expected_ms: float | None, now: float) -> None:
         self._waiting[token] = (config, expected_ms, now)
@@ -62,6 +65,14 @@ class ReplicaQueue:
     def dropped(self, token: int) -> None:
         """A request that never reached a backend call (bad knobs, cancelled)."""
         self._waiting.pop(token, None)
+
+    def first_token(self, first_token_ms: float, expected_ms: float | None) -> None:
+        if expected_ms is not None and expected_ms > 0 and math.isfinite(first_token_ms) and first_token_ms >= 0:
+            self._first_token_ratios.append(first_token_ms / expected_ms)
+
+    def first_token_ratio(self) -> float | None:
+        """Measured first token / table latency (recent median); None before any."""
+        return median(self._first_token_ratios) if self._first_token_ratios else None
 
     def busy(self) -> bool:
         """Whether a backend call is running now."""
