@@ -251,7 +251,9 @@ def one_engine(engine: str, a: argparse.Namespace, out: Path, accuracy_dir: Path
             res["curve"] = {}
             for c in a.curve:
                 cb = sorted({round(b + (c - 1) * per, 1) for b in budgets})
-                s = summarise(run_mode(cb, a.requests, c, a.max_new_tokens))
+                rows = run_mode(cb, a.requests, c, a.max_new_tokens)
+                s = summarise(rows)
+                res.setdefault("curve_rows", {})[str(c)] = rows
                 keys = ("requests", "ok", "feasible", "attainment_client", "mean_expected_accuracy", "met_model",
                         "met_client")
                 res["curve"][str(c)] = {k: s[k] for k in keys}

@@ -14,6 +14,7 @@ import heapq
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from serving.errors import ServingConfigError
 
@@ -23,8 +24,8 @@ class DeadlineGate:
         if slots < 1:
             raise ServingConfigError(f"slots={slots} must be >= 1 (model.batch.max_batch_size)")
         self.slots, self.busy = slots, 0
-        # (deadline, arrival order, future, the request's fastest option in ms or None)
-        self._waiting: list[tuple[float, int, asyncio.Future[None], float | None]] = []
+        # (deadline, arrival order, future, what the caller tells about the request, or None)
+        self._waiting: list[tuple[float, int, asyncio.Future[None], Any]] = []
         self._seq = itertools.count()
         self.admitted_out_of_order = 0  # admissions that overtook an earlier arrival (for stats)
 
@@ -32,25 +33,25 @@ class DeadlineGate:
     def waiting(self) -> int:
         return sum(not f.done() for _, _, f, _ in self._waiting)
 
-    def behind(self) -> list[tuple[float, float | None]]:
-        """(deadline, fastest option ms) of the requests still waiting, earliest deadline first."""
-        return sorted((d, fastest) for d, _, f, fastest in self._waiting if not f.done())
+    def behind(self) -> list[tuple[float, Any]]:
+        """(deadline, info) of the requests still waiting, earliest deadline first."""
+        return [(d, info) for d, _, f, info in sorted(self._waiting, key=lambda w: (w[0], w[1])) if not f.done()]
 
     @asynccontextmanager
-    async def admitted(self, deadline: float, fastest_ms: float | None = None) -> AsyncIterator[None]:
-        await self._acquire(deadline, fastest_ms)
+    async def admitted(self, deadline: float, info: Any = None) -> AsyncIterator[None]:
+        await self._acquire(deadline, info)
         try:
             yield
         finally:
             self._release()
 
-    async def _acquire(self, deadline: float, fastest_ms: float | None) -> None:
+    async def _acquire(self, deadline: float, info: Any) -> None:
         if self.busy < self.slots and not self._waiting:
             self.busy += 1
             return
         seq = next(self._seq)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (deadline, seq, fut, fastest_ms))
+        heapq.heappush(self._waiting, (deadline, seq, fut, info))
         try:
             await fut
         except asyncio.CancelledError:

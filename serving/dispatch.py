@@ -108,8 +108,8 @@ class BlockingGuard:
     misses = r x mean(max(0, S - slack)). The rate is measured where it matters: arrivals that came
     while a call ran, over the time calls ran (last `horizon_s`). With one replica that is the
     arrival rate; with several, Serve sends newcomers to an idle replica when it can, and the rate
-    a busy one sees is lower, so it may run longer calls. Until calls have run for `min_busy_s`
-    the plain arrival rate stands in (an upper bound).
+    a busy one sees is lower, so it may run longer calls. A client that waits for each answer never
+    finds the replica busy, and is never limited.
     """
 
     def __init__(self, miss_budget: float, horizon_s: float = 10.0, window: int = 256,
@@ -133,18 +133,14 @@ class BlockingGuard:
             self._calls.append((ended, ended - started))
 
     def rate_per_ms(self, now: float) -> float:
-        """Newcomers per ms that find this replica busy."""
+        """Newcomers per ms that find this replica busy (over at least `min_busy_s` of busy time,
+        so that a replica that has hardly run yet does not divide by almost nothing)."""
         while self._arrivals and now - self._arrivals[0][0] > self.horizon_s:
             self._arrivals.popleft()
         while self._calls and now - self._calls[0][0] > self.horizon_s:
             self._calls.popleft()
         busy_s = sum(d for _, d in self._calls)
-        if busy_s >= self.min_busy_s:
-            return sum(b for _, b in self._arrivals) / busy_s / 1000
-        if len(self._arrivals) < 2:
-            return 0.0
-        span_s = max(1.0, min(self.horizon_s, now - self._arrivals[0][0]))
-        return len(self._arrivals) / span_s / 1000
+        return sum(b for _, b in self._arrivals) / max(busy_s, self.min_busy_s) / 1000
 
     def expected_misses(self, service_ms: float, now: float) -> float:
         if not self._slacks:
@@ -158,22 +154,29 @@ class BlockingGuard:
 
 @dataclass(frozen=True)
 class Waiting:
-    """A request waiting behind the one being dispatched: ms left to its deadline, its fastest rung."""
+    """A request queued behind the call being chosen: ms left to its deadline, and its fastest
+    option's budgeted latency (`first_ms`, what its deadline is compared with) and expected whole
+    call (`call_ms`, first token + decode: what the requests after it wait for)."""
 
     left_ms: float
-    fastest_ms: float
+    first_ms: float
+    call_ms: float
+
+    def shifted(self, ms: float) -> Waiting:
+        """The same request once `ms` more of the replica's time is committed ahead of it."""
+        return Waiting(self.left_ms - ms, self.first_ms, self.call_ms)
 
 
-def leaves_room(own_ms: float, behind: Sequence[Waiting]) -> bool:
+def leaves_room(own_call_ms: float, behind: Sequence[Waiting]) -> bool:
     """Whether every waiting request that could still be met (earliest deadline first, each with its
-    fastest rung) is still met after a call of `own_ms`."""
-    t = own_ms
+    fastest option) is still met after a call of `own_call_ms`."""
+    t = own_call_ms
     for w in behind:
-        if w.fastest_ms > w.left_ms:
+        if w.first_ms > w.left_ms:
             continue  # lost already; it must not drag others down with it
-        t += w.fastest_ms
-        if t > w.left_ms:
+        if t + w.first_ms > w.left_ms:
             return False
+        t += w.call_ms
     return True
 
 
@@ -185,16 +188,23 @@ class Choice:
     guarded: bool = False  # the blocking guard chose a shorter option than the time left allowed
 
 
+def call_ms(option: Option, tokens: int) -> float:
+    """Expected time the replica is busy with this option: first token + decode of `tokens`."""
+    return option.service_ms + (option.decode_ms_per_token or 0.0) * tokens
+
+
 def choose(
     plan: DispatchPlan,
     left_ms: float,
     *,
+    tokens: int = 0,
     scale: float = 1.0,
     behind: Sequence[Waiting] = (),
     too_long: Callable[[float], bool] | None = None,
 ) -> Choice:
-    """`scale`: the replica's measured time / table time (>= 1 when it runs slow), applied to every
-    option; `too_long(service_ms)`: the blocking guard, or None."""
+    """`tokens`: the request's max_new_tokens (its call decodes them before the next call starts);
+    `scale`: the replica's measured / table first-token time (>= 1 when it runs slow), applied to
+    every option; `too_long(call_ms)`: the blocking guard, or None."""
     threshold = left_ms * (1 + plan.tolerance)
     i = 0
     for j, o in enumerate(plan.options):
@@ -203,9 +213,9 @@ def choose(
         else:
             break
     fits = plan.options[i].latency_ms * scale <= threshold
-    while i > 0 and not leaves_room(plan.options[i].latency_ms * scale, behind):
+    while i > 0 and not leaves_room(call_ms(plan.options[i], tokens) * scale, behind):
         i -= 1
     unguarded = i
-    while i > 0 and too_long is not None and too_long(plan.options[i].service_ms * scale):
+    while i > 0 and too_long is not None and too_long(call_ms(plan.options[i], tokens) * scale):
         i -= 1
     return Choice(i, fits, left_ms, guarded=i < unguarded)

@@ -21,7 +21,7 @@ from serving.backends.registry import create_backend
 from serving.backends.simulated import SimulatedBackend
 from serving.config import ModelSettings
 from serving.deadline_gate import DeadlineGate
-from serving.dispatch import BlockingGuard, Choice, DispatchPlan, PlanError, Waiting, choose
+from serving.dispatch import BlockingGuard, Choice, DispatchPlan, PlanError, Waiting, call_ms, choose
 from serving.engine_prep import EnginePreparer
 from serving.errors import ServingConfigError
 from serving.replica_queue import ReplicaQueue
@@ -63,9 +63,16 @@ class Pending:
 
     token: int
     decode_ms_per_token: float | None
+    tokens: int = 0  # max_new_tokens: its call decodes them before the next call starts
     plan: DispatchPlan | None = None
     deadline: float = float("inf")
     choice: Choice | None = None
+
+    def fastest(self) -> tuple[float, float] | None:
+        """(budgeted latency, expected whole call) of the fastest option; None without a plan."""
+        if self.plan is None:
+            return None
+        return self.plan.fastest_ms, call_ms(self.plan.options[0], self.tokens)
 
 
 def _dispatch_view(choice: Choice | None) -> dict[str, Any] | None:
@@ -146,7 +153,7 @@ class MoEModel:
         k, req = self._checked(knobs, request)
         now = time.monotonic()
         token = next(self._tokens)
-        pending = Pending(token, decode_ms_per_token)
+        pending = Pending(token, decode_ms_per_token, req.max_new_tokens)
         if budget_ms is not None and math.isfinite(budget_ms):
             pending.deadline = now + max(0.0, budget_ms) / 1000
             pending.plan = self._plan(plan, req) if plan is not None else None
@@ -157,8 +164,7 @@ class MoEModel:
             if self.gate is None:
                 return await self._batched(k, req, expected_latency_ms, pending)
             deadline = pending.deadline if math.isfinite(pending.deadline) else now + 3600.0
-            fastest = pending.plan.fastest_ms if pending.plan is not None else None
-            async with self.gate.admitted(deadline, fastest):
+            async with self.gate.admitted(deadline, pending.fastest()):
                 return await self._batched(k, req, expected_latency_ms, pending)
         finally:
             self.queue.dropped(token)  # no-op once its backend call started
@@ -196,7 +202,8 @@ class MoEModel:
     def _bind(self, knobs: list[Knobs], expected: list[float | None], meta: list[Pending]) -> list[int]:
         """Late binding at the start of a backend call: each planned request gets the best option
         for the time it has left (serving.dispatch.choose), earliest deadline first, counting the
-        calls this batch runs before it. Returns the members in the order their calls should run."""
+        calls this batch runs before it and leaving room for the members after it and the requests
+        waiting at the deadline gate. Returns the members in the order their calls should run."""
         now = time.monotonic()
         order = sorted(range(len(meta)), key=lambda i: meta[i].deadline)
         if not any(m.plan is not None for m in meta):
@@ -205,26 +212,31 @@ class MoEModel:
         # it runs slower than its table (never faster: the table's tail figures stay the floor).
         ratio = self.queue.first_token_ratio()
         scale = max(1.0, ratio) if ratio is not None else 1.0
-        behind = [
-            Waiting((d - now) * 1000, f) for d, f in (self.gate.behind() if self.gate is not None else [])
-            if f is not None
-        ]
+
+        def waiting(deadline: float, fastest: tuple[float, float] | None) -> Waiting | None:
+            if fastest is None or not math.isfinite(deadline):
+                return None
+            return Waiting((deadline - now) * 1000, fastest[0] * scale, fastest[1] * scale)
+
+        gated = [w for d, f in (self.gate.behind() if self.gate is not None else []) if (w := waiting(d, f))]
+        members = {i: waiting(meta[i].deadline, meta[i].fastest()) for i in order}
         too_long = None if self.guard is None else (lambda ms: self.guard.too_long(ms, now))  # type: ignore[union-attr]
         ahead_ms, groups = 0.0, set()
-        for i in order:
+        for pos, i in enumerate(order):
             m = meta[i]
             if m.plan is not None:
-                m.choice = choose(m.plan, (m.deadline - now) * 1000 - ahead_ms, scale=scale, behind=behind,
-                                  too_long=too_long)
+                later = [w for j in order[pos + 1:] if (w := members[j]) is not None] + gated
+                m.choice = choose(m.plan, (m.deadline - now) * 1000 - ahead_ms, tokens=m.tokens, scale=scale,
+                                  behind=[w.shifted(ahead_ms) for w in later], too_long=too_long)
                 o = m.plan.options[m.choice.index]
                 if o.knobs != knobs[i]:
                     self.dispatch_counts["rebound"] += 1
                 self.dispatch_counts["late"] += not m.choice.fits
                 self.dispatch_counts["guarded"] += m.choice.guarded
                 knobs[i], expected[i], m.decode_ms_per_token = o.knobs, o.service_ms, o.decode_ms_per_token
-            if knobs[i] not in groups:  # a call of its own: what later members wait for
+            if knobs[i] not in groups:  # a call of its own (first token + decode): later members wait
                 groups.add(knobs[i])
-                ahead_ms += (expected[i] or 0.0) * scale
+                ahead_ms += ((expected[i] or 0.0) + (m.decode_ms_per_token or 0.0) * m.tokens) * scale
         return order
 
     def _checked(self, knobs: dict[str, Any], request: dict[str, Any]) -> tuple[Knobs, ModelRequest]:

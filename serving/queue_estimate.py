@@ -19,6 +19,10 @@ from statistics import median
 
 from serving.replica_queue import ReplicaReport
 
+# Answers whose overhead is not counted: a router's first calls to a model replica set up the
+# connection (tens of ms once), which is not the overhead later requests pay.
+COLD_ANSWERS = 2
+
 
 @dataclass(frozen=True)
 class WaitEstimate:
@@ -52,6 +56,7 @@ class QueueTracker:
         overhead_quantile: float = 0.9,
         window: int = 256,
         overhead_window_s: float = 30.0,
+        cold_answers: int = COLD_ANSWERS,
     ) -> None:
         self.max_batch_size = max(1, max_batch_size)
         self.stale_after_s, self.replica_ttl_s = stale_after_s, replica_ttl_s
@@ -64,6 +69,7 @@ class QueueTracker:
         # of the host (or a cold start) stops inflating every budget once it is past.
         self._overhead: deque[tuple[float, float]] = deque(maxlen=window)
         self.overhead_window_s = overhead_window_s
+        self._answers, self.cold_answers = 0, cold_answers
         # Measured first token / table latency: the table's latency is a first-token time, while a
         # backend call also decodes, so slowness is judged on the first token alone.
         self._first_token_ratios: deque[float] = deque(maxlen=window)
@@ -101,7 +107,9 @@ class QueueTracker:
                 self._first_token_ratios.append(first / expected_ms)
             if _finite_nonneg(queue_wait_ms):
                 assert queue_wait_ms is not None
-                self._overhead.append((now, max(0.0, router_ms - service_ms - queue_wait_ms)))
+                self._answers += 1
+                if self._answers > self.cold_answers:  # the first calls through a new handle connect
+                    self._overhead.append((now, max(0.0, router_ms - service_ms - queue_wait_ms)))
         if report is not None:
             self._reports[report.replica] = (now, report)
 

@@ -69,28 +69,39 @@ def test_choose_takes_the_highest_option_that_fits_the_time_left() -> None:
 
 
 def test_choose_leaves_room_for_the_requests_waiting_behind() -> None:
-    plan = _plan(40, 60, 80, 100)
-    # Alone: 100 fits 120 ms. Behind it, one with 150 ms left whose fastest is 40: 100 + 40 <= 150 ok.
-    assert choose(plan, 120, behind=[Waiting(150, 40)]).index == 3
-    # One with 110 ms left: 100 + 40 > 110, 60 + 40 <= 110 -> the 60 ms option.
-    assert choose(plan, 120, behind=[Waiting(110, 40)]).index == 1
+    plan = _plan(40, 60, 80, 100)  # expected calls 0.9 x latency + 1 ms per token
+    # Alone: 100 fits 120 ms. Behind it, one with 150 ms left whose fastest is 40: 91 + 40 <= 150 ok.
+    assert choose(plan, 120, behind=[Waiting(150, 40, 37)]).index == 3
+    # One with 110 ms left: 91 + 40 > 110, 55 + 40 <= 110 -> the 60 ms option.
+    assert choose(plan, 120, behind=[Waiting(110, 40, 37)]).index == 1
     # A waiting request that cannot be met anyway does not drag this one down.
-    assert choose(plan, 120, behind=[Waiting(20, 40)]).index == 3
+    assert choose(plan, 120, behind=[Waiting(20, 40, 37)]).index == 3
+
+
+def test_the_room_left_counts_the_decode_of_the_call_not_only_its_first_token() -> None:
+    plan = _plan(40, 60, 80, 100)
+    # 16 tokens at 1 ms each: the 80 ms option keeps the replica 72 + 16 = 88 ms; 88 + 40 > 120.
+    assert choose(plan, 200, tokens=0, behind=[Waiting(120, 40, 37)]).index == 2
+    assert choose(plan, 200, tokens=16, behind=[Waiting(120, 40, 37)]).index == 1
 
 
 def test_leaves_room_counts_every_waiting_request_in_deadline_order() -> None:
-    assert leaves_room(50, [Waiting(100, 40), Waiting(140, 40)])
-    assert not leaves_room(50, [Waiting(100, 40), Waiting(120, 40)])
+    assert leaves_room(50, [Waiting(100, 40, 40), Waiting(140, 40, 40)])
+    assert not leaves_room(50, [Waiting(100, 40, 40), Waiting(120, 40, 40)])
+    # The second waits for the first's whole call (decode included), not only its first token.
+    assert not leaves_room(50, [Waiting(100, 40, 60), Waiting(140, 40, 40)])
     assert leaves_room(50, [])
+    assert Waiting(100, 40, 60).shifted(30) == Waiting(70, 40, 60)
 
 
 def test_blocking_guard_prices_a_call_by_the_misses_it_causes() -> None:
     g = BlockingGuard(miss_budget=0.01, horizon_s=10.0)
     assert g.expected_misses(100, 0.0) == 0.0  # nothing known yet: no limit
-    for i in range(100):  # 10 requests per second for 10 s, slack 40 ms each; no call has run yet
-        g.arrived(i * 0.1, 40.0, busy=False)
-    now = 9.9
-    assert g.rate_per_ms(now) == pytest.approx(0.01, rel=0.02)  # the plain arrival rate stands in
+    for i in range(100):  # busy all the time with 100 ms calls; 10 newcomers per second, slack 40 ms
+        g.ran(i * 0.1, (i + 1) * 0.1)
+        g.arrived(i * 0.1 + 0.05, 40.0, busy=True)
+    now = 9.99
+    assert g.rate_per_ms(now) == pytest.approx(0.01, rel=0.02)
     # A 60 ms call: each arrival during it waits up to 60 - u ms; those with u < 20 ms miss.
     assert g.expected_misses(60, now) == pytest.approx(0.01 * 20, rel=0.02)
     assert g.expected_misses(40, now) == 0.0
@@ -101,6 +112,14 @@ def test_blocking_guard_prices_a_call_by_the_misses_it_causes() -> None:
     # Arrivals stop: after the horizon the rate is gone and so is the limit.
     later = choose(plan, 500, too_long=lambda ms: g.too_long(ms, 30.0))
     assert g.rate_per_ms(30.0) == 0.0 and later.index == 2 and not later.guarded
+
+
+def test_a_client_that_waits_for_each_answer_is_never_limited() -> None:
+    g = BlockingGuard(miss_budget=0.01)
+    for i in range(50):  # sequential: each request arrives after the previous call ended
+        g.arrived(i * 0.1, 10.0, busy=False)
+        g.ran(i * 0.1 + 0.001, i * 0.1 + 0.09)
+    assert g.rate_per_ms(5.0) == 0.0 and not g.too_long(1000, 5.0)
 
 
 def test_blocking_guard_counts_only_newcomers_that_found_the_replica_busy() -> None:
@@ -122,7 +141,7 @@ def test_blocking_guard_refuses_a_meaningless_budget(bad: float) -> None:
 
 
 def test_deadline_gate_lists_who_waits_with_their_fastest_option() -> None:
-    async def run() -> list[tuple[float, float | None]]:
+    async def run() -> list[tuple[float, object]]:
         gate, release = DeadlineGate(slots=1), asyncio.Event()
 
         async def holder() -> None:

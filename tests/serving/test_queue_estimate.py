@@ -19,7 +19,7 @@ def test_empty_router_expects_no_wait() -> None:
 
 
 def test_in_flight_work_is_priced_per_backend_call_and_measured_ratio() -> None:
-    t = QueueTracker(max_batch_size=4)
+    t = QueueTracker(max_batch_size=4, cold_answers=0)
     for i in range(5):  # 5 of one config: two backend calls of 100 ms
         t.sent(i, "low_4_12", 100.0)
     t.sent(9, "high_8_16", 200.0)
@@ -139,9 +139,16 @@ def test_report_with_non_finite_backlog_does_not_poison_the_estimate() -> None:
 
 
 def test_an_overhead_spike_stops_counting_once_it_is_older_than_the_window() -> None:
-    t = QueueTracker(max_batch_size=1, overhead_quantile=0.99, overhead_window_s=30.0)
+    t = QueueTracker(max_batch_size=1, overhead_quantile=0.99, overhead_window_s=30.0, cold_answers=0)
     t.done(0, 0.0, expected_ms=10.0, service_ms=10.0, router_ms=2010.0, queue_wait_ms=0.0, report=None)  # a stall
     for i in range(1, 50):
         t.done(i, 20.0 + i * 0.1, expected_ms=10.0, service_ms=10.0, router_ms=13.0, queue_wait_ms=0.0, report=None)
     assert t.estimate(25.0).overhead_ms == pytest.approx(2000.0)  # still within the window: p99 is the stall
     assert t.estimate(31.0).overhead_ms == pytest.approx(3.0)  # past it: only the recent overhead counts
+
+
+def test_the_first_answers_through_a_new_handle_do_not_count_as_overhead() -> None:
+    t = QueueTracker(max_batch_size=1, overhead_quantile=0.99)
+    for i, router_ms in enumerate([80.0, 40.0, 13.0, 12.0]):  # two cold calls, then the steady overhead
+        t.done(i, 1.0, expected_ms=10.0, service_ms=10.0, router_ms=router_ms, queue_wait_ms=0.0, report=None)
+    assert t.estimate(1.0).overhead_ms == pytest.approx(3.0)
