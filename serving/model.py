@@ -349,9 +349,14 @@ class MoEModel:
                 self.queue.finished(group, max(known) if known else None, service_ms)
             report = self.queue.report(time.monotonic()).to_dict()
             crops_for = getattr(self.backend, "crops_for", None)
+            # One first-token ratio per call: its first token / the sum of its members' table
+            # latencies (an engine prefills a batch's members one after another).
+            call_first = max(first_token_ms(self.backend, o.timings_ms, service_ms) for o in outputs)
+            ratio = call_first / sum(known) if known and sum(known) > 0 else None
+            if ratio is not None:
+                self.queue.first_token(call_first, sum(known))
             for j, (i, o) in enumerate(zip(idx, outputs, strict=True)):
                 first_ms = first_token_ms(self.backend, o.timings_ms, service_ms)
-                self.queue.first_token(first_ms, expected[i])
                 out[i] = {
                     "text": o.text,
                     "output_tokens": o.output_tokens,
@@ -368,6 +373,7 @@ class MoEModel:
                     "queue_wait_ms": waits[j],
                     "service_ms": service_ms,
                     "first_token_ms": first_ms,
+                    "first_token_ratio": ratio,
                     "crops": crops_for(k, requests[i]) if crops_for is not None else None,
                     "replica_load": report,
                     # Late binding: which option of the request's plan ran, and whether it fitted.

@@ -173,7 +173,8 @@ class QueueAdmission:
             router_ms=router_ms,
             queue_wait_ms=float(wait) if isinstance(wait, (int, float)) else None,
             report=_report(out.get("replica_load")),
-            first_token_ms=_first_token_ms(out),
+            first_token_ms=_number(out.get("first_token_ms")),
+            first_token_ratio=_number(out.get("first_token_ratio")),
         )
         if self.feedback is not None:
             self.feedback.add(observation(answer.knobs.key, out))
@@ -190,8 +191,7 @@ class QueueAdmission:
         }
 
 
-def _first_token_ms(out: dict[str, Any]) -> float | None:
-    """The replica's first-token time for this request (what the table's latency describes), when
-    it says so; None leaves the tracker on the whole call."""
-    value = out.get("first_token_ms")
+def _number(value: Any) -> float | None:
+    """A number the replica reported (first-token time or ratio); None for anything else, which
+    leaves the tracker on the whole call."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

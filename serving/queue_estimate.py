@@ -93,18 +93,26 @@ class QueueTracker:
         queue_wait_ms: float | None,
         report: ReplicaReport | None,
         first_token_ms: float | None = None,
+        first_token_ratio: float | None = None,
     ) -> None:
         """An answer came back. router_ms is the router's whole time for the request; what it
-        spent outside the replica's queue and service is the overhead we budget for."""
+        spent outside the replica's queue and service is the overhead we budget for.
+        `first_token_ratio`: the replica's own first token / table for the backend call (a batch's
+        prefills run one after another, so one member's first token / its own table latency would
+        read batching as slowness); it wins over first_token_ms / expected_ms."""
         self._in_flight.pop(token, None)
         if _finite_nonneg(service_ms):
             assert service_ms is not None
             self._service.append(service_ms)
             if expected_ms is not None and expected_ms > 0:
                 self._ratios.append(service_ms / expected_ms)
-                first = first_token_ms if _finite_nonneg(first_token_ms) else service_ms
-                assert first is not None
-                self._first_token_ratios.append(first / expected_ms)
+                if _finite_nonneg(first_token_ratio):
+                    assert first_token_ratio is not None
+                    self._first_token_ratios.append(first_token_ratio)
+                else:
+                    first = first_token_ms if _finite_nonneg(first_token_ms) else service_ms
+                    assert first is not None
+                    self._first_token_ratios.append(first / expected_ms)
             if _finite_nonneg(queue_wait_ms):
                 assert queue_wait_ms is not None
                 self._answers += 1

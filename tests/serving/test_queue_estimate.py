@@ -152,3 +152,18 @@ def test_the_first_answers_through_a_new_handle_do_not_count_as_overhead() -> No
     for i, router_ms in enumerate([80.0, 40.0, 13.0, 12.0]):  # two cold calls, then the steady overhead
         t.done(i, 1.0, expected_ms=10.0, service_ms=10.0, router_ms=router_ms, queue_wait_ms=0.0, report=None)
     assert t.estimate(1.0).overhead_ms == pytest.approx(3.0)
+
+
+def test_a_batch_first_token_ratio_from_the_replica_wins_over_one_members_first_token() -> None:
+    """A batch of 8 prefilled one after another: each member's first token is ~8x its own table
+    latency, which is batching, not a slow model; the replica's call-level ratio says 1.0."""
+    t = QueueTracker(max_batch_size=8)
+    for i in range(20):
+        t.done(i, 1.0, expected_ms=10.0, service_ms=100.0, router_ms=101.0, queue_wait_ms=0.0, report=None,
+               first_token_ms=80.0, first_token_ratio=1.0)
+    assert t.ratio_quantile(0.9) == pytest.approx(1.0)
+    t2 = QueueTracker(max_batch_size=8)
+    for i in range(20):
+        t2.done(i, 1.0, expected_ms=10.0, service_ms=100.0, router_ms=101.0, queue_wait_ms=0.0, report=None,
+                first_token_ms=80.0)
+    assert t2.ratio_quantile(0.9) == pytest.approx(8.0)
