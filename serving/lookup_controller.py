@@ -11,6 +11,7 @@ from typing import Any
 from ray import serve
 
 from controller import Table
+from controller.decision import Decision
 from controller.signing import read_key_file
 from controller.store import TableStore
 from controller.validate import validate_budget, validate_tolerance
@@ -198,9 +199,9 @@ class LookupController:
 
     async def resolve(
         self, budget_ms: float, tolerance: float | None = None, dataset: str | None = None
-    ) -> dict[str, Any]:
+    ) -> Decision:
         """`Table.resolve` on this replica's table, batched with other callers' budgets: the same
-        decision, as `Decision.to_dict()` (the router's remote mode)."""
+        `Decision` (the router's remote mode; `Decision.to_dict()` for JSON)."""
         # Validated one by one so that one bad budget cannot fail a whole batch.
         budget = validate_budget(budget_ms)
         tol = None if tolerance is None else validate_tolerance(tolerance)
@@ -209,7 +210,7 @@ class LookupController:
     @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s)
     async def _resolve_batch(
         self, budgets: list[float], tolerances: list[float | None], datasets: list[str | None]
-    ) -> list[dict[str, Any]]:
+    ) -> list[Decision]:
         table = self.table  # one table for the whole batch: every answer carries its version
         if table is None:
             raise NoTableError(f"no table loaded yet: {self._why_no_table()}")
@@ -217,12 +218,12 @@ class LookupController:
         groups: dict[tuple[float | None, str | None], list[int]] = {}
         for i, key in enumerate(zip(tolerances, datasets, strict=True)):
             groups.setdefault(key, []).append(i)
-        out: list[dict[str, Any]] = [{} for _ in budgets]
+        out: list[Decision | None] = [None for _ in budgets]
         for (tol, dataset), idx in groups.items():
             decisions = table.resolve_many([budgets[i] for i in idx], tolerance=tol, dataset=dataset)
             for i, d in zip(idx, decisions, strict=True):
-                out[i] = d.to_dict()
-        return out
+                out[i] = d
+        return [d for d in out if d is not None]
 
     async def current_version_of_replica(self) -> tuple[str, str | None]:
         """(replica id, version served): lets a caller check that every replica has caught up."""

@@ -138,7 +138,7 @@ class MoEModel:
 
     async def generate(
         self,
-        knobs: dict[str, Any],
+        knobs: Knobs | dict[str, Any],
         request: dict[str, Any],
         expected_latency_ms: float | None = None,
         decode_ms_per_token: float | None = None,
@@ -239,10 +239,11 @@ class MoEModel:
                 ahead_ms += ((expected[i] or 0.0) + (m.decode_ms_per_token or 0.0) * m.tokens) * scale
         return order
 
-    def _checked(self, knobs: dict[str, Any], request: dict[str, Any]) -> tuple[Knobs, ModelRequest]:
+    def _checked(self, knobs: Knobs | dict[str, Any], request: dict[str, Any]) -> tuple[Knobs, ModelRequest]:
         """Refuse one request, not the batch it would join: a config this backend cannot run (a
-        table published after start may hold one), or too many tokens for the engine (413)."""
-        k = Knobs.from_mapping(knobs)
+        table published after start may hold one), or too many tokens for the engine (413). The
+        router sends Knobs as they are; a mapping (a direct handle call) is validated into Knobs."""
+        k = knobs if isinstance(knobs, Knobs) else Knobs.from_mapping(knobs)
         self.backend.validate_knobs(k)
         req = ModelRequest(**request)
         check_request = getattr(self.backend, "check_request", None)
@@ -252,7 +253,7 @@ class MoEModel:
 
     async def generate_stream(
         self,
-        knobs: dict[str, Any],
+        knobs: Knobs | dict[str, Any],
         request: dict[str, Any],
         expected_latency_ms: float | None = None,
         decode_ms_per_token: float | None = None,

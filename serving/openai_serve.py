@@ -62,7 +62,7 @@ async def handle(router: Any, request: Request, kind: str) -> Response:
                             status_code=refused.status_code,
                             headers=headers | {k: v for k, v in refused.headers.items() if k.lower() == "retry-after"})
     payload = {"prompt": req.prompt, "max_new_tokens": req.max_new_tokens, "image_b64": req.image_b64}
-    args = (answer.knobs.as_dict(), payload, answer.service_ms, answer.decode_ms_per_token)
+    args = (answer.knobs, payload, answer.service_ms, answer.decode_ms_per_token)
     rid = openai_api.new_id(kind)
     if req.stream:
         events = _events(router, req, answer, args, started, rid)

@@ -11,14 +11,15 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from controller.decision import Decision
 from controller.ladder import Rung
+from serving.answer import Answer
 from serving.budget_plan import Policy, refuse_strict, remaining_budget_ms, resolvable
 from serving.config import ServingConfig
 from serving.dispatch import DispatchPlan
 from serving.feedback import FeedbackSender, observation
 from serving.queue_estimate import QueueTracker, WaitEstimate
 from serving.replica_queue import ReplicaReport
-from serving.resolver import Answer
 
 NO_WAIT = WaitEstimate(0.0, 0.0, 0, 1, "off")
 
@@ -139,19 +140,13 @@ class QueueAdmission:
         i, fits = view.get("option"), view.get("fits")
         if type(i) is not int or not 0 <= i < len(rungs) or not isinstance(fits, bool):
             return answer
-        r = rungs[i]
-        return replace(
-            answer,
-            knobs=r.stats.knobs,
-            expected_accuracy=r.stats.accuracy,
-            expected_latency_ms=r.latency_ms,
-            feasible=fits,
-            bound_at="replica",
-            first_token_ms=r.stats.latency_ms,
-            decode_ms_per_token=r.stats.decode_ms_per_token,
-            expected_decode_ms=(r.latency_ms - r.stats.latency_ms) if self.covers == "total" else None,
-            service_ms=r.service_ms,
-        )
+        r, d = rungs[i], answer.decision
+        if d is None:
+            return answer
+        decision = Decision(r.stats.knobs, r.stats.accuracy, r.latency_ms, fits, d.scope, d.table_version,
+                            d.budget_ms, d.tolerance, r.stats)
+        decode = (r.latency_ms - r.stats.latency_ms) if self.covers == "total" else None
+        return replace(answer, decision=decision, expected_decode_ms=decode, bound_at="replica")
 
     def sent(self, answer: Answer) -> int:
         token = next(self._tokens)

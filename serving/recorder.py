@@ -11,7 +11,7 @@ from serving.metrics import ControllerMetrics, RouterMetrics
 from serving.stats import RouterStats
 
 if TYPE_CHECKING:
-    from serving.resolver import Answer
+    from serving.answer import Answer
 
 
 def _tag(value: bool | None) -> str:

@@ -5,104 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
 from controller import Table
 from controller.decode_budget import resolve_total
-from controller.knobs import Knobs
 from controller.ladder import Rung, ladder
-from controller.stats import ConfigStats
+from serving.answer import Answer
 from serving.config import ControllerSettings, FallbackSettings
 
 log = logging.getLogger("ray.serve")
 
 
-@dataclass(frozen=True)
-class Answer:
-    """What the router needs from a decision; `fallback` marks answers made without a table."""
-
-    knobs: Knobs
-    expected_accuracy: float | None
-    expected_latency_ms: float | None
-    feasible: bool | None
-    scope: str | None
-    table_version: str | None
-    budget_ms: float
-    tolerance: float | None
-    fallback: bool = False
-    # Queue-aware resolve (serving.budget_plan): the budget the knobs were resolved for, and why.
-    remaining_budget_ms: float | None = None
-    queue_wait_ms: float | None = None
-    overhead_ms: float | None = None
-    policy: str | None = None
-    covers: str = "first_token"
-    # The config's first-token latency and decode rate (expected_latency_ms is the whole request's
-    # when the budget covers it); None where unknown.
-    first_token_ms: float | None = None
-    decode_ms_per_token: float | None = None
-    expected_decode_ms: float | None = None
-    # The config's mean first-token latency: what the model is expected to take on average (the
-    # queue estimate prices work with it; a quantile table's latency_ms is a tail figure).
-    service_ms: float | None = None
-    # The scope's ladder (controller.ladder) for this request's coverage: what late binding may
-    # choose from at the replica. Empty for answers without a local table.
-    rungs: tuple[Rung, ...] = ()
-    # "router": the knobs this router resolved; "replica": chosen again by the model replica when
-    # the request left its queue (late binding), from the rungs the router sent.
-    bound_at: str = "router"
-
-    def model_budget_ms(self) -> float | None:
-        """What the model replica may spend: the budget left after the overhead the router expects
-        outside the replica (its deadline, when the replica schedules by deadline)."""
-        if self.budget_ms is None:
-            return None
-        return max(0.0, float(self.budget_ms) - float(self.overhead_ms or 0.0))
-
-    @classmethod
-    def from_decision_dict(cls, d: dict[str, Any]) -> Answer:
-        return cls(
-            Knobs(d["tier"], d["top_k"], d["num_active_blocks"]),
-            d["accuracy"],
-            d["latency"],
-            d["feasible"],
-            d["scope"],
-            d["table_version"],
-            d["budget_ms"],
-            d["tolerance"],
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "knobs": self.knobs.as_dict(),
-            "expected_accuracy": self.expected_accuracy,
-            "expected_latency_ms": self.expected_latency_ms,
-            "feasible": self.feasible,
-            "scope": self.scope,
-            "table_version": self.table_version,
-            "budget_ms": self.budget_ms,
-            "tolerance": self.tolerance,
-            "fallback": self.fallback,
-            "remaining_budget_ms": self.remaining_budget_ms,
-            "queue_wait_ms": self.queue_wait_ms,
-            "overhead_ms": self.overhead_ms,
-            "budget_policy": self.policy,
-            "budget_covers": self.covers,
-            "expected_decode_ms": self.expected_decode_ms,
-            "knobs_bound_at": self.bound_at,
-        }
-
-
 def fallback_answer(fallback: FallbackSettings, budget_ms: float, tolerance: float | None) -> Answer:
-    latency = fallback.expected_latency_ms
-    feasible = None if latency is None else latency <= budget_ms * (1 + (tolerance or 0.0))
-    return Answer(fallback.knobs.to_knobs(), None, latency, feasible, None, None, budget_ms, tolerance, True,
-                  first_token_ms=latency, service_ms=latency)
-
-
-def _mean_first_token(stats: ConfigStats) -> float:
-    return stats.latency_mean if stats.latency_mean is not None and stats.latency_mean > 0 else stats.latency_ms
+    return Answer.without_table(fallback.knobs.to_knobs(), fallback.expected_latency_ms, budget_ms, tolerance)
 
 
 async def await_response(response: Any) -> Any:
@@ -209,27 +126,10 @@ class Resolver:
                 return fallback_answer(self.fallback, budget_ms, tolerance)
             if max_new_tokens is not None:
                 d, decode = resolve_total(table, budget_ms, max_new_tokens, tolerance=tolerance, dataset=dataset)
-                return Answer(
-                    d.knobs, d.expected_accuracy, d.expected_latency_ms, d.feasible, d.scope, d.table_version,
-                    d.budget_ms, d.tolerance, covers="total", first_token_ms=d.stats.latency_ms,
-                    decode_ms_per_token=d.stats.decode_ms_per_token, expected_decode_ms=decode,
-                    service_ms=_mean_first_token(d.stats), rungs=self.ladders.get(table, d.scope, max_new_tokens),
-                )
+                return Answer(d, d.budget_ms, d.tolerance, covers="total", expected_decode_ms=decode,
+                              rungs=self.ladders.get(table, d.scope, max_new_tokens))
             d = table.resolve(budget_ms, tolerance=tolerance, dataset=dataset)
-            return Answer(
-                d.knobs,
-                d.expected_accuracy,
-                d.expected_latency_ms,
-                d.feasible,
-                d.scope,
-                d.table_version,
-                d.budget_ms,
-                d.tolerance,
-                first_token_ms=d.expected_latency_ms,
-                decode_ms_per_token=d.stats.decode_ms_per_token,
-                service_ms=_mean_first_token(d.stats),
-                rungs=self.ladders.get(table, d.scope, None),
-            )
+            return Answer(d, d.budget_ms, d.tolerance, rungs=self.ladders.get(table, d.scope, None))
         response = self.controller.resolve.remote(budget_ms, tolerance, dataset)
         try:
             d = await asyncio.wait_for(await_response(response), timeout=self.settings.timeout_s)
@@ -237,8 +137,7 @@ class Resolver:
             response.cancel()
             log.debug("Router: controller did not answer (%s); fallback", e)
             return fallback_answer(self.fallback, budget_ms, tolerance)
-        answer = Answer.from_decision_dict(d)
-        return replace(answer, first_token_ms=answer.expected_latency_ms, service_ms=answer.expected_latency_ms)
+        return Answer(d, d.budget_ms, d.tolerance)  # the controller's Decision, as Table.resolve made it
 
     async def controller_status(self) -> dict[str, Any]:
         if self.controller is None:

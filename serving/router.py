@@ -11,6 +11,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving import openai_api, openai_serve
+from serving.answer import Answer
 from serving.auth import HEADER, ActiveKeys, ApiKeys
 from serving.body import generate_body
 from serving.budget_plan import parse_policy
@@ -21,7 +22,7 @@ from serving.public_views import controller_status as public_controller
 from serving.public_views import local_table_status
 from serving.queue_admission import QueueAdmission
 from serving.recorder import router_recorder
-from serving.resolver import Answer, Resolver
+from serving.resolver import Resolver
 
 api = FastAPI(title="MoE latency-budget router")
 
@@ -138,7 +139,7 @@ class Router:
         try:
             output = await call_model(
                 self.model.generate.remote(
-                    answer.knobs.as_dict(), payload, answer.service_ms, answer.decode_ms_per_token,
+                    answer.knobs, payload, answer.service_ms, answer.decode_ms_per_token,
                     answer.model_budget_ms(), plan,
                 ),
                 m.assign_timeout_s,

@@ -163,10 +163,10 @@ def test_remote_batched_resolve_equals_the_library(app) -> None:
     responses = [handle.resolve.remote(b, None, "vqav2" if i % 2 else None) for i, b in enumerate(budgets)]
     for i, (b, resp) in enumerate(zip(budgets, responses, strict=True)):
         d = table.resolve(b, dataset="vqav2" if i % 2 else None)
-        got = resp.result(timeout_s=30)
-        assert (got["tier"], got["top_k"], got["num_active_blocks"]) == (d.tier, d.top_k, d.num_active_blocks)
-        assert got["feasible"] == d.feasible and got["scope"] == d.scope
-        assert got["table_version"] == table.version_id
+        got = resp.result(timeout_s=30)  # the Decision itself (one shape from resolve to the router)
+        assert (got.tier, got.top_k, got.num_active_blocks) == (d.tier, d.top_k, d.num_active_blocks)
+        assert got.feasible == d.feasible and got.scope == d.scope
+        assert got.table_version == table.version_id and got == d
 
 
 def test_concurrent_requests_with_different_budgets_each_run_their_own_knobs(app) -> None:
