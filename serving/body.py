@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from serving.config import LimitSettings
-from serving.inputs import BadInput
+from serving.errors import BadInput
 
 SHAPE = 'send JSON like {"prompt": "...", "max_new_tokens": 16, "image": "<base64>"}'
 FIELDS = ("prompt", "image", "max_new_tokens")

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from serving.errors import BadInput
 from serving.queue_estimate import WaitEstimate
 
 Policy = Literal["best-effort", "strict"]
@@ -72,8 +73,6 @@ def refuse_strict(
 
 def parse_policy(raw: str | None, field: str, default: Policy) -> Policy:
     """The X-Budget-Policy header: absent or empty -> the configured default; else one of POLICIES."""
-    from serving.inputs import BadInput
-
     if raw is None or raw.strip() == "":
         return default
     text = raw.strip().lower()

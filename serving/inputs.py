@@ -2,52 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import re
-from typing import Any
 
 from controller.errors import BudgetError
 from controller.validate import validate_budget
 from serving.config import BudgetSettings
-from serving.errors import ServingError
+from serving.errors import BadInput
 
-PREFIX_CHARS = 64  # errors quote at most this much of a value: a 10 MB prompt gets a short answer
 # Plain ASCII decimal numbers only: float() would also take "1_000", Unicode digits and "infinity".
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
-
-
-def prefix(value: Any) -> Any:
-    """JSON-safe, short form of a client value for an error body."""
-    if value is None or isinstance(value, bool) or (isinstance(value, int) and abs(value) < 10**18):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    text = value if isinstance(value, str) else repr(value)
-    # backslashreplace: a lone surrogate or odd byte must not break the JSON encoder
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text if len(text) <= PREFIX_CHARS else f"{text[:PREFIX_CHARS]}... ({len(text)} chars)"
-
-
-class BadInput(ServingError):
-    """Becomes a 400 (413 for sizes) JSON error naming the field, a short prefix of the value and
-    what is accepted. `field` is always one of ours (a configured header, a query or body field
-    name, or "body"), never a client-chosen key: it is also a stats key and a metric tag."""
-
-    def __init__(self, field: str, value: Any, problem: str, accepted: str, status: int = 400) -> None:
-        self.field, self.value, self.problem, self.accepted = field, prefix(value), problem, accepted
-        self.status = status
-        super().__init__(f"{field}={self.value!r} {problem}; {accepted}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "field": self.field,
-                "value": self.value,
-                "problem": self.problem,
-                "accepted": self.accepted,
-                "message": str(self),
-            }
-        }
 
 
 def single(values: list[str], field: str) -> str | None:

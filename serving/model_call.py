@@ -15,23 +15,9 @@ from typing import Any
 from controller.errors import ControllerError
 from controller.store import short
 from moe.errors import InputTooLongError
-from serving.errors import ServingError
+from serving.errors import ModelCallError
 
 log = logging.getLogger("ray.serve")
-
-
-class ModelCallError(ServingError):
-    """`kind` is one of a fixed set, so that it can be a metric tag and a client can branch on it."""
-
-    KINDS = ("model_unavailable", "model_timeout", "unsupported_config", "model_error", "input_too_long")
-
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        assert kind in self.KINDS
-        self.status, self.kind, self.message = status, kind, message
-        super().__init__(f"{kind}: {message}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, "message": self.message}
 
 
 async def _assigned(response: Any) -> None:

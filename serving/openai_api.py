@@ -17,7 +17,7 @@ from typing import Any
 
 from serving.body import validate_body
 from serving.config import LimitSettings
-from serving.inputs import BadInput
+from serving.errors import BadInput
 
 MODEL_ID = "moe-budget"  # the one model /v1/models lists; requests must name it
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")

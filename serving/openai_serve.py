@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from serving import openai_api
 from serving.body import parse_json, read_body
 from serving.budget_plan import parse_policy
-from serving.inputs import BadInput, parse_budget, parse_dataset, parse_tolerance, single
-from serving.model_call import ModelCallError, call_model, describe_failure
+from serving.errors import BadInput, ModelCallError
+from serving.inputs import parse_budget, parse_dataset, parse_tolerance, single
+from serving.model_call import call_model, describe_failure
 
 BODY_BUDGET = "latency_budget_ms"
 

@@ -16,8 +16,9 @@ from serving.auth import HEADER, ActiveKeys, ApiKeys
 from serving.body import generate_body
 from serving.budget_plan import parse_policy
 from serving.config import ServingConfig
-from serving.inputs import BadInput, parse_budget, parse_dataset, parse_tolerance, single
-from serving.model_call import ModelCallError, call_model
+from serving.errors import BadInput, ModelCallError
+from serving.inputs import parse_budget, parse_dataset, parse_tolerance, single
+from serving.model_call import call_model
 from serving.public_views import controller_status as public_controller
 from serving.public_views import local_table_status
 from serving.queue_admission import QueueAdmission

@@ -23,7 +23,8 @@ from controller.knobs import TIERS
 from controller.store import LATEST, TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
-from serving.model_call import ModelCallError, describe_failure
+from serving.errors import ModelCallError
+from serving.model_call import describe_failure
 from tests.support.load import LoadLoop
 from tests.support.tables import synthetic_table
 from tests.support.waiting import until

@@ -67,8 +67,8 @@ def main(address: str, store_dir: str, http_port: int, worker_pid: int) -> int:
     from controller.store import TableStore
     from serving.app import build_app_from_config
     from serving.config import ServingConfig
+    from serving.errors import ModelCallError
     from serving.local import import_ray_quietly
-    from serving.model_call import ModelCallError
     from tests.support.load import LoadLoop
     from tests.support.tables import synthetic_table
 

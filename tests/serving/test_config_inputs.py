@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from serving.body import validate_body
 from serving.config import BudgetSettings, LimitSettings, ServingConfig, load_config
-from serving.inputs import BadInput, parse_budget, parse_dataset, parse_tolerance, single
+from serving.errors import BadInput
+from serving.inputs import parse_budget, parse_dataset, parse_tolerance, single
 
 H = "X-Latency-Budget-Ms"
 ROOT = Path(__file__).resolve().parents[2]

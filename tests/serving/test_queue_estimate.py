@@ -7,7 +7,7 @@ import pytest
 
 from serving.budget_plan import parse_policy, refuse_strict, remaining_budget_ms, resolvable
 from serving.config import AutoRecalibrateSettings
-from serving.inputs import BadInput
+from serving.errors import BadInput
 from serving.live_feedback import AutoState, should_publish
 from serving.queue_estimate import QueueTracker, WaitEstimate
 from serving.replica_queue import ReplicaQueue, ReplicaReport
