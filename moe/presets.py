@@ -13,7 +13,7 @@ from moe.errors import ModelLoadError
 from moe.knob_patch import install_knobs
 from moe.vision import VisionStage, build_vision_stage
 
-__all__ = ["ModelLoadError", "PRESETS", "LoadedModel", "build_model", "resolve_dtype"]
+__all__ = ["PRESETS", "LoadedModel", "build_model", "resolve_dtype"]
 
 
 @dataclass(frozen=True)

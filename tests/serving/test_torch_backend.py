@@ -6,7 +6,7 @@ import pytest
 
 from controller.errors import KnobError
 from controller.knobs import Knobs
-from moe.presets import ModelLoadError
+from moe.errors import ModelLoadError
 from serving.backends.base import Backend, ModelRequest
 from serving.backends.torch_backend import TorchBackend
 
