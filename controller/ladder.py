@@ -10,6 +10,7 @@ tokens, as `controller.decode_budget.resolve_total` counts it), which reorders c
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from controller.decode_budget import MAX_NEW_TOKENS, decode_rates
@@ -56,11 +57,12 @@ def ladder(table: Table, dataset: str | None = None, max_new_tokens: int | None 
     return tuple(rungs)
 
 
-def highest_fitting(rungs: tuple[Rung, ...], threshold_ms: float) -> int:
-    """Index of the highest rung with latency <= threshold_ms; 0 (the fastest) when none fits."""
+def highest_fitting(latencies_ms: Iterable[float], threshold_ms: float) -> int:
+    """Index of the highest rung (latencies ascending) with latency <= threshold_ms; 0 (the
+    fastest) when none fits."""
     best = 0
-    for i, r in enumerate(rungs):
-        if r.latency_ms <= threshold_ms:
+    for i, latency in enumerate(latencies_ms):
+        if latency <= threshold_ms:
             best = i
         else:
             break

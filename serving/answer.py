@@ -41,8 +41,9 @@ class Answer:
 
     @classmethod
     def without_table(cls, knobs: Knobs, latency_ms: float | None, budget_ms: float,
-                      tolerance: float | None, fallback: bool = True) -> Answer:
-        return cls(None, budget_ms, tolerance, fallback, fallback_knobs=knobs, fallback_latency_ms=latency_ms)
+                      tolerance: float | None) -> Answer:
+        """The fallback config's answer (resolve_mode fixed clears the flag: its config is no fallback)."""
+        return cls(None, budget_ms, tolerance, True, fallback_knobs=knobs, fallback_latency_ms=latency_ms)
 
     # -- the decision, read through ---------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from controller.errors import KnobError
 from controller.knobs import Knobs
-from controller.ladder import Rung
+from controller.ladder import Rung, highest_fitting
 from serving.errors import ServingConfigError, ServingError
 
 MAX_OPTIONS = 256  # a ladder holds at most one rung per config; tables have a few dozen
@@ -119,12 +119,13 @@ class BlockingGuard:
                 f"model.blocking_miss_budget={miss_budget!r} must be a finite number > 0"
             )
         self.miss_budget, self.horizon_s, self.min_busy_s = miss_budget, horizon_s, min_busy_s
-        self._arrivals: deque[tuple[float, bool]] = deque(maxlen=4096)  # (when, found it busy)
+        self._busy_arrivals: deque[float] = deque(maxlen=4096)  # when a newcomer found it busy
         self._calls: deque[tuple[float, float]] = deque(maxlen=4096)  # (ended, seconds it ran)
         self._slacks: deque[float] = deque(maxlen=window)
 
     def arrived(self, now: float, slack_ms: float, busy: bool) -> None:
-        self._arrivals.append((now, busy))
+        if busy:
+            self._busy_arrivals.append(now)
         if math.isfinite(slack_ms):
             self._slacks.append(slack_ms)
 
@@ -135,12 +136,12 @@ class BlockingGuard:
     def rate_per_ms(self, now: float) -> float:
         """Newcomers per ms that find this replica busy (over at least `min_busy_s` of busy time,
         so that a replica that has hardly run yet does not divide by almost nothing)."""
-        while self._arrivals and now - self._arrivals[0][0] > self.horizon_s:
-            self._arrivals.popleft()
+        while self._busy_arrivals and now - self._busy_arrivals[0] > self.horizon_s:
+            self._busy_arrivals.popleft()
         while self._calls and now - self._calls[0][0] > self.horizon_s:
             self._calls.popleft()
         busy_s = sum(d for _, d in self._calls)
-        return sum(b for _, b in self._arrivals) / max(busy_s, self.min_busy_s) / 1000
+        return len(self._busy_arrivals) / max(busy_s, self.min_busy_s) / 1000
 
     def expected_misses(self, service_ms: float, now: float) -> float:
         if not self._slacks:
@@ -206,12 +207,7 @@ def choose(
     `scale`: the replica's measured / table first-token time (>= 1 when it runs slow), applied to
     every option; `too_long(call_ms)`: the blocking guard, or None."""
     threshold = left_ms * (1 + plan.tolerance)
-    i = 0
-    for j, o in enumerate(plan.options):
-        if o.latency_ms * scale <= threshold:
-            i = j
-        else:
-            break
+    i = highest_fitting((o.latency_ms * scale for o in plan.options), threshold)
     fits = plan.options[i].latency_ms * scale <= threshold
     while i > 0 and not leaves_room(call_ms(plan.options[i], tokens) * scale, behind):
         i -= 1

@@ -218,12 +218,12 @@ class LookupController:
         groups: dict[tuple[float | None, str | None], list[int]] = {}
         for i, key in enumerate(zip(tolerances, datasets, strict=True)):
             groups.setdefault(key, []).append(i)
-        out: list[Decision | None] = [None for _ in budgets]
+        out: dict[int, Decision] = {}
         for (tol, dataset), idx in groups.items():
             decisions = table.resolve_many([budgets[i] for i in idx], tolerance=tol, dataset=dataset)
             for i, d in zip(idx, decisions, strict=True):
                 out[i] = d
-        return [d for d in out if d is not None]
+        return [out[i] for i in range(len(budgets))]
 
     async def current_version_of_replica(self) -> tuple[str, str | None]:
         """(replica id, version served): lets a caller check that every replica has caught up."""

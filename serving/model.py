@@ -156,7 +156,7 @@ class MoEModel:
         pending = Pending(token, decode_ms_per_token, req.max_new_tokens)
         if budget_ms is not None and math.isfinite(budget_ms):
             pending.deadline = now + max(0.0, budget_ms) / 1000
-            pending.plan = self._plan(plan, req) if plan is not None else None
+            pending.plan = self._plan(plan, req, k.tier) if plan is not None else None
         if pending.plan is not None and self.guard is not None and budget_ms is not None:
             self.guard.arrived(now, budget_ms - pending.plan.options[0].service_ms, self.queue.busy())
         self.queue.arrived(token, k.key, expected_latency_ms, now)
@@ -169,7 +169,7 @@ class MoEModel:
         finally:
             self.queue.dropped(token)  # no-op once its backend call started
 
-    def _plan(self, raw: dict[str, Any], req: ModelRequest) -> DispatchPlan | None:
+    def _plan(self, raw: dict[str, Any], req: ModelRequest, checked_tier: str) -> DispatchPlan | None:
         """The request's plan, keeping only options this backend runs for this request; None (the
         router's knobs stand) when the plan is malformed or nothing in it can run."""
         try:
@@ -179,7 +179,8 @@ class MoEModel:
             log.warning("MoEModel: ignoring a dispatch plan: %s", e)
             return None
         check_request = getattr(self.backend, "check_request", None)
-        tier_fits: dict[str, bool] = {}  # a request's size limit depends on its tier alone
+        # A request's size limit depends on its tier alone, and _checked passed the router's tier.
+        tier_fits: dict[str, bool] = {checked_tier: True}
         kept = []
         for o in plan.options:
             try:

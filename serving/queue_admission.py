@@ -12,7 +12,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from controller.decision import Decision
-from controller.ladder import Rung
+from controller.ladder import Rung, highest_fitting
 from serving.answer import Answer
 from serving.budget_plan import Policy, refuse_strict, remaining_budget_ms, resolvable
 from serving.config import ServingConfig
@@ -127,7 +127,7 @@ class QueueAdmission:
         if model_budget is None:
             return (), None
         threshold = model_budget * (1 + (answer.tolerance or 0.0))
-        rungs = answer.rungs[:1] + tuple(r for r in answer.rungs[1:] if r.latency_ms <= threshold)
+        rungs = answer.rungs[: highest_fitting((r.latency_ms for r in answer.rungs), threshold) + 1]
         return rungs, DispatchPlan.from_rungs(rungs, answer.tolerance or 0.0).to_wire()
 
     def ran(self, answer: Answer, rungs: tuple[Rung, ...], output: Any) -> Answer:
