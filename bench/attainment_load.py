@@ -35,6 +35,7 @@ class Result:
     service_ms: float | None = None
     overhead_ms: float | None = None
     feasible: bool | None = None  # the router's promise: some config fitted the (remaining) budget
+    dispatch: dict[str, Any] | None = None  # the replica's late binding: option, fits, ms left, guarded
 
     def met(self, covers: str = "first_token") -> bool:
         served = self.latency_ms - (self.decode_ms if covers == "first_token" else 0.0)
@@ -56,7 +57,8 @@ async def _one(client: Any, url: str, budget: float, headers: dict[str, str], bo
     router = (data.get("timings_ms") or {}).get("total")
     return Result(budget, r.status_code, latency, float(decode), data.get("expected_accuracy"), config,
                   data.get("queue_wait_ms"), started, router, out.get("queue_wait_ms"), out.get("service_ms"),
-                  data.get("overhead_ms"), data.get("feasible"))
+                  data.get("overhead_ms"), data.get("feasible"),
+                  out.get("dispatch") if isinstance(out.get("dispatch"), dict) else None)
 
 
 def _endpoint(base_url: str) -> str:
@@ -142,4 +144,16 @@ def summarize(results: Sequence[Result], covers: str = "first_token") -> dict[st
         "misses": len(missed),
         "misses_wait_over_estimate": len(late_wait),
         "misses_overhead_over_budgeted": len(late_rest),
+        "miss_detail": [_miss(r, covers) for r in missed],
     }
+
+
+def _miss(r: Result, covers: str) -> str:
+    """One missed request in a line: budget, served, how it was spent, and what was promised."""
+    served = r.latency_ms - (r.decode_ms if covers == "first_token" else 0.0)
+    wait, service = r.actual_wait_ms or 0.0, r.service_ms or 0.0
+    d = r.dispatch or {}
+    return (f"budget {r.budget_ms:g} served {served:.0f} (wait {wait:.0f} expected {r.queue_wait_ms or 0:.0f}, "
+            f"call {service:.0f}, rest {r.latency_ms - service - wait:.0f}), {r.config}, "
+            f"{'feasible' if r.feasible else 'infeasible'}, option {d.get('option')} fits {d.get('fits')} "
+            f"guarded {d.get('guarded')}")

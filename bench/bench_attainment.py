@@ -30,10 +30,13 @@ from bench.attainment_load import closed_loop, open_loop, summarize
 LOADS = (0.25, 0.50, 0.75, 0.90)
 BUDGETS = (100.0, 130.0, 170.0, 240.0)  # ms, in turn; the table's p99 first-token latencies run 45-97 ms
 GOAL = 0.99
-BLOCKING = 0.01  # model.blocking_miss_budget of the deadline-order apps
+BLOCKING = 0.003  # model.blocking_miss_budget of the deadline-order apps (the shipped configs' value)
+FIFO = "queue-aware"
 DEADLINE = "queue-aware + deadline order"
 DEADLINE_2 = "queue-aware + deadline order, 2 replicas"
 RECAL = "queue-aware + live recalibration, 30% slower"
+# --curves names: the static table is always measured (every point's baseline).
+CURVES = {"fifo": FIFO, "deadline": DEADLINE, "deadline2": DEADLINE_2, "recal": RECAL}
 MIN_SAMPLES = 20
 ROOT = Path(__file__).resolve().parent.parent
 PLOT = ROOT / "docs" / "attainment.png"
@@ -146,7 +149,8 @@ def _plot(curves: dict[str, list[dict[str, Any]]]) -> str | None:
     return str(PLOT.relative_to(ROOT))
 
 
-def run(quick: bool = False, per_point: int | None = None) -> dict[str, Any]:
+def run(quick: bool = False, per_point: int | None = None, curves_wanted: tuple[str, ...] = tuple(CURVES),
+        blocking: float = BLOCKING) -> dict[str, Any]:
     import statistics
 
     import httpx
@@ -175,14 +179,17 @@ def run(quick: bool = False, per_point: int | None = None) -> dict[str, Any]:
         outside = sorted(r.latency_ms - r.router_ms for r in calib if r.router_ms is not None)
         proxy_ms = round(outside[int(0.99 * (len(outside) - 1))], 1)
         apps = {
-            "queue-aware": _config(stores["base"], queue_aware=True, proxy_ms=proxy_ms),
+            FIFO: _config(stores["base"], queue_aware=True, proxy_ms=proxy_ms),
             DEADLINE: _config(stores["base"], queue_aware=True, proxy_ms=proxy_ms, scheduling="deadline",
-                              blocking=BLOCKING),
+                              blocking=blocking),
             DEADLINE_2: _config(stores["base"], queue_aware=True, proxy_ms=proxy_ms, scheduling="deadline",
-                                blocking=BLOCKING),
+                                blocking=blocking),
             RECAL: _config(stores["recal"], queue_aware=True, proxy_ms=proxy_ms, slowdown=1.3, auto=True),
             "static table, 2 replicas": _config(stores["base"], queue_aware=False),  # capacity of 2 only
         }
+        wanted = {CURVES[c] for c in curves_wanted}
+        apps = {name: c for name, c in apps.items() if name in wanted or (name == "static table, 2 replicas"
+                                                                           and DEADLINE_2 in wanted)}
         urls = {"static table": static_url}
         for i, (name, config) in enumerate(apps.items(), start=1):
             two = name in (DEADLINE_2, "static table, 2 replicas")
@@ -192,14 +199,15 @@ def run(quick: bool = False, per_point: int | None = None) -> dict[str, Any]:
             asyncio.run(closed_loop(urls[name], BUDGETS, concurrency=2, requests=20))
         cap = summarize(asyncio.run(closed_loop(static_url, BUDGETS, concurrency=8, requests=requests)))
         capacity = cap["throughput_rps"]
-        cap2 = summarize(asyncio.run(closed_loop(urls.pop("static table, 2 replicas"), BUDGETS, concurrency=16,
-                                                 requests=2 * requests)))
+        url2 = urls.pop("static table, 2 replicas", None)
+        cap2 = summarize(asyncio.run(closed_loop(url2, BUDGETS, concurrency=16, requests=2 * requests))) if url2 \
+            else {"throughput_rps": math.nan}
         capacities = {name: (cap2["throughput_rps"] if name == DEADLINE_2 else capacity) for name in urls}
-        recal_url = urls[RECAL]
+        recal_url = urls.get(RECAL)
         recal_store = TableStore(stores["recal"])
-        warm_sent, published = _recalibrate_live(recal_url, recal_store, firsts["recal"], table, proxy_ms,
-                                                 600 if quick else 1000)
-        if published is not None:  # measure once the router's copy serves the newest version
+        warm_sent, published = (0, None) if recal_url is None else _recalibrate_live(
+            recal_url, recal_store, firsts["recal"], table, proxy_ms, 600 if quick else 1000)
+        if recal_url is not None and published is not None:  # measure once the router serves the newest version
             deadline = time.monotonic() + 10
             while httpx.get(f"{recal_url}/v1/table").json().get("table_version") != recal_store.latest_id():
                 if time.monotonic() > deadline:
@@ -209,9 +217,10 @@ def run(quick: bool = False, per_point: int | None = None) -> dict[str, Any]:
             curves[name] = _curve(url, capacities[name], requests)
         for i in range(len(apps) + 1):
             serve.delete(f"a{i}")
+    extra = {"proxy_ms": proxy_ms, "outside_p50_ms": statistics.median(outside), "capacity_2": cap2["throughput_rps"],
+             "blocking": blocking, "recal": recal_url is not None}
     plot = _plot(curves)
     recal = TableStore(stores["recal"]).load("latest") if published else None
-    extra = {"proxy_ms": proxy_ms, "outside_p50_ms": statistics.median(outside), "capacity_2": cap2["throughput_rps"]}
     return _report(curves, capacity, requests, warm_sent, published, recal, table, plot, quick, extra)
 
 
@@ -222,7 +231,7 @@ def _report(curves: dict[str, list[dict[str, Any]]], capacity: float, requests: 
     figures = []
     for name, points in curves.items():
         for p in points:
-            judged = name in ("queue-aware", DEADLINE, DEADLINE_2) and p["load"] <= 0.75
+            judged = name in (FIFO, DEADLINE, DEADLINE_2) and p["load"] <= 0.75
             figures.append({
                 "name": f"{name} @ {round(100 * p['load'])}% load",
                 "value": f"{100 * p['attainment']:.1f}% (acc {p['mean_expected_accuracy']:.3f})",
@@ -234,14 +243,16 @@ def _report(curves: dict[str, list[dict[str, Any]]], capacity: float, requests: 
                 "passed": (p["attainment"] >= GOAL) if judged else None,
             })
     notes = [
-        f"measured capacity (static table, closed loop, 8 clients): {capacity:.1f} req/s with one model replica, "
-        f"{extra['capacity_2']:.1f} req/s with two (16 clients; the 2-replica curve's load is a share of that); "
+        f"measured capacity (static table, closed loop, 8 clients): {capacity:.1f} req/s with one model replica"
+        + ("" if math.isnan(extra["capacity_2"]) else
+           f", {extra['capacity_2']:.1f} req/s with two (16 clients; the 2-replica curve's load is a share of that)")
+        + "; "
         f"{requests} requests per point, Poisson arrivals; budgets {', '.join(f'{b:g}' for b in BUDGETS)} ms in "
         "turn; max_new_tokens 1",
         "served latency = client-measured latency minus the decode time the model reported (first-token budgets)",
         "model: simulated, table mode, one request per backend call, one call at a time per replica; 5% lognormal "
         "jitter; late binding on in every queue-aware app; deadline-order apps: model.blocking_miss_budget "
-        f"{BLOCKING}; "
+        f"{extra['blocking']:g}; "
         "table: synthetic, built from 200 draws per config with p99 latencies (first token p99 45-97 ms), tolerance 0",
         f"proxy + client time around the router, measured first: p50 {extra['outside_p50_ms']:.1f} ms, "
         f"p99 {extra['proxy_ms']:.1f} ms (the queue-aware apps' budget.proxy_overhead_ms)",
@@ -253,7 +264,7 @@ def _report(curves: dict[str, list[dict[str, Any]]], capacity: float, requests: 
         notes.append(f"automatic recalibration: newest version {published} after {warm_sent} warm-up requests; "
                      f"latency / profiled over all {len(ratios)} configs: "
                      f"{min(ratios):.3f}-{max(ratios):.3f} (slowdown 1.30)")
-    else:
+    elif extra["recal"]:
         notes.append(f"automatic recalibration did not publish within {warm_sent} warm-up requests")
     if plot:
         notes.append(f"plot: {plot}")
@@ -264,6 +275,10 @@ def _report(curves: dict[str, list[dict[str, Any]]], capacity: float, requests: 
             f"{100 * p['attainment_when_feasible']:.0f}%, misses {p['misses']} (wait over estimate "
             f"{p['misses_wait_over_estimate']}, overhead over budgeted {p['misses_overhead_over_budgeted']})"
             for p in points))
+    for name in (DEADLINE, DEADLINE_2):  # where each judged miss came from
+        for p in curves.get(name, []):
+            if p["miss_detail"] and p["load"] <= 0.75:
+                notes.append(f"{name} @ {round(100 * p['load'])}% misses: " + "; ".join(p["miss_detail"]))
     return {"title": "Attainment vs offered load: static table, queue-aware, live recalibration (CPU, simulated "
                      "model with a real queue)" + (" [quick]" if quick else ""),
             "figures": figures, "notes": notes}
@@ -301,14 +316,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", choices=("best-effort", "strict"), default=None)
     p.add_argument("--covers", choices=("first_token", "total"), default="first_token",
                    help="what the server's budgets cover: first_token takes reported decode time off")
+    p.add_argument("--curves", default=",".join(CURVES),
+                   help=f"local curves besides the static table, comma-separated subset of {','.join(CURVES)}")
+    p.add_argument("--blocking", type=float, default=BLOCKING,
+                   help="model.blocking_miss_budget of the deadline-order apps (local curve)")
     a = p.parse_args(argv)
     if a.url is None:
         from bench.report import cli_main
 
         if a.requests is not None and not 10 <= a.requests <= 100_000:
             raise SystemExit(f"bench_attainment: error: --requests={a.requests} must be in [10, 100000]")
+        curves = tuple(c.strip() for c in a.curves.split(",") if c.strip())
+        if not curves or (bad := [c for c in curves if c not in CURVES]):
+            raise SystemExit(f"bench_attainment: error: --curves={a.curves!r}: expected a comma-separated subset "
+                             f"of {', '.join(CURVES)}")
+        if not (math.isfinite(a.blocking) and 0 < a.blocking <= 1):
+            raise SystemExit(f"bench_attainment: error: --blocking={a.blocking} must be in (0, 1]")
         sys.argv = [sys.argv[0]] + (["--quick"] if a.quick else [])
-        cli_main(functools.partial(run, per_point=a.requests), __doc__)
+        cli_main(functools.partial(run, per_point=a.requests, curves_wanted=curves, blocking=a.blocking), __doc__)
         return 0
     if not a.url.startswith(("http://", "https://")):
         raise SystemExit(f"bench_attainment: error: --url={a.url!r} is not an http(s) URL")

@@ -15,6 +15,7 @@ token (vision + prefill, what a first-token budget covers) came within it: measu
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import random
@@ -46,17 +47,36 @@ def lookupctl(*args: str) -> list[str]:
     return [sys.executable, "-m", "lookupctl", *args]
 
 
+_conn = threading.local()
+
+
 def post(budget: float | None, prompt: str, max_new_tokens: int) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """One request on this thread's kept-alive connection (as an HTTP client library would keep
+    it: a new TCP connection per request would be the client's cost, not the server's)."""
     headers = {"content-type": "application/json"}
     if budget is not None:
         headers["X-Latency-Budget-Ms"] = f"{budget:g}"
     body = json.dumps({"prompt": prompt, "max_new_tokens": max_new_tokens}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{PORT}/v1/generate", data=body, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read()), dict(r.headers)
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}"), dict(e.headers)
+    for attempt in (0, 1):  # a connection the server closed is opened again, once
+        conn = getattr(_conn, "c", None)
+        if conn is None:
+            conn = _conn.c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=120)
+        try:
+            conn.request("POST", "/v1/generate", body=body, headers=headers)
+            r = conn.getresponse()
+            data = r.read()
+        except (http.client.HTTPException, OSError):
+            conn.close()
+            _conn.c = None
+            if attempt:
+                raise
+            continue
+        try:
+            parsed = json.loads(data or b"{}")
+        except ValueError:
+            parsed = {}
+        return r.status, parsed, {k.lower(): v for k, v in r.getheaders()}
+    raise AssertionError("unreachable")
 
 
 def wait_healthy(deadline_s: float) -> float:
@@ -125,14 +145,41 @@ def one(budget: float, i: int, max_new_tokens: int) -> dict[str, Any]:
     status, resp, headers = post(budget, f"Question {i}: what is shown in the image?", max_new_tokens)
     client_ms = (time.perf_counter() - t) * 1e3
     m = model_ms(resp)
-    crops = resp.get("output", {}).get("crops") if isinstance(resp.get("output"), dict) else None
+    output = resp.get("output") if isinstance(resp.get("output"), dict) else {}
     return {
-        "budget": budget, "status": status, "client_ms": client_ms, "model": m, "crops": crops,
+        "budget": budget, "status": status, "client_ms": client_ms, "model": m, "crops": output.get("crops"),
         "config": "_".join(headers.get(h, "?") for h in ("x-knob-tier", "x-knob-top-k", "x-knob-active-blocks")),
         "feasible": headers.get("x-budget-feasible"), "server_timing": headers.get("server-timing"),
         "accuracy": resp.get("expected_accuracy"), "bound_at": resp.get("knobs_bound_at"),
         "table_version": headers.get("x-table-version"),
+        # Where the time outside the model went (see breakdown()).
+        "router_ms": (resp.get("timings_ms") or {}).get("total"), "call_ms": (resp.get("timings_ms") or {}).get("model"),
+        "replica_ms": output.get("replica_ms"), "service_ms": output.get("service_ms"),
+        "queue_wait_ms": output.get("queue_wait_ms"), "overhead_budgeted_ms": resp.get("overhead_ms"),
+        "remaining_budget_ms": resp.get("remaining_budget_ms"),
     }
+
+
+def breakdown(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The serving overhead by layer, p50 / p99 ms: client + proxy (client time minus the router's),
+    the router's own work, the handle's transport both ways (the router's call minus the replica's
+    time), the replica around its backend call (minus queue wait), and the backend around the
+    engine's timed stages (tokenizing, copies, thread hop)."""
+    parts: dict[str, list[float]] = {}
+    for r in rows:
+        if r["status"] != 200 or not r["model"] or None in (r.get("router_ms"), r.get("replica_ms"), r.get("service_ms")):
+            continue
+        for name, ms in (
+            ("client_proxy", r["client_ms"] - r["router_ms"]),
+            ("router", r["router_ms"] - r["call_ms"]),
+            ("handle", r["call_ms"] - r["replica_ms"]),
+            ("replica", r["replica_ms"] - r["service_ms"] - (r["queue_wait_ms"] or 0.0)),
+            ("backend", r["service_ms"] - r["model"]["total"]),
+            ("total", r["client_ms"] - r["model"]["total"] - (r["queue_wait_ms"] or 0.0)),
+        ):
+            parts.setdefault(name, []).append(ms)
+    return {k: {"p50": round(pct(v, 50), 2), "p90": round(pct(v, 90), 2), "p99": round(pct(v, 99), 2), "n": len(v)}
+            for k, v in parts.items()}
 
 
 def run_mode(budgets: list[float], n: int, clients: int, max_new_tokens: int) -> list[dict[str, Any]]:
@@ -230,7 +277,7 @@ def one_engine(engine: str, a: argparse.Namespace, out: Path, accuracy_dir: Path
     idx = sorted({round(i * (len(frontier) - 2) / 4) for i in range(1, 5)})
     base = [frontier[0] * 1.05] + [(frontier[i] + frontier[i + 1]) / 2 for i in idx] + [frontier[-1] * 1.2]
     cfg = write_configs(work, store, engine, a.preset, a.device)
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", **dict(kv.split("=", 1) for kv in a.serve_env))
     serve_log = (out / f"serve_run_{engine}.log").open("w")
     t = time.time()
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from ray.serve.scripts import cli; sys.exit(cli())",
@@ -243,6 +290,8 @@ def one_engine(engine: str, a: argparse.Namespace, out: Path, accuracy_dir: Path
         gaps = [r["client_ms"] - r["model"]["decode"] - r["model"]["vision"] - r["model"]["prefill"]
                 for r in soak[len(base):] if r["status"] == 200 and r["model"]]
         res["serving_overhead_ms"] = {"p50": statistics.median(gaps), "p95": pct(gaps, 95)} if gaps else None
+        res["serving_overhead_by_layer_ms"] = breakdown(soak[len(base):])
+        print(f"[{engine}] soak overhead by layer: {res['serving_overhead_by_layer_ms']}", flush=True)
         extra = pct(gaps, 95) if gaps else 0.0
         budgets = sorted({round(b + extra, 1) for b in base})
         res["budgets"] = budgets
@@ -261,6 +310,7 @@ def one_engine(engine: str, a: argparse.Namespace, out: Path, accuracy_dir: Path
                         "met_client")
                 res["curve"][str(c)] = {k: s[k] for k in keys}
                 res["curve"][str(c)]["budgets"] = cb
+                res["curve"][str(c)]["overhead_ms"] = breakdown(rows)
                 print(f"[{engine}] {c} clients: {res['curve'][str(c)]}", flush=True)
             return res
         seq = run_mode(budgets, a.requests, 1, a.max_new_tokens)
@@ -310,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small_grid", action="store_true", help="2 x 2 x 2 configs (a CPU rehearsal)")
     p.add_argument("--curve", nargs="+", type=int, default=None,
                    help="instead of sequential + 4 clients: attainment at each of these client counts")
+    p.add_argument("--serve_env", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="environment for `serve run` and so for every Ray process it starts")
     a = p.parse_args(argv)
+    if bad := [kv for kv in a.serve_env if "=" not in kv]:
+        p.error(f"--serve_env {bad[0]!r}: expected NAME=VALUE")
     if a.small_grid:
         GRID.update(tiers=["low", "medium"], top_k=["4", "8"], blocks=["12", "16"])
     out = Path(a.out)

@@ -78,7 +78,7 @@ class Pending:
 def _dispatch_view(choice: Choice | None) -> dict[str, Any] | None:
     if choice is None:
         return None
-    return {"option": choice.index, "fits": choice.fits, "left_ms": choice.left_ms}
+    return {"option": choice.index, "fits": choice.fits, "left_ms": choice.left_ms, "guarded": choice.guarded}
 
 
 def _replica_id() -> str:
@@ -162,10 +162,15 @@ class MoEModel:
         self.queue.arrived(token, k.key, expected_latency_ms, now)
         try:
             if self.gate is None:
-                return await self._batched(k, req, expected_latency_ms, pending)
-            deadline = pending.deadline if math.isfinite(pending.deadline) else now + 3600.0
-            async with self.gate.admitted(deadline, pending.fastest()):
-                return await self._batched(k, req, expected_latency_ms, pending)
+                out = await self._batched(k, req, expected_latency_ms, pending)
+            else:
+                deadline = pending.deadline if math.isfinite(pending.deadline) else now + 3600.0
+                async with self.gate.admitted(deadline, pending.fastest()):
+                    out = await self._batched(k, req, expected_latency_ms, pending)
+            # This replica's own time for the request (arrival to answer): the router's time for
+            # the call minus this is the handle's transport, both ways.
+            out["replica_ms"] = (time.monotonic() - now) * 1000
+            return out
         finally:
             self.queue.dropped(token)  # no-op once its backend call started
 
