@@ -153,7 +153,8 @@ def one(budget: float, i: int, max_new_tokens: int) -> dict[str, Any]:
         "accuracy": resp.get("expected_accuracy"), "bound_at": resp.get("knobs_bound_at"),
         "table_version": headers.get("x-table-version"),
         # Where the time outside the model went (see breakdown()).
-        "router_ms": (resp.get("timings_ms") or {}).get("total"), "call_ms": (resp.get("timings_ms") or {}).get("model"),
+        "router_ms": (resp.get("timings_ms") or {}).get("total"),
+        "call_ms": (resp.get("timings_ms") or {}).get("model"),
         "replica_ms": output.get("replica_ms"), "service_ms": output.get("service_ms"),
         "queue_wait_ms": output.get("queue_wait_ms"), "overhead_budgeted_ms": resp.get("overhead_ms"),
         "remaining_budget_ms": resp.get("remaining_budget_ms"),
@@ -167,7 +168,8 @@ def breakdown(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     engine's timed stages (tokenizing, copies, thread hop)."""
     parts: dict[str, list[float]] = {}
     for r in rows:
-        if r["status"] != 200 or not r["model"] or None in (r.get("router_ms"), r.get("replica_ms"), r.get("service_ms")):
+        needed = (r.get("router_ms"), r.get("call_ms"), r.get("replica_ms"), r.get("service_ms"))
+        if r["status"] != 200 or not r["model"] or None in needed:
             continue
         for name, ms in (
             ("client_proxy", r["client_ms"] - r["router_ms"]),
