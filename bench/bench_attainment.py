@@ -327,9 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.requests is not None and not 10 <= a.requests <= 100_000:
             raise SystemExit(f"bench_attainment: error: --requests={a.requests} must be in [10, 100000]")
         curves = tuple(c.strip() for c in a.curves.split(",") if c.strip())
-        if not curves or (bad := [c for c in curves if c not in CURVES]):
-            raise SystemExit(f"bench_attainment: error: --curves={a.curves!r}: {bad[0] if curves else 'nothing'} "
-                             f"is not a curve; expected a comma-separated subset of {', '.join(CURVES)}")
+        bad = [c for c in curves if c not in CURVES] if curves else ["(none)"]
+        if bad:
+            raise SystemExit(f"bench_attainment: error: --curves={a.curves!r}: {bad[0]} is not a curve; expected a "
+                             f"comma-separated subset of {', '.join(CURVES)}")
         if not (math.isfinite(a.blocking) and 0 < a.blocking <= 1):
             raise SystemExit(f"bench_attainment: error: --blocking={a.blocking} must be in (0, 1]")
         sys.argv = [sys.argv[0]] + (["--quick"] if a.quick else [])
