@@ -19,7 +19,7 @@ from serving.config import ServingConfig
 from serving.dispatch import DispatchPlan
 from serving.feedback import FeedbackSender, observation
 from serving.queue_estimate import QueueTracker, WaitEstimate
-from serving.replica_queue import ReplicaReport
+from serving.replica_queue import TAIL_QUANTILE, ReplicaReport
 
 NO_WAIT = WaitEstimate(0.0, 0.0, 0, 1, "off")
 
@@ -70,7 +70,7 @@ class QueueAdmission:
         service / table latency, never below 1. Dividing the remaining budget by it is the same as
         resolving on a table whose latencies are that much larger; live recalibration fixes the table
         per config, this covers the time until it does."""
-        return max(1.0, self.tracker.ratio_quantile(0.9)) if self.queue_aware else 1.0
+        return max(1.0, self.tracker.ratio_quantile(TAIL_QUANTILE)) if self.queue_aware else 1.0
 
     def resolve_budget(self, budget_ms: float, estimate: WaitEstimate) -> float:
         if self.metrics is not None and self.queue_aware:

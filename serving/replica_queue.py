@@ -8,6 +8,9 @@ from collections import deque
 from dataclasses import dataclass
 from statistics import median
 
+# Which quantile of measured / table first-token latency stands for "slower than the table".
+TAIL_QUANTILE = 0.9
+
 
 @dataclass(frozen=True)
 class ReplicaReport:
@@ -70,9 +73,15 @@ class ReplicaQueue:
         if expected_ms is not None and expected_ms > 0 and math.isfinite(first_token_ms) and first_token_ms >= 0:
             self._first_token_ratios.append(first_token_ms / expected_ms)
 
-    def first_token_ratio(self) -> float | None:
-        """Measured first token / table latency (recent median); None before any."""
-        return median(self._first_token_ratios) if self._first_token_ratios else None
+    def first_token_ratio(self, quantile: float = TAIL_QUANTILE) -> float | None:
+        """Measured first token / table latency, a high quantile of recent calls; None before any.
+        Not the median: the table's latencies are tail figures (p95, p99), and a tail that runs
+        over them (inputs the profile saw too few of, e.g. the largest crop count) is what makes
+        a budget miss. The router's slowness guard reads the same quantile."""
+        if not self._first_token_ratios:
+            return None
+        ordered = sorted(self._first_token_ratios)
+        return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
 
     def busy(self) -> bool:
         """Whether a backend call is running now."""

@@ -1,0 +1,22 @@
+"""The replica's slowness scale reads the tail of measured / table first token, as the router does."""
+
+from serving.replica_queue import TAIL_QUANTILE, ReplicaQueue
+
+
+def test_first_token_ratio_is_a_high_quantile_not_the_median() -> None:
+    q = ReplicaQueue("r", max_batch_size=1)
+    assert q.first_token_ratio() is None
+    # 8 of 10 calls run under their table latency; the slowest two (one input shape the profile
+    # saw too little of) run 6% over it: the median would say "faster than the table".
+    for ms in [90.0] * 8 + [106.0] * 2:
+        q.first_token(ms, 100.0)
+    assert q.first_token_ratio() == 1.06
+    assert q.first_token_ratio(0.5) == 0.9
+    assert TAIL_QUANTILE == 0.9
+
+
+def test_bad_measurements_are_not_counted() -> None:
+    q = ReplicaQueue("r", max_batch_size=1)
+    for ms, expected in ((float("nan"), 100.0), (-1.0, 100.0), (50.0, 0.0), (50.0, None), (float("inf"), 10.0)):
+        q.first_token(ms, expected)
+    assert q.first_token_ratio() is None
