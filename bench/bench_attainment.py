@@ -108,21 +108,46 @@ def _curve(base: str, capacity: float, requests: int) -> list[dict[str, Any]]:
 
 
 def _recalibrate_live(base: str, store: Any, first: str, table: Any, proxy_ms: float,
-                      limit: int) -> tuple[int, str | None]:
+                      limit: int) -> tuple[int, str | None, dict[str, Any]]:
     """Serve a sweep of budgets (one per config, at 1.3x its latency) until the automatic mode has
-    published a table in which every config has its live latency (over 1.15x its profiled one: each
-    publish recalibrates the configs sampled in its window, and keeps the earlier ones), or `limit`."""
+    published, no config the controller judges (>= min_samples live samples) still drifts and a
+    sweep added none to judge, or
+    `limit`. Only the ladder's configs are ever served, so waiting for every config of the table to
+    be recalibrated never ends before `limit`. Also returns the controller's live state, so that a
+    run that did not publish says why (samples, drift, refusals, errors)."""
+    import httpx
+
     sweep = sorted({round(c.latency_ms * 1.3 + proxy_ms + 8, 1) for c in table.configs()})
-    profiled = {c.knobs: c.latency_ms for c in table.configs()}
-    sent = 0
+    sent, live, judged = 0, {}, -1
     while sent < limit:
         asyncio.run(closed_loop(base, sweep, concurrency=2, requests=len(sweep) * 2))
         sent += len(sweep) * 2
-        latest = store.latest_id()
-        if latest != first and all(c.latency_ms > 1.15 * profiled[c.knobs] for c in store.load(latest).configs()):
+        try:
+            stats = httpx.get(f"{base}/v1/stats", timeout=5).json()
+            live = {**((stats.get("controller") or {}).get("live") or {}),
+                    "router_feedback": ((stats.get("router") or {}).get("queue") or {}).get("feedback")}
+        except Exception as e:  # noqa: BLE001 - diagnostics only
+            live = {"error": f"{type(e).__name__}: {e}"}
+        drift = live.get("drift_p95") or {}
+        # Published, nothing judged drifts, and no config reached min_samples during the last sweep.
+        settled = drift and len(drift) == judged and all(abs(d) <= 0.15 for d in drift.values())
+        if store.latest_id() != first and settled:
             break
+        judged = len(drift)
     latest = store.latest_id()
-    return sent, (None if latest == first else latest)
+    return sent, (None if latest == first else latest), live
+
+
+def _live_note(live: dict[str, Any]) -> str:
+    """The controller's live state in one line: why an automatic publish did (not) happen."""
+    if "error" in live:
+        return f"controller live state unavailable: {live['error']}"
+    samples = {k: v.get("samples") for k, v in (live.get("configs") or {}).items()}
+    top = sorted(samples.items(), key=lambda kv: -(kv[1] or 0))[:6]
+    return (f"controller live state: accepted {live.get('accepted')}, refused {live.get('refused')}, "
+            f"samples (top) {top}, drift p95 {live.get('drift_p95')}, publishes "
+            f"{len((live.get('auto') or {}).get('publishes') or [])}, last error {live.get('last_error')}, "
+            f"router feedback {live.get('router_feedback')}")
 
 
 def _plot(curves: dict[str, list[dict[str, Any]]]) -> str | None:
@@ -205,7 +230,7 @@ def run(quick: bool = False, per_point: int | None = None, curves_wanted: tuple[
         capacities = {name: (cap2["throughput_rps"] if name == DEADLINE_2 else capacity) for name in urls}
         recal_url = urls.get(RECAL)
         recal_store = TableStore(stores["recal"])
-        warm_sent, published = (0, None) if recal_url is None else _recalibrate_live(
+        warm_sent, published, live = (0, None, {}) if recal_url is None else _recalibrate_live(
             recal_url, recal_store, firsts["recal"], table, proxy_ms, 600 if quick else 1000)
         if recal_url is not None and published is not None:  # measure once the router serves the newest version
             deadline = time.monotonic() + 10
@@ -218,7 +243,7 @@ def run(quick: bool = False, per_point: int | None = None, curves_wanted: tuple[
         for i in range(len(apps) + 1):
             serve.delete(f"a{i}")
     extra = {"proxy_ms": proxy_ms, "outside_p50_ms": statistics.median(outside), "capacity_2": cap2["throughput_rps"],
-             "blocking": blocking, "recal": recal_url is not None}
+             "blocking": blocking, "recal": recal_url is not None, "live": _live_note(live) if live else None}
     plot = _plot(curves)
     recal = TableStore(stores["recal"]).load("latest") if published else None
     return _report(curves, capacity, requests, warm_sent, published, recal, table, plot, quick, extra)
@@ -226,7 +251,7 @@ def run(quick: bool = False, per_point: int | None = None, curves_wanted: tuple[
 
 def _report(curves: dict[str, list[dict[str, Any]]], capacity: float, requests: int, warm_sent: int,
             published: str | None, recal: Any, table: Any, plot: str | None, quick: bool,
-            extra: dict[str, float]) -> dict[str, Any]:
+            extra: dict[str, Any]) -> dict[str, Any]:
     static = {p["load"]: p for p in curves["static table"]}
     figures = []
     for name, points in curves.items():
@@ -261,11 +286,15 @@ def _report(curves: dict[str, list[dict[str, Any]]], capacity: float, requests: 
     if published:
         low = {c.knobs.key: c.latency_ms for c in table.configs()}
         ratios = [c.latency_ms / low[c.knobs.key] for c in recal.configs()]
+        # Configs no request ran (the budgets' ladders never reach them) keep their profiled latency.
+        moved = [r for r in ratios if abs(r - 1.0) > 1e-9] or [1.0]
         notes.append(f"automatic recalibration: newest version {published} after {warm_sent} warm-up requests; "
-                     f"latency / profiled over all {len(ratios)} configs: "
-                     f"{min(ratios):.3f}-{max(ratios):.3f} (slowdown 1.30)")
+                     f"latency / profiled over the {len(moved)} of {len(ratios)} configs it recalibrated: "
+                     f"{min(moved):.3f}-{max(moved):.3f} (slowdown 1.30; the others were not served)")
     elif extra["recal"]:
         notes.append(f"automatic recalibration did not publish within {warm_sent} warm-up requests")
+    if extra["live"]:
+        notes.append(extra["live"])
     if plot:
         notes.append(f"plot: {plot}")
     for name, points in curves.items():

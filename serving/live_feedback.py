@@ -103,6 +103,22 @@ class LiveFeedback:
             return
         write_snapshot(self.store, self.replica, self.snapshot_dict())
 
+    def flush(self, table: Table | None) -> tuple[str | None, list[str]]:
+        """Blocking: write this replica's snapshot, then (automatic mode) publish if drift held.
+        The two fail apart: a store that refuses the snapshot file must not stop a publish of
+        what was measured. Returns (the published version id or None, what failed)."""
+        errors: list[str] = []
+        try:
+            self.write()
+        except Exception as e:  # noqa: BLE001 - reported by the caller, the step goes on
+            errors.append(f"snapshot: {type(e).__name__}: {e}")
+        published = None
+        try:
+            published = self.maybe_publish(table)
+        except Exception as e:  # noqa: BLE001 - reported by the caller
+            errors.append(f"publish: {type(e).__name__}: {e}")
+        return published, errors
+
     def maybe_publish(self, table: Table | None) -> str | None:
         """Blocking (store I/O): the automatic mode. Returns the published version id, if any."""
         if table is None:

@@ -276,9 +276,8 @@ class LookupController:
             live = self.live
             if not self.config.feedback.enabled:
                 continue
+            published, errors = await asyncio.to_thread(live.flush, self.table)
             try:
-                await asyncio.to_thread(live.write)
-                published = await asyncio.to_thread(live.maybe_publish, self.table)
                 if published is not None:
                     metrics.auto_publishes.inc()
                     self._wake.set()  # load it now rather than at the next poll
@@ -289,9 +288,12 @@ class LookupController:
                     metrics.samples.set(v.count, tags={"config": k.key})
                 for key, d in live.last_drift.items():
                     metrics.drift.set(d, tags={"config": key})
-                live.last_error = None
             except Exception as e:  # never let the feedback task die; say why in /v1/stats
+                errors.append(f"metrics: {type(e).__name__}: {e}")
+            if not errors:
+                live.last_error = None
+            else:
                 first = live.last_error is None
-                live.last_error = f"{type(e).__name__}: {e}"[:300]
+                live.last_error = "; ".join(errors)[:300]
                 if first:  # once per episode, not every flush
                     log.warning("LookupController: live feedback step failed: %s", live.last_error)
