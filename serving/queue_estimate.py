@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from statistics import median
 
-from serving.replica_queue import ReplicaReport
+from serving.replica_queue import ReplicaReport, upper_quantile
 
 # Answers whose overhead is not counted: a router's first calls to a model replica set up the
 # connection (tens of ms once), which is not the overhead later requests pay.
@@ -130,19 +130,14 @@ class QueueTracker:
     def ratio_quantile(self, q: float) -> float:
         """A high quantile of measured first token / table latency (1.0 before any answer); the
         whole call where the model reports no first token."""
-        if not self._first_token_ratios:
-            return 1.0
-        ordered = sorted(self._first_token_ratios)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        ratio = upper_quantile(self._first_token_ratios, q)
+        return 1.0 if ratio is None else ratio
 
     def overhead_ms(self, now: float | None = None) -> float:
         while now is not None and self._overhead and now - self._overhead[0][0] > self.overhead_window_s:
             self._overhead.popleft()
-        measured = 0.0
-        if self._overhead:
-            ordered = sorted(ms for _, ms in self._overhead)
-            measured = ordered[min(len(ordered) - 1, int(self.overhead_quantile * len(ordered)))]
-        return measured + self.proxy_overhead_ms
+        measured = upper_quantile((ms for _, ms in self._overhead), self.overhead_quantile)
+        return (measured or 0.0) + self.proxy_overhead_ms
 
     def replicas(self, now: float) -> int:
         live = [r for r, (at, _) in self._reports.items() if now - at <= self.replica_ttl_s]

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from statistics import median
 
 # Which quantile of measured / table first-token latency stands for "slower than the table".
 TAIL_QUANTILE = 0.9
+
+
+def upper_quantile(values: Iterable[float], q: float) -> float | None:
+    """The q-quantile of `values` by rank, rounding up (a tail figure errs high); None if empty."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
 
 
 @dataclass(frozen=True)
@@ -78,10 +85,7 @@ class ReplicaQueue:
         Not the median: the table's latencies are tail figures (p95, p99), and a tail that runs
         over them (inputs the profile saw too few of, e.g. the largest crop count) is what makes
         a budget miss. The router's slowness guard reads the same quantile."""
-        if not self._first_token_ratios:
-            return None
-        ordered = sorted(self._first_token_ratios)
-        return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
+        return upper_quantile(self._first_token_ratios, quantile)
 
     def busy(self) -> bool:
         """Whether a backend call is running now."""

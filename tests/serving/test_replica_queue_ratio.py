@@ -12,7 +12,7 @@ def test_first_token_ratio_is_a_high_quantile_not_the_median() -> None:
         q.first_token(ms, 100.0)
     assert q.first_token_ratio() == 1.06
     assert q.first_token_ratio(0.5) == 0.9
-    assert TAIL_QUANTILE == 0.9
+    assert q.first_token_ratio(TAIL_QUANTILE) == q.first_token_ratio()  # the default is the router's quantile
 
 
 def test_bad_measurements_are_not_counted() -> None:
@@ -20,3 +20,12 @@ def test_bad_measurements_are_not_counted() -> None:
     for ms, expected in ((float("nan"), 100.0), (-1.0, 100.0), (50.0, 0.0), (50.0, None), (float("inf"), 10.0)):
         q.first_token(ms, expected)
     assert q.first_token_ratio() is None
+
+
+def test_upper_quantile_errs_high_and_handles_empty() -> None:
+    from serving.replica_queue import upper_quantile
+
+    assert upper_quantile([], 0.9) is None
+    assert upper_quantile([3.0], 0.99) == 3.0
+    assert upper_quantile(range(1, 11), 0.9) == 10  # rank 9 of 0..9: the top value, not 9.1
+    assert upper_quantile([5.0, 1.0, 3.0], 0.5) == 3.0
