@@ -111,10 +111,10 @@ def _recalibrate_live(base: str, store: Any, first: str, table: Any, proxy_ms: f
                       limit: int) -> tuple[int, str | None, dict[str, Any]]:
     """Serve a sweep of budgets (one per config, at 1.3x its latency) until the automatic mode has
     published, no config the controller judges (>= min_samples live samples) still drifts and a
-    sweep added none to judge, or
-    `limit`. Only the ladder's configs are ever served, so waiting for every config of the table to
-    be recalibrated never ends before `limit`. Also returns the controller's live state, so that a
-    run that did not publish says why (samples, drift, refusals, errors)."""
+    sweep added none to judge, or `limit`. Only the ladder's configs are ever served, so waiting for
+    every config of the table to be recalibrated would never end before `limit`. Also returns the
+    controller's live state, so that a run that did not publish says why (samples, drift, refusals,
+    errors)."""
     import httpx
 
     sweep = sorted({round(c.latency_ms * 1.3 + proxy_ms + 8, 1) for c in table.configs()})

@@ -26,10 +26,8 @@ class Rung:
 
     @property
     def service_ms(self) -> float:
-        """What the model is expected to spend on the first token on average (the latency is a
-        tail figure in quantile tables); what requests queued behind this one wait for."""
-        mean = self.stats.latency_mean
-        return mean if mean is not None and mean > 0 else self.stats.latency_ms
+        """The config's mean first token: what requests queued behind this one wait for."""
+        return self.stats.service_ms
 
 
 def ladder(table: Table, dataset: str | None = None, max_new_tokens: int | None = None) -> tuple[Rung, ...]:

@@ -34,6 +34,13 @@ class ConfigStats:
     # like the latency; None for tables built before it existed or from files without decode times.
     decode_ms_per_token: float | None = None
 
+    @property
+    def service_ms(self) -> float:
+        """What the model is expected to spend on the first token on average: the mean where the
+        table has one (`latency_ms` is a tail figure in quantile tables), else `latency_ms`."""
+        mean = self.latency_mean
+        return mean if mean is not None and mean > 0 else self.latency_ms
+
     def to_record(self) -> dict[str, Any]:
         # Explicit fields rather than dataclasses.asdict, whose deep copy dominated table writes.
         record = self.knobs.as_dict()

@@ -91,10 +91,7 @@ class Answer:
     def service_ms(self) -> float | None:
         """The config's mean first-token latency: what the model is expected to take on average
         (the queue estimate prices work with it)."""
-        if self.decision is None:
-            return self.fallback_latency_ms
-        s = self.decision.stats
-        return s.latency_mean if s.latency_mean is not None and s.latency_mean > 0 else s.latency_ms
+        return self.decision.stats.service_ms if self.decision is not None else self.fallback_latency_ms
 
     def model_budget_ms(self) -> float | None:
         """What the model replica may spend: the budget left after the overhead the router expects

@@ -226,7 +226,8 @@ class MoEModel:
 
         gated = [w for d, f in (self.gate.behind() if self.gate is not None else []) if (w := waiting(d, f))]
         members = {i: waiting(meta[i].deadline, meta[i].fastest()) for i in order}
-        too_long = None if self.guard is None else (lambda ms: self.guard.too_long(ms, now))  # type: ignore[union-attr]
+        guard = self.guard
+        too_long = None if guard is None else (lambda ms: guard.too_long(ms, now))
         ahead_ms, groups = 0.0, set()
         for pos, i in enumerate(order):
             m = meta[i]
@@ -358,12 +359,11 @@ class MoEModel:
             crops_for = getattr(self.backend, "crops_for", None)
             # One first-token ratio per call: its first token / the sum of its members' table
             # latencies (an engine prefills a batch's members one after another).
-            call_first = max(first_token_ms(self.backend, o.timings_ms, service_ms) for o in outputs)
-            ratio = call_first / sum(known) if known and sum(known) > 0 else None
+            firsts = [first_token_ms(self.backend, o.timings_ms, service_ms) for o in outputs]
+            ratio = max(firsts) / sum(known) if known and sum(known) > 0 else None
             if ratio is not None:
-                self.queue.first_token(call_first, sum(known))
+                self.queue.first_token(max(firsts), sum(known))
             for j, (i, o) in enumerate(zip(idx, outputs, strict=True)):
-                first_ms = first_token_ms(self.backend, o.timings_ms, service_ms)
                 out[i] = {
                     "text": o.text,
                     "output_tokens": o.output_tokens,
@@ -379,7 +379,7 @@ class MoEModel:
                     # Live feedback and queue reports (serving.feedback, serving.queue_estimate).
                     "queue_wait_ms": waits[j],
                     "service_ms": service_ms,
-                    "first_token_ms": first_ms,
+                    "first_token_ms": firsts[j],
                     "first_token_ratio": ratio,
                     "crops": crops_for(k, requests[i]) if crops_for is not None else None,
                     "replica_load": report,

@@ -48,7 +48,7 @@ class ReplicaQueue:
         self._running: dict[int, tuple[float, float]] = {}  # group id -> (started, expected ms scaled)
         self._ratios: deque[float] = deque(maxlen=window)
         self._service_ms: deque[float] = deque(maxlen=window)
-        # First token / table latency per request: what a table's first-token latency means here
+        # First token / table latency per backend call: what a table's first-token latency means here
         # (the whole call also decodes, so its ratio would overstate a first-token budget's needs).
         self._first_token_ratios: deque[float] = deque(maxlen=window)
 
