@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         order = [int(b) for b in order.split(",") if b.strip()]
     # The serving replica's own backend and engine, so that the table's latency is what a served
     # request sees (the same capture, buckets, padding and warm-up).
-    from serving.backends.torch_backend import TorchBackend
+    from serving.replica.backends.torch_backend import TorchBackend
 
     source_opt = {"preset": args.preset} if args.preset else {"checkpoint": args.checkpoint}
     try:

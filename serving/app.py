@@ -9,9 +9,9 @@ from ray.serve import Application
 
 from controller.store import REMOTE_SCHEMES, TableStore
 from serving.config import ServingConfig, load_config
-from serving.lookup_controller import LookupController
-from serving.model import MoEModel
-from serving.router import Router
+from serving.ingress.router import Router
+from serving.lookup.lookup_controller import LookupController
+from serving.replica.model import MoEModel
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("ray.serve")

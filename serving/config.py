@@ -33,7 +33,7 @@ class BudgetSettings(_Strict):
     # "first_token": the budget covers vision + prefill (the table's latency); "total": it also
     # covers decoding the request's max_new_tokens at the table's per-token decode rate.
     covers: Literal["first_token", "total"] = "first_token"
-    # Policy when the request has no X-Budget-Policy header (serving.budget_plan.POLICIES).
+    # Policy when the request has no X-Budget-Policy header (serving.ingress.budget_plan.POLICIES).
     default_policy: Literal["best-effort", "strict"] = "best-effort"
     # Resolve knobs for the budget left after the expected queue wait and measured overhead;
     # false resolves the whole budget against the unloaded table (the behaviour before queues, and
@@ -46,7 +46,7 @@ class BudgetSettings(_Strict):
     # Which quantile of the router's recently measured overhead is budgeted (a budget should hold
     # for most requests, and overhead has a long tail on a busy host).
     overhead_quantile: float = Field(default=0.99, ge=0.5, le=1.0)
-    # With queue_aware: send each request's ladder (serving.dispatch) so that the model replica
+    # With queue_aware: send each request's ladder (serving.replica.dispatch) so that the model replica
     # chooses its knobs again when the request leaves the queue, for the time really left.
     late_binding: bool = True
 
@@ -165,10 +165,10 @@ class ModelSettings(_Strict):
     assign_timeout_s: float = Field(default=5.0, gt=0)
     # Order in which a replica's waiting requests enter its batches: "fifo" (arrival, Serve's own)
     # or "deadline" (earliest arrival + budget first: a tight budget overtakes a loose one that
-    # has time to spare; serving.deadline_gate).
+    # has time to spare; serving.replica.deadline_gate).
     scheduling: Literal["fifo", "deadline"] = "fifo"
     # With scheduling: deadline and late binding: the expected deadline misses that one request's
-    # backend call may cause among the requests arriving while it runs (serving.dispatch
+    # backend call may cause among the requests arriving while it runs (serving.replica.dispatch
     # BlockingGuard); a longer config is passed over for a shorter one. None: no such limit.
     blocking_miss_budget: float | None = Field(default=None, gt=0, le=1)
 

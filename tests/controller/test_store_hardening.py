@@ -15,7 +15,7 @@ from controller.errors import PointerError, StoreReadError
 from controller.store import LATEST, TableStore
 from controller.store_fs import call_with_timeout
 from lookupctl import main as lookupctl
-from serving.table_watcher import TableWatcher
+from serving.lookup.table_watcher import TableWatcher
 from tests.support.publisher import PUBLISHER
 from tests.support.tables import synthetic_table
 

@@ -24,7 +24,7 @@ from controller.store import LATEST, TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
 from serving.errors import ModelCallError
-from serving.model_call import describe_failure
+from serving.ingress.model_call import describe_failure
 from tests.support.load import LoadLoop
 from tests.support.tables import synthetic_table
 from tests.support.waiting import until

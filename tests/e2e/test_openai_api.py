@@ -19,8 +19,8 @@ from ray import serve
 
 from controller.store import TableStore
 from serving.app import build_app_from_config
-from serving.attainment import BUCKETS
 from serving.config import ServingConfig
+from serving.telemetry.attainment import BUCKETS
 from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve

@@ -8,10 +8,10 @@ import pytest
 
 from controller.errors import KnobError
 from controller.knobs import TIERS, Knobs
-from serving.backends.base import Backend, ModelRequest, SupportedRanges
-from serving.backends.registry import create_backend
-from serving.backends.simulated import SimulatedBackend
-from serving.model import MoEModel, check_configs
+from serving.replica.backends.base import Backend, ModelRequest, SupportedRanges
+from serving.replica.backends.registry import create_backend
+from serving.replica.backends.simulated import SimulatedBackend
+from serving.replica.model import MoEModel, check_configs
 from tests.support.tables import synthetic_table
 
 
@@ -74,7 +74,7 @@ def test_torch_backend_is_imported_lazily_and_checks_its_options() -> None:
     import subprocess
     import sys
 
-    code = "import serving.backends.registry, serving.model, sys; print('torch' in sys.modules)"
+    code = "import serving.replica.backends.registry, serving.replica.model, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     pytest.importorskip("torch")
@@ -83,8 +83,8 @@ def test_torch_backend_is_imported_lazily_and_checks_its_options() -> None:
 
 
 def test_h100_config_options_are_valid_torch_options() -> None:
-    from serving.backends.torch_backend import TorchOptions
     from serving.config import load_config
+    from serving.replica.backends.torch_backend import TorchOptions
 
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / "serving_h100.yaml")
     assert config.model.backend == "torch"

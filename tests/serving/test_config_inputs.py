@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from serving.body import validate_body
 from serving.config import BudgetSettings, LimitSettings, ServingConfig, load_config
 from serving.errors import BadInput
-from serving.inputs import parse_budget, parse_dataset, parse_tolerance, single
+from serving.ingress.body import validate_body
+from serving.ingress.inputs import parse_budget, parse_dataset, parse_tolerance, single
 
 H = "X-Latency-Budget-Ms"
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Earliest-deadline-first admission (serving.deadline_gate), on a real event loop."""
+"""Earliest-deadline-first admission (serving.replica.deadline_gate), on a real event loop."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from serving.deadline_gate import DeadlineGate
+from serving.replica.deadline_gate import DeadlineGate
 
 
 def test_waiting_requests_enter_in_deadline_order_not_arrival_order() -> None:

@@ -1,4 +1,4 @@
-"""Late binding at the replica (serving.dispatch): plans on the wire, the choice for the time left,
+"""Late binding at the replica (serving.replica.dispatch): plans on the wire, the choice for the time left,
 the requests waiting behind, and the blocking guard."""
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import pytest
 
 from controller.knobs import Knobs
 from controller.ladder import ladder
-from serving.deadline_gate import DeadlineGate
-from serving.dispatch import BlockingGuard, DispatchPlan, Option, PlanError, Waiting, choose, leaves_room
+from serving.replica.deadline_gate import DeadlineGate
+from serving.replica.dispatch import BlockingGuard, Waiting, choose, leaves_room
+from serving.wire import DispatchPlan, PlanError
+from serving.wire import PlanOption as Option
 from tests.support.tables import synthetic_table
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.auth import ApiKeys
 from serving.errors import NoTableError, ServingConfigError, ServingError
+from serving.ingress.auth import ApiKeys
 
 
 def test_an_unusable_api_keys_file_is_a_configuration_error(tmp_path: Path) -> None:

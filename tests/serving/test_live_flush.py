@@ -6,7 +6,7 @@ from pathlib import Path
 from controller.live_files import LIVE_DIR
 from controller.store import TableStore
 from serving.config import FeedbackSettings
-from serving.live_feedback import LiveFeedback
+from serving.lookup.live_feedback import LiveFeedback
 from tests.support.tables import synthetic_table
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from serving.budget_plan import parse_policy, refuse_strict, remaining_budget_ms, resolvable
 from serving.config import AutoRecalibrateSettings
 from serving.errors import BadInput
-from serving.live_feedback import AutoState, should_publish
-from serving.queue_estimate import QueueTracker, WaitEstimate
-from serving.replica_queue import ReplicaQueue, ReplicaReport
+from serving.ingress.budget_plan import parse_policy, refuse_strict, remaining_budget_ms, resolvable
+from serving.ingress.queue_estimate import QueueTracker, WaitEstimate
+from serving.lookup.live_feedback import AutoState, should_publish
+from serving.replica.replica_queue import ReplicaQueue
+from serving.wire import ReplicaReport
 
 
 def test_empty_router_expects_no_wait() -> None:
@@ -126,7 +127,7 @@ def test_ratio_quantile_guards_against_a_slower_model() -> None:
     {"replica": "r", "waiting": "a", "running": 0, "backlog_ms": 1},
 ])
 def test_malformed_replica_reports_are_ignored(raw: object) -> None:
-    from serving.queue_admission import _report
+    from serving.ingress.admission import _report
 
     assert _report(raw) is None
 

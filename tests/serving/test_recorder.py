@@ -1,4 +1,4 @@
-"""serving.recorder: one call per event feeds both the /v1/stats counts and the Ray metrics."""
+"""serving.telemetry.recorder: one call per event feeds both the /v1/stats counts and the Ray metrics."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Any
 
 from controller.store import LATEST, TableStore
 from serving.config import FallbackSettings
-from serving.metrics import ControllerMetrics, RouterMetrics
-from serving.recorder import ControllerRecorder, RouterRecorder
-from serving.resolver import fallback_answer
-from serving.stats import RouterStats
-from serving.table_watcher import TableWatcher
+from serving.ingress.resolver import fallback_answer
+from serving.lookup.table_watcher import TableWatcher
+from serving.telemetry.metrics import ControllerMetrics, RouterMetrics
+from serving.telemetry.recorder import ControllerRecorder, RouterRecorder
+from serving.telemetry.stats import RouterStats
 from tests.support.tables import synthetic_table
 
 

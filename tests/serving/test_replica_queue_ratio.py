@@ -1,6 +1,7 @@
 """The replica's slowness scale reads the tail of measured / table first token, as the router does."""
 
-from serving.replica_queue import TAIL_QUANTILE, ReplicaQueue
+from serving.estimators import TAIL_QUANTILE
+from serving.replica.replica_queue import ReplicaQueue
 
 
 def test_first_token_ratio_is_a_high_quantile_not_the_median() -> None:
@@ -23,7 +24,7 @@ def test_bad_measurements_are_not_counted() -> None:
 
 
 def test_upper_quantile_errs_high_and_handles_empty() -> None:
-    from serving.replica_queue import upper_quantile
+    from serving.estimators import upper_quantile
 
     assert upper_quantile([], 0.9) is None
     assert upper_quantile([3.0], 0.99) == 3.0

@@ -18,7 +18,7 @@ from controller.store import TableStore
 from controller.table_file import content_sha256
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
-from serving.model_call import describe_failure
+from serving.ingress.model_call import describe_failure
 from tests.e2e.test_hostile_store import until
 from tests.support.tables import synthetic_table
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serving.metrics import ControllerMetrics, RouterMetrics
-from serving.stats import RouterStats, _percentile
+from serving.telemetry.metrics import ControllerMetrics, RouterMetrics
+from serving.telemetry.stats import RouterStats, _percentile
 
 
 def test_router_stats_counts_and_percentiles() -> None:

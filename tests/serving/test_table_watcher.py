@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from controller.store import LATEST, TableStore
-from serving.table_watcher import TableWatcher
+from serving.lookup.table_watcher import TableWatcher
 from tests.support.tables import synthetic_table
 
 

@@ -7,8 +7,8 @@ import pytest
 from controller.errors import KnobError
 from controller.knobs import Knobs
 from moe.errors import ModelLoadError
-from serving.backends.base import Backend, ModelRequest
-from serving.backends.torch_backend import TorchBackend
+from serving.replica.backends.base import Backend, ModelRequest
+from serving.replica.backends.torch_backend import TorchBackend
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The OpenAI-compatible routes' request path: the same budget resolution, admission and model
-call as /v1/generate, answered in the OpenAI shapes (serving.openai_api), streamed as server-sent
+call as /v1/generate, answered in the OpenAI shapes (serving.ingress.openai_api), streamed as server-sent
 events when asked. Kept out of router.py so that the ingress class stays a list of routes."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from serving import openai_api
-from serving.body import parse_json, read_body
-from serving.budget_plan import parse_policy
 from serving.errors import BadInput, ModelCallError
-from serving.inputs import parse_budget, parse_dataset, parse_tolerance, single
-from serving.model_call import call_model, describe_failure
+from serving.ingress import openai_api
+from serving.ingress.body import parse_json, read_body
+from serving.ingress.budget_plan import parse_policy
+from serving.ingress.inputs import parse_budget, parse_dataset, parse_tolerance, single
+from serving.ingress.model_call import call_model, describe_failure
 
 BODY_BUDGET = "latency_budget_ms"
 

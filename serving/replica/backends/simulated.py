@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from controller.errors import KnobError
 from controller.knobs import TIER_CROP_RANGE, Knobs, vision_tokens
 from moe.errors import ConfigDisabledError
-from serving.backends.base import ModelOutput, ModelRequest, OnText, SupportedRanges
+from serving.replica.backends.base import ModelOutput, ModelRequest, OnText, SupportedRanges
 
 
 class SimulatedOptions(BaseModel):

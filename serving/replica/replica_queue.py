@@ -5,39 +5,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
 from statistics import median
 
-# Which quantile of measured / table first-token latency stands for "slower than the table".
-TAIL_QUANTILE = 0.9
-
-
-def upper_quantile(values: Iterable[float], q: float) -> float | None:
-    """The q-quantile of `values` by rank, rounding up (a tail figure errs high); None if empty."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
-
-
-@dataclass(frozen=True)
-class ReplicaReport:
-    """What a replica tells the router with each answer. `backlog_ms` is its estimate of the work a
-    request arriving now would wait for; `service_ratio` is measured / table latency (recent median)."""
-
-    replica: str
-    waiting: int
-    running: int
-    backlog_ms: float
-    service_ratio: float | None
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "replica": self.replica,
-            "waiting": self.waiting,
-            "running": self.running,
-            "backlog_ms": self.backlog_ms,
-            "service_ratio": self.service_ratio,
-        }
+from serving.estimators import TAIL_QUANTILE, upper_quantile
+from serving.wire import ReplicaReport
 
 
 class ReplicaQueue:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from serving.attainment import budget_bucket
-from serving.metrics import ControllerMetrics, RouterMetrics
-from serving.stats import RouterStats
+from serving.telemetry.attainment import budget_bucket
+from serving.telemetry.metrics import ControllerMetrics, RouterMetrics
+from serving.telemetry.stats import RouterStats
 
 if TYPE_CHECKING:
-    from serving.answer import Answer
+    from serving.ingress.answer import Answer
 
 
 def _tag(value: bool | None) -> str:

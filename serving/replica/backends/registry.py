@@ -6,13 +6,13 @@ import importlib
 from typing import Any
 
 from controller.optional import require
-from serving.backends.base import Backend
 from serving.errors import ServingConfigError
+from serving.replica.backends.base import Backend
 
 # name -> (module, class, extra that installs its dependencies or None)
 BACKENDS: dict[str, tuple[str, str, str | None]] = {
-    "simulated": ("serving.backends.simulated", "SimulatedBackend", None),
-    "torch": ("serving.backends.torch_backend", "TorchBackend", "torch"),
+    "simulated": ("serving.replica.backends.simulated", "SimulatedBackend", None),
+    "torch": ("serving.replica.backends.torch_backend", "TorchBackend", "torch"),
 }
 
 

@@ -13,13 +13,13 @@ from fastapi.responses import JSONResponse
 
 from controller.decision import Decision
 from controller.ladder import Rung, highest_fitting
-from serving.answer import Answer
-from serving.budget_plan import Policy, refuse_strict, remaining_budget_ms, resolvable
 from serving.config import ServingConfig
-from serving.dispatch import DispatchPlan
+from serving.estimators import TAIL_QUANTILE
 from serving.feedback import FeedbackSender, observation
-from serving.queue_estimate import QueueTracker, WaitEstimate
-from serving.replica_queue import TAIL_QUANTILE, ReplicaReport
+from serving.ingress.answer import Answer
+from serving.ingress.budget_plan import Policy, refuse_strict, remaining_budget_ms, resolvable
+from serving.ingress.queue_estimate import QueueTracker, WaitEstimate
+from serving.wire import DispatchPlan, ReplicaReport
 
 NO_WAIT = WaitEstimate(0.0, 0.0, 0, 1, "off")
 
@@ -56,7 +56,7 @@ class QueueAdmission:
         self.metrics: Any = None  # set in start(): Ray metrics exist only inside a replica
 
     def start(self) -> None:
-        from serving.live_metrics import admission_metrics
+        from serving.telemetry.live_metrics import admission_metrics
 
         self.metrics = admission_metrics()
         if self.feedback is not None:

@@ -12,8 +12,8 @@ from typing import Any
 from controller import Table
 from controller.decode_budget import resolve_total
 from controller.ladder import Rung, ladder
-from serving.answer import Answer
 from serving.config import ControllerSettings, FallbackSettings
+from serving.ingress.answer import Answer
 
 log = logging.getLogger("ray.serve")
 

@@ -10,20 +10,20 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serving import openai_api, openai_serve
-from serving.answer import Answer
-from serving.auth import HEADER, ActiveKeys, ApiKeys
-from serving.body import generate_body
-from serving.budget_plan import parse_policy
 from serving.config import ServingConfig
 from serving.errors import BadInput, ModelCallError
-from serving.inputs import parse_budget, parse_dataset, parse_tolerance, single
-from serving.model_call import call_model
-from serving.public_views import controller_status as public_controller
-from serving.public_views import local_table_status
-from serving.queue_admission import QueueAdmission
-from serving.recorder import router_recorder
-from serving.resolver import Resolver
+from serving.ingress import openai_api, openai_routes
+from serving.ingress.admission import QueueAdmission
+from serving.ingress.answer import Answer
+from serving.ingress.auth import HEADER, ActiveKeys, ApiKeys
+from serving.ingress.body import generate_body
+from serving.ingress.budget_plan import parse_policy
+from serving.ingress.inputs import parse_budget, parse_dataset, parse_tolerance, single
+from serving.ingress.model_call import call_model
+from serving.ingress.public_views import controller_status as public_controller
+from serving.ingress.public_views import local_table_status
+from serving.ingress.resolver import Resolver
+from serving.telemetry.recorder import router_recorder
 
 api = FastAPI(title="MoE latency-budget router")
 
@@ -52,7 +52,7 @@ async def _require_key(request: Request, call_next: Any) -> Any:
 
 @api.exception_handler(RequestValidationError)
 async def _bad_body(_: Request, e: RequestValidationError) -> JSONResponse:
-    # Only for routes whose inputs FastAPI parses; /v1/generate reads its body itself (serving.body).
+    # Only for routes whose inputs FastAPI parses; /v1/generate reads its body itself (serving.ingress.body).
     err = e.errors()[0] if e.errors() else {"msg": "invalid", "input": None}
     bad = BadInput("request", err.get("input"), f"is not valid: {err.get('msg')}", "see docs/serving.md")
     return await _bad_input(_, bad)
@@ -180,12 +180,12 @@ class Router:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
-        """OpenAI chat completions (serving.openai_api); the budget as for /v1/generate."""
-        return await openai_serve.handle(self, request, "chat")
+        """OpenAI chat completions (serving.ingress.openai_api); the budget as for /v1/generate."""
+        return await openai_routes.handle(self, request, "chat")
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
-        return await openai_serve.handle(self, request, "completion")
+        return await openai_routes.handle(self, request, "completion")
 
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.knobs import TIER_CROP_RANGE, Knobs
-from serving.backends.base import ModelOutput, ModelRequest, OnText, SupportedRanges
+from serving.replica.backends.base import ModelOutput, ModelRequest, OnText, SupportedRanges
 
 
 class TorchOptions(BaseModel):

@@ -1,5 +1,5 @@
 """Serve metrics of the router and the controller. Ray's metric objects need a running worker:
-serving.recorder creates them inside replicas and is the one place that updates them."""
+serving.telemetry.recorder creates them inside replicas and is the one place that updates them."""
 
 from __future__ import annotations
 

@@ -19,84 +19,10 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from controller.errors import KnobError
-from controller.knobs import Knobs
-from controller.ladder import Rung, highest_fitting
-from serving.errors import ServingConfigError, ServingError
-
-MAX_OPTIONS = 256  # a ladder holds at most one rung per config; tables have a few dozen
-
-
-class PlanError(ServingError, ValueError):
-    """A dispatch plan that is not what a router sends (the replica then keeps the router's knobs)."""
-
-
-@dataclass(frozen=True)
-class Option:
-    knobs: Knobs
-    latency_ms: float  # compared with the time left (the table's latency, + decode for `covers: total`)
-    service_ms: float  # expected first-token time (the table's mean): what waiting requests wait for
-    decode_ms_per_token: float | None
-
-
-@dataclass(frozen=True)
-class DispatchPlan:
-    options: tuple[Option, ...]  # fastest first, each more accurate than the one before
-    tolerance: float
-
-    @property
-    def fastest_ms(self) -> float:
-        return self.options[0].latency_ms
-
-    @classmethod
-    def from_rungs(cls, rungs: Sequence[Rung], tolerance: float) -> DispatchPlan:
-        return cls(
-            tuple(Option(r.stats.knobs, r.latency_ms, r.service_ms, r.stats.decode_ms_per_token) for r in rungs),
-            tolerance,
-        )
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "tolerance": self.tolerance,
-            "options": [
-                [o.knobs.tier, o.knobs.top_k, o.knobs.num_active_blocks, o.latency_ms, o.service_ms,
-                 o.decode_ms_per_token]
-                for o in self.options
-            ],
-        }
-
-    @classmethod
-    def from_wire(cls, raw: Any) -> DispatchPlan:
-        if not isinstance(raw, dict) or not isinstance(raw.get("options"), list):
-            raise PlanError("a dispatch plan is a dict with an 'options' list")
-        rows = raw["options"]
-        if not 1 <= len(rows) <= MAX_OPTIONS:
-            raise PlanError(f"a dispatch plan holds 1 to {MAX_OPTIONS} options, not {len(rows)}")
-        tol = raw.get("tolerance", 0.0)
-        if not _number(tol) or not 0 <= tol <= 1:
-            raise PlanError(f"dispatch plan tolerance={tol!r} is not a number in [0, 1]")
-        options = []
-        for row in rows:
-            if not isinstance(row, list) or len(row) != 6:
-                raise PlanError(f"dispatch plan option {str(row)[:80]} is not [tier, top_k, blocks, "
-                                "latency_ms, service_ms, decode_ms_per_token]")
-            tier, top_k, blocks, latency, service, decode = row
-            if not (_number(latency) and _number(service) and (decode is None or _number(decode))):
-                raise PlanError(f"dispatch plan option {str(row)[:80]} has a latency that is not a finite number >= 0")
-            try:
-                knobs = Knobs.from_mapping({"tier": tier, "top_k": top_k, "num_active_blocks": blocks})
-            except KnobError as e:
-                raise PlanError(f"dispatch plan option {str(row)[:80]}: {e}") from e
-            options.append(Option(knobs, float(latency), float(service), None if decode is None else float(decode)))
-        if any(b.latency_ms < a.latency_ms for a, b in zip(options, options[1:])):
-            raise PlanError("dispatch plan options are not sorted fastest first")
-        return cls(tuple(options), float(tol))
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+from controller.ladder import highest_fitting
+from serving.errors import ServingConfigError
+from serving.wire import DispatchPlan, PlanOption
 
 
 class BlockingGuard:
@@ -189,7 +115,7 @@ class Choice:
     guarded: bool = False  # the blocking guard chose a shorter option than the time left allowed
 
 
-def call_ms(option: Option, tokens: int) -> float:
+def call_ms(option: PlanOption, tokens: int) -> float:
     """Expected time the replica is busy with this option: first token + decode of `tokens`."""
     return option.service_ms + (option.decode_ms_per_token or 0.0) * tokens
 

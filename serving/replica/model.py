@@ -16,15 +16,16 @@ from ray import serve
 
 from controller.errors import KnobError
 from controller.knobs import Knobs
-from serving.backends.base import Backend, ModelRequest
-from serving.backends.registry import create_backend
-from serving.backends.simulated import SimulatedBackend
 from serving.config import ModelSettings
-from serving.deadline_gate import DeadlineGate
-from serving.dispatch import BlockingGuard, Choice, DispatchPlan, PlanError, Waiting, call_ms, choose
-from serving.engine_prep import EnginePreparer
 from serving.errors import ServingConfigError
-from serving.replica_queue import ReplicaQueue
+from serving.replica.backends.base import Backend, ModelRequest
+from serving.replica.backends.registry import create_backend
+from serving.replica.backends.simulated import SimulatedBackend
+from serving.replica.deadline_gate import DeadlineGate
+from serving.replica.dispatch import BlockingGuard, Choice, Waiting, call_ms, choose
+from serving.replica.engine_prep import EnginePreparer
+from serving.replica.replica_queue import ReplicaQueue
+from serving.wire import DispatchPlan, PlanError
 
 log = logging.getLogger("ray.serve")
 
@@ -122,7 +123,7 @@ class MoEModel:
         # The replica's own queue: waits per request, and the report each answer carries back.
         self.queue = ReplicaQueue(self._replica, self.settings.batch.max_batch_size)
         # Deadline order: as many requests in the batcher as one batch holds, the rest wait in
-        # earliest-deadline order (serving.deadline_gate).
+        # earliest-deadline order (serving.replica.deadline_gate).
         self.gate = (
             DeadlineGate(self.settings.batch.max_batch_size) if self.settings.scheduling == "deadline" else None
         )
@@ -148,7 +149,7 @@ class MoEModel:
         """`expected_latency_ms` is the table's latency for these knobs (None: unknown, e.g. fallback);
         `decode_ms_per_token` the table's decode rate for them (None: the table has none);
         `budget_ms` what is left of the request's budget for this replica (its deadline);
-        `plan` the request's dispatch plan (serving.dispatch): the knobs are chosen again from it
+        `plan` the request's dispatch plan (serving.replica.dispatch): the knobs are chosen again from it
         when the request's backend call starts."""
         k, req = self._checked(knobs, request)
         now = time.monotonic()
@@ -207,7 +208,7 @@ class MoEModel:
 
     def _bind(self, knobs: list[Knobs], expected: list[float | None], meta: list[Pending]) -> list[int]:
         """Late binding at the start of a backend call: each planned request gets the best option
-        for the time it has left (serving.dispatch.choose), earliest deadline first, counting the
+        for the time it has left (serving.replica.dispatch.choose), earliest deadline first, counting the
         calls this batch runs before it and leaving room for the members after it and the requests
         waiting at the deadline gate. Returns the members in the order their calls should run."""
         now = time.monotonic()
@@ -376,7 +377,7 @@ class MoEModel:
                     "batch_id": batch_id,
                     "batch_knobs": k.as_dict(),
                     "serve_batch_size": len(requests),
-                    # Live feedback and queue reports (serving.feedback, serving.queue_estimate).
+                    # Live feedback and queue reports (serving.feedback, serving.ingress.queue_estimate).
                     "queue_wait_ms": waits[j],
                     "service_ms": service_ms,
                     "first_token_ms": firsts[j],

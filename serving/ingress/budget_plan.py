@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from serving.errors import BadInput
-from serving.queue_estimate import WaitEstimate
+from serving.ingress.queue_estimate import WaitEstimate
 
 Policy = Literal["best-effort", "strict"]
 POLICIES: tuple[Policy, ...] = ("best-effort", "strict")

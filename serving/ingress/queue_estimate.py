@@ -17,7 +17,8 @@ from collections import deque
 from dataclasses import dataclass
 from statistics import median
 
-from serving.replica_queue import ReplicaReport, upper_quantile
+from serving.estimators import upper_quantile
+from serving.wire import ReplicaReport
 
 # Answers whose overhead is not counted: a router's first calls to a model replica set up the
 # connection (tens of ms once), which is not the overhead later requests pay.

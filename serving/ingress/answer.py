@@ -23,7 +23,7 @@ class Answer:
     # Without a decision (fallback or fixed mode): the configured knobs and their latency, if known.
     fallback_knobs: Knobs | None = None
     fallback_latency_ms: float | None = None
-    # Queue-aware resolve (serving.budget_plan): the budget the knobs were resolved for, and why.
+    # Queue-aware resolve (serving.ingress.budget_plan): the budget the knobs were resolved for, and why.
     remaining_budget_ms: float | None = None
     queue_wait_ms: float | None = None
     overhead_ms: float | None = None

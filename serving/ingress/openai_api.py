@@ -15,9 +15,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from serving.body import validate_body
 from serving.config import LimitSettings
 from serving.errors import BadInput
+from serving.ingress.body import validate_body
 
 MODEL_ID = "moe-budget"  # the one model /v1/models lists; requests must name it
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
@@ -128,7 +128,7 @@ def _chat_prompt(messages: Any) -> tuple[str, str | None]:
 
 
 def parse(data: Any, kind: str, limits: LimitSettings, max_new_tokens_limit: int) -> OpenAIRequest:
-    """A parsed JSON body (serving.body.parse_json) -> OpenAIRequest, or BadInput."""
+    """A parsed JSON body (serving.ingress.body.parse_json) -> OpenAIRequest, or BadInput."""
     if not isinstance(data, dict):
         raise BadInput("body", data, "is not a JSON object", CHAT_SHAPE if kind == "chat" else COMPLETION_SHAPE)
     _check_fields(data, kind)

@@ -15,13 +15,13 @@ from controller.decision import Decision
 from controller.signing import read_key_file
 from controller.store import TableStore
 from controller.validate import validate_budget, validate_tolerance
-from serving.backends.base import SupportedRanges
 from serving.config import BatchSettings, ControllerSettings
 from serving.errors import NoTableError
-from serving.live_feedback import LiveFeedback
-from serving.live_metrics import live_metrics
-from serving.recorder import controller_recorder
-from serving.table_watcher import TableWatcher
+from serving.lookup.live_feedback import LiveFeedback
+from serving.lookup.table_watcher import TableWatcher
+from serving.telemetry.live_metrics import live_metrics
+from serving.telemetry.recorder import controller_recorder
+from serving.wire import SupportedRanges
 
 log = logging.getLogger("ray.serve")
 RANGES_TIMEOUT_S = 5.0
@@ -80,7 +80,7 @@ class LookupController:
         self._served_since: float | None = None  # wall clock of the last swap (unix seconds)
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
-        # Live latency from the routers' observations (serving.live_feedback).
+        # Live latency from the routers' observations (serving.lookup.live_feedback).
         self.live = LiveFeedback(self.config.feedback, self.config.store, self.replica_id, _sign_key(self.config))
         self._live_task = asyncio.get_running_loop().create_task(self._live_forever())
         await self._check_once()

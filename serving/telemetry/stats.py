@@ -1,5 +1,5 @@
 """Plain in-process counters behind `GET /v1/stats`, updated with the Ray metrics by
-serving.recorder, so that they can be read (and tested) without a Prometheus scrape."""
+serving.telemetry.recorder, so that they can be read (and tested) without a Prometheus scrape."""
 
 from __future__ import annotations
 
