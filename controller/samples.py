@@ -52,17 +52,5 @@ class SampleColumns:
     def select(self, mask: npt.NDArray[np.bool_]) -> SampleColumns:
         return SampleColumns(self.datasets, {k: v[mask] for k, v in self.columns.items()})
 
-    @classmethod
-    def concat(cls, parts: list[SampleColumns]) -> SampleColumns:
-        """Concatenate, re-indexing datasets into one sorted name list."""
-        names = tuple(sorted({n for p in parts for n in p.datasets}))
-        cols: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in COLUMNS}
-        for p in parts:
-            remap = np.array([names.index(n) for n in p.datasets] or [0], dtype=np.int16)
-            for k in COLUMNS:
-                v = p.columns[k]
-                cols[k].append(remap[v] if k == "dataset" and len(v) else v)
-        return cls(names, {k: (np.concatenate(v) if v else np.zeros(0, COLUMNS[k])) for k, v in cols.items()})
-
     def tier_names(self) -> list[str]:
         return [TIERS[i] for i in self.columns["tier"]]

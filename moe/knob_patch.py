@@ -31,10 +31,6 @@ _CURRENT: ContextVar[ForwardKnobs | None] = ContextVar("moe_forward_knobs", defa
 _SUBCLASSES: dict[tuple[type, str], type] = {}
 
 
-def current_knobs() -> ForwardKnobs | None:
-    return _CURRENT.get()
-
-
 @contextlib.contextmanager
 def knob_context(knobs: ForwardKnobs) -> Iterator[ForwardKnobs]:
     """Every forward run inside this block (in this thread/task) uses `knobs`."""

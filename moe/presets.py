@@ -136,10 +136,6 @@ def _experts_impl(requested: str, device: torch.device) -> str:
     return "grouped_mm" if hasattr(f, "grouped_mm") or hasattr(torch, "_grouped_mm") else "eager"
 
 
-def _attn_impl(device: torch.device) -> str:
-    return "sdpa"
-
-
 def build_model(
     preset: str | None = None,
     *,

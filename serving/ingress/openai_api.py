@@ -48,11 +48,6 @@ def is_openai_path(path: str) -> bool:
     return path.endswith(OPENAI_PATHS)
 
 
-def _field(kind: str, name: str) -> str:
-    # BadInput.field is a stats key and metric tag: only fixed names, never the client's key.
-    return name if name in (CHAT_FIELDS if kind == "chat" else COMPLETION_FIELDS) else "body"
-
-
 def _check_fields(data: dict[str, Any], kind: str) -> None:
     allowed = CHAT_FIELDS if kind == "chat" else COMPLETION_FIELDS
     shape = CHAT_SHAPE if kind == "chat" else COMPLETION_SHAPE

@@ -225,11 +225,6 @@ class LookupController:
                 out[i] = d
         return [out[i] for i in range(len(budgets))]
 
-    async def current_version_of_replica(self) -> tuple[str, str | None]:
-        """(replica id, version served): lets a caller check that every replica has caught up."""
-        table = self.table
-        return self.replica_id, table.version_id if table else None
-
     async def watch(self, known_version: str | None, timeout_s: float = 5.0) -> tuple[str, bytes] | None:
         """Long-poll for routers that keep a local copy: returns (version, table bytes) as soon as
         this replica serves a version other than `known_version`, or None after timeout_s."""
