@@ -1,5 +1,6 @@
 """Latency-budget lookup controller for MoE VLM serving: a pure library (no Ray, no torch)."""
 
+from controller.budget import Budget
 from controller.build import BuildResult, build_table, build_table_from_results
 from controller.decision import Decision
 from controller.errors import (
@@ -29,6 +30,7 @@ from controller.table_file import load_table
 __all__ = [
     "GLOBAL_SCOPE",
     "TIERS",
+    "Budget",
     "BudgetError",
     "BuildError",
     "BuildParams",

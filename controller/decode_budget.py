@@ -7,6 +7,7 @@ scope's configs (a few dozen) with the same rule and tie order as `controller.fr
 
 from __future__ import annotations
 
+from controller.budget import Budget
 from controller.decision import Decision
 from controller.errors import TokenCountError
 from controller.stats import ConfigStats
@@ -42,13 +43,13 @@ def resolve_total(
     tol = table.tolerance if tolerance is None else validate_tolerance(tolerance)
     scope = table.scope(dataset)
     rates = decode_rates(scope.configs)
-    threshold = budget * (1 + tol)
+    fit = Budget(budget, tol)
 
     def total(c: ConfigStats) -> float:
         rate = rates[c]
         return c.latency_ms + (max_new_tokens * rate if rate is not None else 0.0)
 
-    feasible = [c for c in scope.configs if total(c) <= threshold]
+    feasible = [c for c in scope.configs if fit.fits(total(c))]
     if feasible:
         best = min(feasible, key=lambda c: (-c.accuracy, total(c), c.knobs.sort_key))
     else:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from controller.budget import Budget
 from controller.stats import ConfigStats
 
 
@@ -53,8 +54,8 @@ class Frontier:
 
 def choose_by_scan(configs: Sequence[ConfigStats], budget_ms: float, tolerance: float) -> tuple[ConfigStats, bool]:
     """The seed's rule as a linear scan with the tie order above: the reference for tests."""
-    threshold = budget_ms * (1 + tolerance)
-    feasible = [c for c in configs if c.latency_ms <= threshold]
+    budget = Budget(budget_ms, tolerance)
+    feasible = [c for c in configs if budget.fits(c.latency_ms)]
     if feasible:
         return min(feasible, key=lambda c: (-c.accuracy, c.latency_ms, c.knobs.sort_key)), True
     return min(configs, key=lambda c: (abs(c.latency_ms - budget_ms), -c.accuracy, c.knobs.sort_key)), False

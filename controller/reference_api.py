@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from controller.budget import Budget
 from controller.build import build_table, build_table_from_results
 from controller.core_exp.records import records_to_samples
 from controller.decision import Decision
@@ -109,8 +110,8 @@ class LookupTableBaselineController:
         return template
 
     def _candidates(self, decision: Decision) -> list[dict[str, Any]]:
-        threshold = decision.budget_ms * (1 + decision.tolerance)
-        feasible = [c for c in self.table.configs(decision.scope) if c.latency_ms <= threshold]
+        budget = Budget(decision.budget_ms, decision.tolerance)
+        feasible = [c for c in self.table.configs(decision.scope) if budget.fits(c.latency_ms)]
         feasible.sort(key=lambda c: (-c.accuracy, c.latency_ms, c.knobs.sort_key))
         base = decision.to_dict()
         return [{**base, **c.knobs.as_dict(), **c.reference_dict()} for c in feasible]
