@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable
-from statistics import median
+from statistics import NormalDist, median
 
 # Which quantile of measured / table first-token latency stands for "slower than the table".
 TAIL_QUANTILE = 0.9
@@ -21,18 +21,19 @@ def upper_quantile(values: Iterable[float], q: float) -> float | None:
 MAD_SCALE = 1.4826
 
 
-def robust_upper(values: Iterable[float], spread: float = 3.0) -> float | None:
-    """median + `spread` x scaled MAD: a high figure for a tight distribution (serving overhead is
-    a fixed cost per request plus noise) that one slow sample cannot move. A p90 over a window of
-    a few dozen samples is the slowest sample or near it, and one stall of the host then holds
-    every budget for the whole window; median and MAD each need half the window to move.
-    None if empty."""
+def robust_quantile(values: Iterable[float], q: float) -> float | None:
+    """The q-quantile of a tight distribution (serving overhead: a fixed cost per request plus
+    noise) estimated as median + z(q) x 1.4826 x MAD, which one slow sample cannot move: median and
+    MAD each need half the samples to shift. A rank quantile (p99 of a window of a few dozen) is the
+    slowest sample, and one stall of the host would then hold every budget for the whole window.
+    The price: a genuinely heavy tail is under-read, so the router measures the overhead it sees
+    at every answer and this estimate follows the bulk within a few requests. None if empty."""
     data = [v for v in values if math.isfinite(v)]
     if not data:
         return None
     mid = median(data)
     mad = median(abs(v - mid) for v in data)
-    return mid + spread * MAD_SCALE * mad
+    return mid + NormalDist().inv_cdf(q) * MAD_SCALE * mad if 0.5 < q < 1 else mid if q <= 0.5 else max(data)
 
 
 class TimedWindow:

@@ -9,6 +9,8 @@ import math
 from collections import deque
 from typing import Any
 
+from serving.wire import ModelResult
+
 log = logging.getLogger("ray.serve")
 MAX_BUFFERED = 10_000  # beyond this (controller down for long) the oldest observations go
 MAX_BATCH = 2_000
@@ -18,23 +20,20 @@ def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
-def observation(config_key: str, output: dict[str, Any]) -> dict[str, Any] | None:
+def observation(config_key: str, result: ModelResult) -> dict[str, Any] | None:
     """One observation from a model answer; None when the replica did not report its timings."""
-    t = output.get("timings_ms")
-    if not isinstance(t, dict):
-        return None
+    t = result.timings_ms
     vision, prefill, decode = _num(t.get("vision")), _num(t.get("prefill")), _num(t.get("decode"))
     if vision is None and prefill is None:
         return None
-    tokens = output.get("output_tokens")
-    tokens = tokens if type(tokens) is int and tokens >= 0 else 0
-    crops = output.get("crops")
+    tokens = result.output_tokens if type(result.output_tokens) is int and result.output_tokens >= 0 else 0
+    crops = result.crops
     return {
         "config": config_key,
         "first_token_ms": (vision or 0.0) + (prefill or 0.0),
         "decode_ms_per_token": decode / tokens if decode is not None and tokens > 0 else None,
         "output_tokens": tokens,
-        "queue_wait_ms": _num(output.get("queue_wait_ms")),
+        "queue_wait_ms": _num(result.queue_wait_ms),
         "crops": crops if type(crops) is int else None,
     }
 

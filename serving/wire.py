@@ -118,42 +118,28 @@ class DispatchPlan:
             tolerance,
         )
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "tolerance": self.tolerance,
-            "options": [
-                [o.knobs.tier, o.knobs.top_k, o.knobs.num_active_blocks, o.latency_ms, o.service_ms,
-                 o.decode_ms_per_token]
-                for o in self.options
-            ],
-        }
-
-    @classmethod
-    def from_wire(cls, raw: Any) -> DispatchPlan:
-        if not isinstance(raw, dict) or not isinstance(raw.get("options"), list):
-            raise PlanError("a dispatch plan is a dict with an 'options' list")
-        rows = raw["options"]
-        if not 1 <= len(rows) <= MAX_OPTIONS:
-            raise PlanError(f"a dispatch plan holds 1 to {MAX_OPTIONS} options, not {len(rows)}")
-        tol = raw.get("tolerance", 0.0)
-        if not _number(tol) or not 0 <= tol <= 1:
-            raise PlanError(f"dispatch plan tolerance={tol!r} is not a number in [0, 1]")
-        options = []
-        for row in rows:
-            if not isinstance(row, list) or len(row) != 6:
-                raise PlanError(f"dispatch plan option {str(row)[:80]} is not [tier, top_k, blocks, "
-                                "latency_ms, service_ms, decode_ms_per_token]")
-            tier, top_k, blocks, latency, service, decode = row
-            if not (_number(latency) and _number(service) and (decode is None or _number(decode))):
-                raise PlanError(f"dispatch plan option {str(row)[:80]} has a latency that is not a finite number >= 0")
+    def checked(self) -> DispatchPlan:
+        """This plan if it is what a router sends, else PlanError (the replica then keeps the
+        router's knobs): 1 to MAX_OPTIONS options of Knobs with finite latencies >= 0, sorted
+        fastest first, and a tolerance in [0, 1]."""
+        if not isinstance(self.options, tuple) or not 1 <= len(self.options) <= MAX_OPTIONS:
+            n = len(self.options) if isinstance(self.options, (tuple, list)) else self.options
+            raise PlanError(f"a dispatch plan holds a tuple of 1 to {MAX_OPTIONS} options, not {str(n)[:80]}")
+        if not _number(self.tolerance) or not 0 <= self.tolerance <= 1:
+            raise PlanError(f"dispatch plan tolerance={self.tolerance!r} is not a number in [0, 1]")
+        for o in self.options:
+            if not isinstance(o, PlanOption) or not isinstance(o.knobs, Knobs):
+                raise PlanError(f"dispatch plan option {str(o)[:80]} is not a PlanOption with Knobs")
+            d = o.decode_ms_per_token
+            if not (_number(o.latency_ms) and _number(o.service_ms) and (d is None or _number(d))):
+                raise PlanError(f"dispatch plan option {str(o)[:80]} has a latency that is not a finite number >= 0")
             try:
-                knobs = Knobs.from_mapping({"tier": tier, "top_k": top_k, "num_active_blocks": blocks})
+                Knobs(o.knobs.tier, o.knobs.top_k, o.knobs.num_active_blocks)  # unpickled: __post_init__ never ran
             except KnobError as e:
-                raise PlanError(f"dispatch plan option {str(row)[:80]}: {e}") from e
-            options.append(PlanOption(knobs, float(latency), float(service), None if decode is None else float(decode)))
-        if any(b.latency_ms < a.latency_ms for a, b in zip(options, options[1:])):
+                raise PlanError(f"dispatch plan option {o.knobs}: {e}") from e
+        if any(b.latency_ms < a.latency_ms for a, b in zip(self.options, self.options[1:])):
             raise PlanError("dispatch plan options are not sorted fastest first")
-        return cls(tuple(options), float(tol))
+        return self
 
 
 def _number(x: Any) -> bool:
@@ -254,3 +240,6 @@ class StreamPiece:
     result: ModelResult | None = None
     # Replica time from arrival to this piece (ms): the first one is the replica's first token.
     at_ms: float = 0.0
+    # On every text piece: which option of the plan runs (late binding chose it when the batch
+    # started), so the router can name the knobs before the result.
+    dispatch: Dispatched | None = None

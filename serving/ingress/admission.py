@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from fastapi.responses import JSONResponse
+from controller.budget import Budget
 
 from controller.decision import Decision
 from controller.ladder import Rung, highest_fitting
@@ -19,23 +19,21 @@ from serving.feedback import FeedbackSender, observation
 from serving.ingress.answer import Answer
 from serving.ingress.budget_plan import Policy, refuse_strict, remaining_budget_ms, resolvable
 from serving.ingress.queue_estimate import QueueTracker, WaitEstimate
-from serving.wire import DispatchPlan, ReplicaReport
+from serving.wire import Dispatched, DispatchPlan, ModelResult
 
 NO_WAIT = WaitEstimate(0.0, 0.0, 0, 1, "off")
 
 
-def _report(raw: Any) -> ReplicaReport | None:
-    """A replica's report from its answer; anything malformed is ignored (never trusted blindly)."""
-    if not isinstance(raw, dict):
-        return None
-    try:
-        ratio = raw.get("service_ratio")
-        return ReplicaReport(
-            str(raw["replica"])[:200], int(raw["waiting"]), int(raw["running"]), float(raw["backlog_ms"]),
-            None if ratio is None else float(ratio),
-        )
-    except (KeyError, TypeError, ValueError, OverflowError):  # e.g. int(inf)
-        return None
+@dataclass(frozen=True)
+class Refused:
+    """A strict request refused before any model work: status 429/422, the error (field, value,
+    problem, accepted, message, type), the estimate behind it, and headers (Retry-After)."""
+
+    status: int
+    error: dict[str, Any]
+    estimate: dict[str, Any]
+    answer: Answer
+    headers: dict[str, str]
 
 
 class QueueAdmission:
@@ -91,8 +89,9 @@ class QueueAdmission:
             policy=policy,
         )
 
-    def refusal(self, answer: Answer, estimate: WaitEstimate, field: str) -> JSONResponse | None:
-        """For a strict request: a 429/422 when no config fits, else None (go ahead)."""
+    def refusal(self, answer: Answer, estimate: WaitEstimate, field: str) -> Refused | None:
+        """For a strict request: a 429/422 refusal (a value; each door renders it) when no config
+        fits, else None (go ahead)."""
         if answer.feasible is not False or answer.expected_latency_ms is None:
             return None
         tol = answer.tolerance or 0.0
@@ -100,24 +99,20 @@ class QueueAdmission:
         self.refused[r.status] = self.refused.get(r.status, 0) + 1
         if self.metrics is not None:
             self.metrics.refused.inc(tags={"status": str(r.status)})
-        body = {
-            "error": {
-                "field": field,
-                "value": answer.budget_ms,
-                "problem": r.problem,
-                "accepted": r.accepted,
-                "message": f"{field}={answer.budget_ms:g} {r.problem}; {r.accepted}",
-                "type": "budget_unmeetable_now" if r.status == 429 else "budget_unmeetable",
-            },
-            "estimate": {**estimate.to_dict(), "fastest_config_ms": r.fastest_ms,
-                         "retry_after_s": r.retry_after_s},
-            **answer.to_dict(),
+        error = {
+            "field": field,
+            "value": answer.budget_ms,
+            "problem": r.problem,
+            "accepted": r.accepted,
+            "message": f"{field}={answer.budget_ms:g} {r.problem}; {r.accepted}",
+            "type": "budget_unmeetable_now" if r.status == 429 else "budget_unmeetable",
         }
-        return JSONResponse(body, status_code=r.status, headers=r.headers())
+        estimate_view = {**estimate.to_dict(), "fastest_config_ms": r.fastest_ms, "retry_after_s": r.retry_after_s}
+        return Refused(r.status, error, estimate_view, answer, r.headers())
 
     # -- around the model call ---------------------------------------------------------------------
 
-    def plan(self, answer: Answer) -> tuple[tuple[Rung, ...], dict[str, Any] | None]:
+    def plan(self, answer: Answer) -> tuple[tuple[Rung, ...], DispatchPlan | None]:
         """The rungs a replica may choose from when the request leaves its queue (late binding):
         those the budget would allow with no wait at all, and always the fastest. ((), None): the
         router's knobs stand (late binding off, or no table behind the answer)."""
@@ -126,53 +121,53 @@ class QueueAdmission:
         model_budget = answer.model_budget_ms()
         if model_budget is None:
             return (), None
-        threshold = model_budget * (1 + (answer.tolerance or 0.0))
-        rungs = answer.rungs[: highest_fitting((r.latency_ms for r in answer.rungs), threshold) + 1]
-        return rungs, DispatchPlan.from_rungs(rungs, answer.tolerance or 0.0).to_wire()
+        budget = Budget(model_budget, answer.tolerance or 0.0)
+        rungs = answer.rungs[: highest_fitting((r.latency_ms for r in answer.rungs), budget.threshold_ms) + 1]
+        return rungs, DispatchPlan.from_rungs(rungs, budget.tolerance)
 
-    def ran(self, answer: Answer, rungs: tuple[Rung, ...], output: Any) -> Answer:
-        """The answer for the rung the replica ran (its `dispatch` report: the time it had left is
-        in the output; remaining_budget_ms stays what the router assumed); the same answer when
-        there was no plan or the report is not one the replica sends."""
-        view = output.get("dispatch") if isinstance(output, dict) else None
-        if not rungs or not isinstance(view, dict):
+    def ran(self, answer: Answer, rungs: tuple[Rung, ...], dispatch: Dispatched | None) -> Answer:
+        """The answer for the rung the replica ran (its dispatch report; remaining_budget_ms stays
+        what the router assumed); the same answer when there was no plan or the report does not
+        name one of the rungs sent."""
+        if not rungs or dispatch is None or not 0 <= dispatch.option < len(rungs):
             return answer
-        i, fits = view.get("option"), view.get("fits")
-        if type(i) is not int or not 0 <= i < len(rungs) or not isinstance(fits, bool):
-            return answer
-        r, d = rungs[i], answer.decision
+        r, d = rungs[dispatch.option], answer.decision
         if d is None:
             return answer
-        decision = Decision(r.stats.knobs, r.stats.accuracy, r.latency_ms, fits, d.scope, d.table_version,
+        decision = Decision(r.stats.knobs, r.stats.accuracy, r.latency_ms, dispatch.fits, d.scope, d.table_version,
                             d.budget_ms, d.tolerance, r.stats)
         decode = (r.latency_ms - r.stats.latency_ms) if self.covers == "total" else None
         return replace(answer, decision=decision, expected_decode_ms=decode, bound_at="replica")
 
-    def sent(self, answer: Answer) -> int:
+    @staticmethod
+    def call_ms(answer: Answer, max_new_tokens: int) -> float | None:
+        """The table's whole call for the answer's knobs: first token + decode of the tokens asked."""
+        if answer.service_ms is None:
+            return None
+        return answer.service_ms + (answer.decode_ms_per_token or 0.0) * max_new_tokens
+
+    def sent(self, answer: Answer, max_new_tokens: int) -> int:
         token = next(self._tokens)
-        self.tracker.sent(token, answer.knobs.key, answer.service_ms)
+        self.tracker.sent(token, answer.knobs.key, self.call_ms(answer, max_new_tokens), time.monotonic())
         return token
 
     def failed(self, token: int) -> None:
         self.tracker.failed(token)
 
-    def done(self, token: int, answer: Answer, output: Any, router_ms: float) -> None:
-        out = output if isinstance(output, dict) else {}
-        service = out.get("service_ms")
-        wait = out.get("queue_wait_ms")
+    def done(self, token: int, answer: Answer, result: ModelResult, overhead_ms: float | None) -> None:
+        """An answer (a stream: its end) came back; `overhead_ms` is the router's first token minus
+        the replica's (what the request spent outside the replica)."""
         self.tracker.done(
             token,
             time.monotonic(),
-            expected_ms=answer.service_ms,
-            service_ms=float(service) if isinstance(service, (int, float)) else None,
-            router_ms=router_ms,
-            queue_wait_ms=float(wait) if isinstance(wait, (int, float)) else None,
-            report=_report(out.get("replica_load")),
-            first_token_ms=_number(out.get("first_token_ms")),
-            first_token_ratio=_number(out.get("first_token_ratio")),
+            expected_call_ms=self.call_ms(answer, result.output_tokens or 1),
+            service_ms=result.service_ms,
+            overhead_ms=overhead_ms,
+            report=result.replica_load,
+            first_token_ratio=result.first_token_ratio,
         )
         if self.feedback is not None:
-            self.feedback.add(observation(answer.knobs.key, out))
+            self.feedback.add(observation(answer.knobs.key, result))
 
     def status(self) -> dict[str, Any]:
         return {
@@ -184,9 +179,3 @@ class QueueAdmission:
             "refused": {str(k): v for k, v in self.refused.items()},
             "feedback": self.feedback.status() if self.feedback is not None else None,
         }
-
-
-def _number(value: Any) -> float | None:
-    """A number the replica reported (first-token time or ratio); None for anything else, which
-    leaves the tracker on the whole call."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from controller.budget import Budget
 from controller.decision import Decision
 from controller.knobs import Knobs
 from controller.ladder import Rung
@@ -68,7 +69,7 @@ class Answer:
         if self.decision is not None:
             return self.decision.feasible
         latency = self.fallback_latency_ms
-        return None if latency is None else latency <= self.budget_ms * (1 + (self.tolerance or 0.0))
+        return None if latency is None else Budget(self.budget_ms, self.tolerance or 0.0).fits(latency)
 
     @property
     def scope(self) -> str | None:

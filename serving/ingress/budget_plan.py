@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from controller.budget import Budget
 from serving.errors import BadInput
 from serving.ingress.queue_estimate import WaitEstimate
 
@@ -48,7 +49,7 @@ def refuse_strict(
 ) -> Refusal:
     """Called only when no config fits the remaining budget. `fastest_ms` is the fastest config's
     expected latency (for the budget's coverage: first token, or the whole request)."""
-    allowed = budget_ms * (1 + tolerance)
+    allowed = Budget(budget_ms, tolerance).threshold_ms
     room = allowed - estimate.overhead_ms - fastest_ms  # the wait this budget could absorb
     if room < 0:
         return Refusal(

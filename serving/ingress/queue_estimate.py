@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from statistics import median
 
-from serving.estimators import upper_quantile
+from serving.estimators import TimedWindow, robust_quantile, upper_quantile
 from serving.wire import ReplicaReport
 
 # Answers whose overhead is not counted: a router's first calls to a model replica set up the
@@ -62,13 +62,16 @@ class QueueTracker:
         self.max_batch_size = max(1, max_batch_size)
         self.stale_after_s, self.replica_ttl_s = stale_after_s, replica_ttl_s
         self.proxy_overhead_ms, self.overhead_quantile = proxy_overhead_ms, overhead_quantile
-        self._in_flight: dict[int, tuple[str, float | None]] = {}
+        # token -> (config, expected whole call ms (first token + decode), sent at): streams included,
+        # for as long as they decode, since the replica is busy with them.
+        self._in_flight: dict[int, tuple[str, float | None, float]] = {}
         self._reports: dict[str, tuple[float, ReplicaReport]] = {}  # replica -> (received, report)
         self._ratios: deque[float] = deque(maxlen=window)
         self._service: deque[float] = deque(maxlen=window)
-        # (when, ms): the overhead quantile covers the last overhead_window_s only, so that one stall
-        # of the host (or a cold start) stops inflating every budget once it is past.
-        self._overhead: deque[tuple[float, float]] = deque(maxlen=window)
+        # The overhead covers the last overhead_window_s only, and is read robustly
+        # (serving.estimators.robust_quantile), so that one stall of the host (or a cold start)
+        # neither holds every budget for the window nor moves it much while it lasts.
+        self._overhead = TimedWindow(overhead_window_s, window)
         self.overhead_window_s = overhead_window_s
         self._answers, self.cold_answers = 0, cold_answers
         # Measured first token / table latency: the table's latency is a first-token time, while a
@@ -77,8 +80,10 @@ class QueueTracker:
 
     # -- events --------------------------------------------------------------------------------
 
-    def sent(self, token: int, config: str, expected_ms: float | None) -> None:
-        self._in_flight[token] = (config, expected_ms)
+    def sent(self, token: int, config: str, expected_call_ms: float | None, now: float = 0.0) -> None:
+        """A request went to a replica; `expected_call_ms` is its table's whole call (first token +
+        decode of its max_new_tokens), None where unknown."""
+        self._in_flight[token] = (config, expected_call_ms, now)
 
     def failed(self, token: int) -> None:
         self._in_flight.pop(token, None)
@@ -88,37 +93,32 @@ class QueueTracker:
         token: int,
         now: float,
         *,
-        expected_ms: float | None,
+        expected_call_ms: float | None,
         service_ms: float | None,
-        router_ms: float,
-        queue_wait_ms: float | None,
+        overhead_ms: float | None,
         report: ReplicaReport | None,
-        first_token_ms: float | None = None,
         first_token_ratio: float | None = None,
     ) -> None:
-        """An answer came back. router_ms is the router's whole time for the request; what it
-        spent outside the replica's queue and service is the overhead we budget for.
-        `first_token_ratio`: the replica's own first token / table for the backend call (a batch's
+        """An answer came back (a stream: its last piece). `overhead_ms` is the serving cost outside
+        the replica, the router's first token minus the replica's (never a stream's duration);
+        `first_token_ratio`: the replica's first token / table for the backend call (a batch's
         prefills run one after another, so one member's first token / its own table latency would
-        read batching as slowness); it wins over first_token_ms / expected_ms."""
+        read batching as slowness)."""
         self._in_flight.pop(token, None)
         if _finite_nonneg(service_ms):
             assert service_ms is not None
             self._service.append(service_ms)
-            if expected_ms is not None and expected_ms > 0:
-                self._ratios.append(service_ms / expected_ms)
-                if _finite_nonneg(first_token_ratio):
-                    assert first_token_ratio is not None
-                    self._first_token_ratios.append(first_token_ratio)
-                else:
-                    first = first_token_ms if _finite_nonneg(first_token_ms) else service_ms
-                    assert first is not None
-                    self._first_token_ratios.append(first / expected_ms)
-            if _finite_nonneg(queue_wait_ms):
-                assert queue_wait_ms is not None
-                self._answers += 1
-                if self._answers > self.cold_answers:  # the first calls through a new handle connect
-                    self._overhead.append((now, max(0.0, router_ms - service_ms - queue_wait_ms)))
+            if expected_call_ms is not None and expected_call_ms > 0:
+                self._ratios.append(service_ms / expected_call_ms)
+                if not _finite_nonneg(first_token_ratio):  # the model reports no first token: the whole call
+                    self._first_token_ratios.append(service_ms / expected_call_ms)
+            if _finite_nonneg(first_token_ratio):
+                assert first_token_ratio is not None
+                self._first_token_ratios.append(first_token_ratio)
+        if overhead_ms is not None and math.isfinite(overhead_ms):
+            self._answers += 1
+            if self._answers > self.cold_answers:  # the first calls through a new handle connect
+                self._overhead.add(now, max(0.0, overhead_ms))
         if report is not None:
             self._reports[report.replica] = (now, report)
 
@@ -135,9 +135,7 @@ class QueueTracker:
         return 1.0 if ratio is None else ratio
 
     def overhead_ms(self, now: float | None = None) -> float:
-        while now is not None and self._overhead and now - self._overhead[0][0] > self.overhead_window_s:
-            self._overhead.popleft()
-        measured = upper_quantile((ms for _, ms in self._overhead), self.overhead_quantile)
+        measured = robust_quantile(self._overhead.values(now), self.overhead_quantile)
         return (measured or 0.0) + self.proxy_overhead_ms
 
     def replicas(self, now: float) -> int:
@@ -146,16 +144,25 @@ class QueueTracker:
             del self._reports[r]  # gone or idle for long: forget, so the dict stays bounded
         return max(1, len(live))
 
-    def _router_wait(self, replicas: int) -> float:
-        groups: dict[str, list[float | None]] = {}
-        for config, e in self._in_flight.values():
-            groups.setdefault(config, []).append(e)
+    def _router_wait(self, replicas: int, now: float) -> float:
+        """Work in flight from this router, each config's calls priced at its table's whole call x
+        the measured ratio, less what has already passed since it was sent (a stream 400 ms into a
+        500 ms decode holds the replica for 100 ms more, not 500)."""
+        groups: dict[str, list[tuple[float | None, float]]] = {}
+        for config, e, at in self._in_flight.values():
+            groups.setdefault(config, []).append((e, at))
         fallback = median(self._service) if self._service else 0.0
         ratio, work = self.ratio(), 0.0
         for members in groups.values():
-            known = [e for e in members if e is not None]
-            per_call = max(known) * ratio if known else fallback
-            work += math.ceil(len(members) / self.max_batch_size) * per_call
+            known = [(e * ratio, at) for e, at in members if e is not None]
+            if known:
+                remaining = max(max(0.0, ms - max(0.0, now - at) * 1000) for ms, at in known)
+                # Later batches of this config run the whole call each.
+                per_call = max(ms for ms, _ in known)
+            else:
+                remaining = per_call = fallback
+            calls = math.ceil(len(members) / self.max_batch_size)
+            work += remaining + (calls - 1) * per_call
         return work / replicas
 
     def _report_wait(self, now: float) -> float | None:
@@ -168,7 +175,7 @@ class QueueTracker:
 
     def estimate(self, now: float) -> WaitEstimate:
         replicas = self.replicas(now)
-        router = self._router_wait(replicas)
+        router = self._router_wait(replicas, now)
         reports = self._report_wait(now)
         if reports is not None and reports > router:
             wait, basis = reports, "reports"

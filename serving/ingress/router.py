@@ -11,15 +11,15 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.config import ServingConfig
-from serving.errors import BadInput, ModelCallError
+from serving.errors import BadInput
 from serving.ingress import openai_api, openai_routes
-from serving.ingress.admission import QueueAdmission
+from serving.ingress.admission import QueueAdmission, Refused
 from serving.ingress.answer import Answer
 from serving.ingress.auth import HEADER, ActiveKeys, ApiKeys
 from serving.ingress.body import generate_body
 from serving.ingress.budget_plan import parse_policy
 from serving.ingress.inputs import parse_budget, parse_dataset, parse_tolerance, single
-from serving.ingress.model_call import call_model
+from serving.ingress.pipeline import Failed, Inputs, Pipeline, headers_of, knob_headers, server_timing
 from serving.ingress.public_views import controller_status as public_controller
 from serving.ingress.public_views import local_table_status
 from serving.ingress.resolver import Resolver
@@ -58,21 +58,10 @@ async def _bad_body(_: Request, e: RequestValidationError) -> JSONResponse:
     return await _bad_input(_, bad)
 
 
-def _server_timing(controller_ms: float, model_ms: float, total_ms: float, queue_ms: float | None = None) -> str:
-    # queue: the wait the router expected (and resolved the budget for), not a measured one.
-    queue = "" if queue_ms is None else f", queue;dur={queue_ms:.3f}"
-    return f"controller;dur={controller_ms:.3f}, model;dur={model_ms:.3f}, total;dur={total_ms:.3f}{queue}"
-
-
-def _knob_headers(a: Answer) -> dict[str, str]:
-    return {
-        "X-Knob-Tier": a.knobs.tier,
-        "X-Knob-Top-K": str(a.knobs.top_k),
-        "X-Knob-Active-Blocks": str(a.knobs.num_active_blocks),
-        "X-Table-Version": a.table_version or "none",
-        "X-Budget-Feasible": {True: "true", False: "false", None: "unknown"}[a.feasible],
-        "X-Fallback": "true" if a.fallback else "false",
-    }
+def refused_response(r: Refused) -> JSONResponse:
+    """/v1/generate's shape of a refusal: the error, the estimate behind it and the answer."""
+    body = {"error": r.error, "estimate": r.estimate, **r.answer.to_dict()}
+    return JSONResponse(body, status_code=r.status, headers=knob_headers(r.answer) | r.headers)
 
 
 async def _awaited(response: Any) -> Any:
@@ -92,6 +81,8 @@ class Router:
         keys = self.config.auth.api_keys_file
         ActiveKeys.keys = ApiKeys.from_file(keys) if keys else None
         self.admission = QueueAdmission(self.config, controller)
+        # Every door takes this one path (serving.ingress.pipeline).
+        self.pipeline = Pipeline(self.config, self._answer, self.admission, model, self.recorder)
         await self.resolver.start()
         self.admission.start()
 
@@ -124,59 +115,19 @@ class Router:
         raw_policy = single(request.headers.getlist(h.policy), h.policy)  # repeated: refused, never guessed
         policy = parse_policy(raw_policy, h.policy, self.config.budget.default_policy)
         body = await generate_body(request, self.config.limits, self.config.model.max_new_tokens_limit)
-        adm = self.admission
-        estimate = adm.estimate()
-        answer, controller_ms = await self._answer(
-            adm.resolve_budget(budget, estimate), tolerance, dataset, adm.tokens_for(body.max_new_tokens)
-        )
-        answer = adm.annotate(answer, budget, estimate, policy)
-        if policy == "strict" and (refused := adm.refusal(answer, estimate, h.budget)) is not None:
-            return refused  # nothing computed: a clear answer now beats a late one
-        model_started = time.perf_counter()
-        payload = {"prompt": body.prompt, "max_new_tokens": body.max_new_tokens, "image_b64": body.image}
-        m = self.config.model
-        token = adm.sent(answer)
-        rungs, plan = adm.plan(answer)
-        try:
-            output = await call_model(
-                self.model.generate.remote(
-                    answer.knobs, payload, answer.service_ms, answer.decode_ms_per_token,
-                    answer.model_budget_ms(), plan,
-                ),
-                m.assign_timeout_s,
-                m.timeout_s,
-            )
-        except ModelCallError as e:
-            adm.failed(token)
-            return self._model_error(answer, e)
-        except BaseException:  # client gone (cancelled): not in flight any more
-            adm.failed(token)
-            raise
-        model_ms = (time.perf_counter() - model_started) * 1000
-        answer = adm.ran(answer, rungs, output)  # the knobs the replica chose at dispatch
-        adm.done(token, answer, output, (time.perf_counter() - started) * 1000)
-        total_ms = (time.perf_counter() - started) * 1000
-        decode_ms = float(((output or {}).get("timings_ms") or {}).get("decode", 0.0))
-        self.served(answer, budget, first_token_ms=total_ms - decode_ms, total_ms=total_ms)
+        inputs = Inputs(budget, tolerance, dataset, policy, body.prompt, body.max_new_tokens, body.image)
+        admitted = await self.pipeline.admit(inputs, started)
+        if isinstance(admitted, Refused):
+            return refused_response(admitted)
+        outcome = await self.pipeline.run(admitted)
+        if isinstance(outcome, Failed):
+            return self._model_error(outcome)
         content = {
-            "output": output,
-            **answer.to_dict(),
-            "timings_ms": {"controller": controller_ms, "model": model_ms, "total": total_ms},
+            "output": outcome.result.to_dict(),
+            **outcome.answer.to_dict(),
+            "timings_ms": {"controller": outcome.controller_ms, "model": outcome.model_ms, "total": outcome.total_ms},
         }
-        timing = _server_timing(controller_ms, model_ms, total_ms, answer.queue_wait_ms)
-        headers = _knob_headers(answer) | {"Server-Timing": timing}
-        return JSONResponse(content, headers=headers)
-
-    def served(self, answer: Answer, budget_ms: float, *, first_token_ms: float, total_ms: float) -> None:
-        """Count a served request, and whether it met its budget as this router measured it: its
-        first token (router time minus the model's decode; the first chunk when streaming) or the
-        whole request, as budget.covers says. The budget's bucket is one of a fixed set."""
-        covers = self.config.budget.covers
-        measured = total_ms if covers == "total" else first_token_ms
-        self.recorder.served(answer, budget_ms, measured <= budget_ms, covers)
-
-    def knob_headers(self, answer: Answer) -> dict[str, str]:
-        return _knob_headers(answer)
+        return JSONResponse(content, headers=headers_of(outcome))
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
@@ -191,12 +142,12 @@ class Router:
     async def models(self) -> dict[str, Any]:
         return openai_api.models()
 
-    def _model_error(self, answer: Answer, e: ModelCallError) -> JSONResponse:
-        self.recorder.model_error(e.kind)
+    def _model_error(self, failed: Failed) -> JSONResponse:
+        e = failed.error
         return JSONResponse(
-            {"error": e.to_dict(), **answer.to_dict()},
+            {"error": e.to_dict(), **failed.answer.to_dict()},
             status_code=e.status,
-            headers=_knob_headers(answer) | {"X-Error-Type": e.kind},
+            headers=knob_headers(failed.answer) | {"X-Error-Type": e.kind},
         )
 
     @api.get("/v1/knobs")
@@ -205,7 +156,7 @@ class Router:
         answer, controller_ms = await self._answer(budget, tolerance, dataset)
         return JSONResponse(
             answer.to_dict(),
-            headers=_knob_headers(answer) | {"Server-Timing": _server_timing(controller_ms, 0.0, controller_ms)},
+            headers=knob_headers(answer) | {"Server-Timing": server_timing(controller_ms, 0.0, controller_ms, None)},
         )
 
     @api.get("/v1/table")
@@ -251,6 +202,7 @@ class Router:
                 **self.recorder.snapshot(),
                 "local_table_syncs": local["syncs"] if local else None,
                 "queue": self.admission.status(),
+                "streams": dict(self.pipeline.stream_counts),
             },
             "controller": controller,
             "model": await self._model_engine_stats(),

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from controller.budget import Budget
 from controller.ladder import highest_fitting
 from serving.errors import ServingConfigError
 from serving.wire import DispatchPlan, PlanOption
@@ -132,7 +133,7 @@ def choose(
     """`tokens`: the request's max_new_tokens (its call decodes them before the next call starts);
     `scale`: the replica's measured / table first-token time (>= 1 when it runs slow), applied to
     every option; `too_long(call_ms)`: the blocking guard, or None."""
-    threshold = left_ms * (1 + plan.tolerance)
+    threshold = Budget(left_ms, plan.tolerance).threshold_ms
     i = highest_fitting((o.latency_ms * scale for o in plan.options), threshold)
     fits = plan.options[i].latency_ms * scale <= threshold
     while i > 0 and not leaves_room(call_ms(plan.options[i], tokens) * scale, behind):

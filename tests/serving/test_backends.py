@@ -123,10 +123,45 @@ def test_calibrated_latency_scale_jitter_and_seed() -> None:
 
 
 def test_generate_batch_uses_table_latency_only_in_table_mode() -> None:
-    k, reqs = Knobs("low", 4, 12), [ModelRequest("a"), ModelRequest("b")]
+    k = Knobs("low", 4, 12)
+    reqs = [ModelRequest("a", expected_ms=50.0), ModelRequest("b")]  # None (fallback): the cost model
     cost = SimulatedBackend(latency_scale=0.001).timings_ms(k, reqs[0])["total"]
     table_mode = _calibrated(latency_scale=0.001, jitter_sigma=0)
-    outs = table_mode.generate_batch(k, reqs, [50.0, None])  # None (fallback): the cost model
+    outs = table_mode.generate_batch(k, reqs)
     assert outs[0].timings_ms["total"] == pytest.approx(0.05) and outs[1].timings_ms["total"] == pytest.approx(cost)
-    default = SimulatedBackend(latency_scale=0.001).generate_batch(k, reqs, [50.0, 50.0])
+    default = SimulatedBackend(latency_scale=0.001).generate_batch(k, [ModelRequest("a", expected_ms=50.0)] * 2)
     assert [o.timings_ms["total"] for o in default] == pytest.approx([cost, cost])
+
+
+def test_simulated_streams_share_the_batch_and_the_device() -> None:
+    """A streamed member gets new text only (a word per step while the text lasts), rides in the
+    same call as a whole one, and stops when its sink says its client left; calls never overlap."""
+    import threading
+    import time
+
+    b = SimulatedBackend(latency_source="table", jitter_sigma=0, decode="per_token")
+    k = Knobs("low", 4, 12)
+    streamed = ModelRequest("s", max_new_tokens=8, expected_ms=20.0, decode_ms_per_token=2.0)
+    whole = ModelRequest("w", max_new_tokens=4, expected_ms=20.0, decode_ms_per_token=2.0)
+    pieces: list[str] = []
+    outs = b.generate_batch(k, [streamed, whole], [lambda t: pieces.append(t) or True, None])
+    assert "".join(pieces) == outs[0].text and len(pieces) == len(outs[0].text.split(" "))
+    assert outs[0].output_tokens == 8 and outs[1].output_tokens == 4 and outs[1].finish_reason == "length"
+    seen: list[str] = []
+    (gone,) = b.generate_batch(k, [streamed], [lambda t: seen.append(t) or len(seen) < 2])
+    assert gone.finish_reason == "cancelled" and gone.output_tokens == 2 and len(seen) == 2
+
+    spans: list[tuple[float, float]] = []
+
+    def call() -> None:
+        t0 = time.monotonic()
+        b.generate_batch(k, [ModelRequest("x", 1, expected_ms=30.0)])
+        spans.append((t0, time.monotonic()))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    ends = sorted(e for _, e in spans)
+    assert ends[-1] - min(s for s, _ in spans) >= 3 * 0.030 * 0.9  # one device: the calls ran one after another

@@ -25,39 +25,51 @@ def _plan(*latencies: float, tolerance: float = 0.0) -> DispatchPlan:
     )
 
 
-def test_plan_round_trips_through_the_wire_format() -> None:
+def test_plan_from_rungs_is_checked_as_it_is() -> None:
     table = synthetic_table(latency_scale=0.5, decode_ms_per_token=2.0)
     plan = DispatchPlan.from_rungs(ladder(table), 0.05)
-    back = DispatchPlan.from_wire(plan.to_wire())
-    assert back == plan
-    assert back.fastest_ms == min(o.latency_ms for o in plan.options)
+    assert plan.checked() is plan
+    assert plan.fastest_ms == min(o.latency_ms for o in plan.options)
+
+
+def _bad_knobs(tier: object, top_k: object, blocks: object) -> Knobs:
+    """Knobs as an unpickled object arrives: __post_init__ never ran, so anything can be inside."""
+    k = object.__new__(Knobs)
+    for name, value in (("tier", tier), ("top_k", top_k), ("num_active_blocks", blocks)):
+        object.__setattr__(k, name, value)
+    return k
+
+
+def _option(knobs: object = None, latency: object = 50.0, service: object = 45.0, decode: object = None) -> Option:
+    return Option(knobs if knobs is not None else Knobs("low", 4, 12), latency, service, decode)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
-    "raw",
+    "plan",
     [
-        None,
-        "options",
-        {"options": []},
-        {"options": "x"},
-        {"options": [["low", 4, 12, 50.0, 45.0]]},  # a field short
-        {"options": [["low", 4, 12, math.nan, 45.0, None]]},
-        {"options": [["low", 4, 12, math.inf, 45.0, None]]},
-        {"options": [["low", 4, 12, -1.0, 45.0, None]]},
-        {"options": [["low", 4, 12, True, 45.0, None]]},
-        {"options": [["low", 4, 12, 50.0, "45", None]]},
-        {"options": [["ultra", 4, 12, 50.0, 45.0, None]]},
-        {"options": [["low", "4", 12, 50.0, 45.0, None]]},
-        {"options": [["\ud800", 4, 12, 50.0, 45.0, None]]},
-        {"options": [["low", 4, 12, 60.0, 55.0, None], ["high", 8, 16, 50.0, 45.0, None]]},  # not sorted
-        {"options": [["low", 4, 12, 50.0, 45.0, None]], "tolerance": 2},
-        {"options": [["low", 4, 12, 50.0, 45.0, None]], "tolerance": math.nan},
-        {"options": [["low", 4, 12, 50.0, 45.0, None]] * 257},
+        DispatchPlan((), 0.0),
+        DispatchPlan([_option()], 0.0),  # type: ignore[arg-type]  # a list, not a tuple
+        DispatchPlan(("x",), 0.0),  # type: ignore[arg-type]
+        DispatchPlan((_option(latency=math.nan),), 0.0),
+        DispatchPlan((_option(latency=math.inf),), 0.0),
+        DispatchPlan((_option(latency=-1.0),), 0.0),
+        DispatchPlan((_option(latency=True),), 0.0),
+        DispatchPlan((_option(service="45"),), 0.0),
+        DispatchPlan((_option(decode=math.nan),), 0.0),
+        DispatchPlan((_option(knobs={"tier": "low"}),), 0.0),
+        DispatchPlan((_option(knobs=_bad_knobs("ultra", 4, 12)),), 0.0),
+        DispatchPlan((_option(knobs=_bad_knobs("low", "4", 12)),), 0.0),
+        DispatchPlan((_option(knobs=_bad_knobs("\ud800", 4, 12)),), 0.0),
+        DispatchPlan((_option(latency=60.0), _option(Knobs("high", 8, 16), latency=50.0)), 0.0),  # not sorted
+        DispatchPlan((_option(),), 2.0),
+        DispatchPlan((_option(),), math.nan),
+        DispatchPlan((_option(),) * 257, 0.0),
     ],
 )
-def test_malformed_plans_are_refused_with_a_plan_error(raw: object) -> None:
+def test_malformed_plans_are_refused_with_a_plan_error(plan: DispatchPlan) -> None:
     with pytest.raises(PlanError):
-        DispatchPlan.from_wire(raw)
+        plan.checked()
+
 
 
 def test_choose_takes_the_highest_option_that_fits_the_time_left() -> None:

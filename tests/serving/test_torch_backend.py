@@ -102,13 +102,13 @@ def test_supported_ranges_match_what_validate_knobs_accepts(backend: TorchBacken
             ranges.check(k)
 
 
-def test_generate_stream_hands_out_text_per_step_and_stops_when_told(backend: TorchBackend) -> None:
+def test_streamed_members_get_new_text_per_step_and_stop_when_told(backend: TorchBackend) -> None:
     knobs, req = Knobs("low", 4, 12), ModelRequest("stream me", 6)
     pieces: list[str] = []
-    out = backend.generate_stream(knobs, req, lambda text: pieces.append(text) or True)
+    (out,) = backend.generate_batch(knobs, [req], [lambda text: pieces.append(text) or True])
     (whole,) = backend.generate_batch(knobs, [req])
     assert out.text == whole.text and out.output_tokens == whole.output_tokens
-    assert len(pieces) == out.output_tokens and pieces[-1] == out.text  # one piece per token, growing
+    assert "".join(pieces) == out.text and all(pieces)  # new text only, never empty, adding up to the answer
     assert out.prompt_tokens > 0 and out.finish_reason in ("length", "stop")
     seen: list[str] = []
 
@@ -116,5 +116,24 @@ def test_generate_stream_hands_out_text_per_step_and_stops_when_told(backend: To
         seen.append(text)
         return len(seen) < 2
 
-    stopped = backend.generate_stream(knobs, ModelRequest("stream me", 50), two_then_stop)
-    assert stopped.finish_reason == "cancelled" and stopped.output_tokens == 2 and len(seen) == 2
+    # A streamed member and a whole one in one call: the whole one runs to its own length.
+    other = ModelRequest("not streamed", 5)
+    stopped, kept = backend.generate_batch(knobs, [ModelRequest("stream me", 50), other], [two_then_stop, None])
+    assert stopped.finish_reason == "cancelled" and len(seen) == 2
+    assert kept.output_tokens == backend.generate_batch(knobs, [other])[0].output_tokens
+
+
+def test_text_stream_decodes_incrementally_and_holds_split_characters() -> None:
+    from serving.replica.backends.text_stream import TextStream
+
+    table = {1: b"caf", 2: b"\xc3", 3: b"\xa9", 4: b" ok"}
+    calls: list[int] = []
+
+    def decode(ids: list[int]) -> str:
+        calls.append(len(ids))
+        return b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
+
+    s = TextStream(decode, eos_token_id=9)
+    assert [s.push([i]) for i in (1, 2, 3, 4)] == ["caf", "", "\u00e9", " ok"]
+    assert s.push([9, 4]) == "" and s.ended and s.text == "caf\u00e9 ok"
+    assert max(calls) <= 3  # a short window per step, never the whole answer

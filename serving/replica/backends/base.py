@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from controller.knobs import Knobs
 from serving.wire import SupportedRanges
@@ -15,6 +15,10 @@ class ModelRequest:
     prompt: str
     max_new_tokens: int = 16
     image_b64: str | None = None
+    # The table's figures for the request's knobs (None where unknown, e.g. the fallback): a
+    # simulated model sleeps them; a real one ignores them.
+    expected_ms: float | None = None
+    decode_ms_per_token: float | None = None
 
 
 @dataclass(frozen=True)
@@ -29,26 +33,55 @@ class ModelOutput:
     finish_reason: str = "length"
 
 
-# A streaming backend calls this with the text decoded so far after the first token and after each
-# further one; a False return stops the generation (the client went away).
+# A streamed request's sink: the backend calls it with the NEW text of each step (never the text so
+# far; nothing when a step added none); a False return stops that request at the next step (its
+# client went away). Called on the backend's thread: it must not block.
 OnText = Callable[[str], bool]
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """Runs batches in which every request has the same knobs. Implementations are synchronous;
-    the model deployment calls them off the event loop."""
+    """Runs batches in which every request has the same knobs, streamed members and whole ones in
+    the same call (one device: a stream is a batch member, never a second path). Implementations
+    are synchronous and serialise their calls; the model deployment calls them off the event loop."""
 
     name: str
+    # True when `prepare` does real work before traffic (CUDA graph capture) and again after each
+    # published table; the model deployment then runs an EnginePreparer for it.
+    needs_preparation: bool
 
     def validate_knobs(self, knobs: Knobs) -> None:
         """Raise controller.errors.KnobError naming the knob and the accepted range."""
+        ...
+
+    def check_request(self, knobs: Knobs, request: ModelRequest) -> None:
+        """Raise (e.g. moe.errors.InputTooLongError) for a request these knobs cannot run, before
+        it joins a batch."""
         ...
 
     def supported_ranges(self) -> SupportedRanges:
         """The knob ranges validate_knobs accepts (plus configs it refuses inside them)."""
         ...
 
-    def generate_batch(self, knobs: Knobs, requests: list[ModelRequest]) -> list[ModelOutput]:
-        """One output per request, in order. Never called with mixed knobs."""
+    def crops_for(self, knobs: Knobs, request: ModelRequest) -> int | None:
+        """The image crops the request runs with at these knobs (None: no image)."""
+        ...
+
+    def first_token_ms(self, timings: dict[str, float], service_ms: float) -> float:
+        """The part of a call of `service_ms` that the table's latency describes."""
+        ...
+
+    def prepare(self, configs: list[Knobs]) -> dict[str, Any]:
+        """Make `configs` ready to serve (idempotent); a report for engine_stats."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Engine figures for /v1/stats ({} where there are none)."""
+        ...
+
+    def generate_batch(
+        self, knobs: Knobs, requests: list[ModelRequest], sinks: Sequence[OnText | None] | None = None
+    ) -> list[ModelOutput]:
+        """One output per request, in order. Never called with mixed knobs. `sinks` (one per request,
+        None for a request answered whole) get each streamed member's new text as it is decoded."""
         ...

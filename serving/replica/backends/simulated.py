@@ -9,7 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,11 +56,14 @@ class SimulatedOptions(BaseModel):
 
 class SimulatedBackend:
     name = "simulated"
+    needs_preparation = False
 
     def __init__(self, **options: object) -> None:
         self.options = SimulatedOptions.model_validate(options)
         self._rng = random.Random(self.options.seed)
-        self._rng_lock = threading.Lock()  # batches of different knobs may run in parallel threads
+        self._rng_lock = threading.Lock()
+        # One device: one call at a time, as a GPU serialises its kernels (and the engine its calls).
+        self._device = threading.Lock()
         self._truth: dict[Knobs, tuple[float, float | None]] = {}  # ground_truth "first_table"
 
     def validate_knobs(self, knobs: Knobs) -> None:
@@ -131,19 +134,18 @@ class SimulatedBackend:
         out["total"] = total
         return out
 
-    def generate_batch(
-        self,
-        knobs: Knobs,
-        requests: list[ModelRequest],
-        expected_latency_ms: Sequence[float | None] | None = None,
-        decode_ms_per_token: Sequence[float | None] | None = None,
-    ) -> list[ModelOutput]:
-        """`expected_latency_ms` and `decode_ms_per_token` (one per request, None where unknown) are
-        used in "table" mode only; other backends take no such arguments, so the model deployment
-        passes them only to this one."""
-        self.validate_knobs(knobs)
-        expected = list(expected_latency_ms) if expected_latency_ms is not None else [None] * len(requests)
-        rates = list(decode_ms_per_token) if decode_ms_per_token is not None else [None] * len(requests)
+    def check_request(self, knobs: Knobs, request: ModelRequest) -> None:
+        """Every request fits: the simulated model has no prompt shape to outgrow."""
+
+    def prepare(self, configs: list[Knobs]) -> dict[str, Any]:
+        return {}
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def _timings(self, knobs: Knobs, requests: list[ModelRequest]) -> list[dict[str, float]]:
+        expected = [r.expected_ms for r in requests]
+        rates = [r.decode_ms_per_token for r in requests]
         table_mode = self.options.latency_source == "table"
         if table_mode and self.options.ground_truth == "first_table":
             known = [(e, d) for e, d in zip(expected, rates, strict=True) if e is not None]
@@ -151,49 +153,72 @@ class SimulatedBackend:
                 truth = self._truth.setdefault(knobs, known[0])
                 expected = [truth[0] if e is not None else None for e in expected]
                 rates = [truth[1] if e is not None else None for e in expected]
-        timings = [
+        return [
             self.calibrated_timings_ms(knobs, r, e, d) if table_mode and e is not None else self.timings_ms(knobs, r)
             for r, e, d in zip(requests, expected, rates, strict=True)
         ]
-        # A batch on a real GPU takes about as long as its slowest member.
-        longest_s = max((t["total"] for t in timings), default=0.0) / 1000
-        if longest_s > 0:
-            time.sleep(longest_s)
-        return [
-            ModelOutput(text=_fake_text(knobs, r), output_tokens=r.max_new_tokens, timings_ms=t)
-            for r, t in zip(requests, timings, strict=True)
-        ]
 
-
-    def generate_stream(
-        self,
-        knobs: Knobs,
-        request: ModelRequest,
-        on_text: OnText,
-        expected_latency_ms: float | None = None,
-        decode_ms_per_token: float | None = None,
-    ) -> ModelOutput:
-        """The same timings as generate_batch for one request, spent in steps: vision + prefill,
-        then the first piece of text, then one piece per decode step (stopping when told to)."""
+    def generate_batch(
+        self, knobs: Knobs, requests: list[ModelRequest], sinks: Sequence[OnText | None] | None = None
+    ) -> list[ModelOutput]:
+        """One device, as a GPU: calls run one at a time (streams and batches alike). A batch takes
+        its longest member's first token (vision + prefill), then decodes step by step to its
+        longest member's token count; each streamed member gets a word per step, and stops early
+        when its sink says its client left. The request's table figures (`expected_ms`,
+        `decode_ms_per_token`) are used in "table" mode only."""
         self.validate_knobs(knobs)
-        if self.options.latency_source == "table" and expected_latency_ms is not None:
-            t = self.calibrated_timings_ms(knobs, request, expected_latency_ms, decode_ms_per_token)
-        else:
-            t = self.timings_ms(knobs, request)
-        words = _fake_text(knobs, request).split(" ")
-        steps = max(1, request.max_new_tokens)
-        time.sleep((t["vision"] + t["prefill"]) / 1000)
-        produced = 1
-        going = on_text(words[0])
-        while going and produced < steps:
-            time.sleep(t["decode"] / 1000 / max(1, steps - 1))
-            produced += 1
-            going = on_text(" ".join(words[: min(len(words), produced)]))
-        reason = "length" if produced == steps else "cancelled"
-        return ModelOutput(
-            text=" ".join(words[: min(len(words), produced)]), output_tokens=produced, timings_ms=t,
-            prompt_tokens=len(request.prompt.split()), finish_reason=reason,
-        )
+        sinks = list(sinks) if sinks is not None else [None] * len(requests)
+        timings = self._timings(knobs, requests)
+        with self._device:
+            if not any(s is not None for s in sinks):
+                # No streamed member: one sleep (finer steps would only add timer error).
+                longest_s = max((t["total"] for t in timings), default=0.0) / 1000
+                if longest_s > 0:
+                    time.sleep(longest_s)
+                produced = [r.max_new_tokens for r in requests]
+            else:
+                produced = self._stepped(knobs, requests, sinks, timings)
+        outs = []
+        for r, t, n in zip(requests, timings, produced, strict=True):
+            words = _fake_text(knobs, r).split(" ")
+            reason = "length" if n >= r.max_new_tokens else "cancelled"
+            outs.append(ModelOutput(text=" ".join(words[: min(len(words), max(1, n))]), output_tokens=n,
+                                    timings_ms=t, prompt_tokens=len(r.prompt.split()), finish_reason=reason))
+        return outs
+
+    def _stepped(self, knobs: Knobs, requests: list[ModelRequest], sinks: list[OnText | None],
+                 timings: list[dict[str, float]]) -> list[int]:
+        """The batch in steps: the first token, then one decode step at a time. Returns the tokens
+        each member got (fewer than asked for a stream whose client left)."""
+        first_s = max(t["total"] - t["decode"] for t in timings) / 1000
+        steps = max(r.max_new_tokens for r in requests)
+        step_s = max(t["decode"] / max(1, r.max_new_tokens - 1) for r, t in zip(requests, timings, strict=True)) / 1000
+        if first_s > 0:
+            time.sleep(first_s)
+        words = [_fake_text(knobs, r).split(" ") for r in requests]
+        produced = [1] * len(requests)
+        going = [True] * len(requests)
+        for step in range(1, steps + 1):
+            if step > 1:
+                if step_s > 0:
+                    time.sleep(step_s)
+                for i, r in enumerate(requests):
+                    if going[i] and produced[i] < r.max_new_tokens:
+                        produced[i] += 1
+            for i, sink in enumerate(sinks):
+                if sink is None or not going[i]:
+                    continue
+                n = produced[i]
+                if step == 1:
+                    going[i] = sink(words[i][0])
+                elif n <= len(words[i]) and n == step:  # a word a step while the text lasts
+                    going[i] = sink(" " + words[i][n - 1])
+                if not going[i]:
+                    produced[i] = min(produced[i], step)
+            live = [i for i, r in enumerate(requests) if going[i] and produced[i] < r.max_new_tokens]
+            if not live:
+                break
+        return produced
 
 
 def _fake_text(knobs: Knobs, request: ModelRequest) -> str:

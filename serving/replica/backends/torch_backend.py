@@ -6,13 +6,16 @@ Importable without ray; torch and transformers load when a TorchBackend is const
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.knobs import TIER_CROP_RANGE, Knobs
-from serving.replica.backends.base import ModelOutput, ModelRequest, OnText, SupportedRanges
+from serving.replica.backends.base import ModelOutput, ModelRequest, OnText
+from serving.replica.backends.text_stream import TextStream
+from serving.wire import SupportedRanges
 
 
 class TorchOptions(BaseModel):
@@ -68,6 +71,7 @@ class TorchOptions(BaseModel):
 
 class TorchBackend:
     name = "torch"
+    needs_preparation = True
 
     def __init__(self, **options: Any) -> None:
         from moe.engine import GenerationEngine
@@ -141,37 +145,39 @@ class TorchBackend:
         seed = (request.image_b64 or request.prompt).encode()
         return lo + int.from_bytes(hashlib.sha256(seed).digest()[:4], "big") % (hi - lo + 1)
 
-    def generate_batch(self, knobs: Knobs, requests: list[ModelRequest]) -> list[ModelOutput]:
+    def first_token_ms(self, timings: dict[str, float], service_ms: float) -> float:
+        """The table's latency is the first token: vision + prefill of the call."""
+        if "vision" in timings and "prefill" in timings:
+            return float(timings["vision"] + timings["prefill"])
+        return service_ms
+
+    def generate_batch(
+        self, knobs: Knobs, requests: list[ModelRequest], sinks: Sequence[OnText | None] | None = None
+    ) -> list[ModelOutput]:
+        """Streamed members ride in the same engine call as the others: after the prefill and after
+        every decode step each gets its new text (incrementally detokenized). A member whose sink
+        says its client left gets nothing more; the call stops early once no member still needs
+        tokens (the others run to their own max_new_tokens, not further)."""
         from moe.runner import PromptInput
 
         self.validate_knobs(knobs)
+        sinks = list(sinks) if sinks is not None else [None] * len(requests)
         out: list[ModelOutput] = []
-        size = self.options.max_batch_size
+        # The engine's own chunk size bounds ours, so that its on_tokens rows are this chunk's.
+        size = min(self.options.max_batch_size, self.engine.max_batch)
         for start in range(0, len(requests), size):
             chunk = requests[start : start + size]
-            # Requests with different max_new_tokens share the batch: decode runs to the longest,
-            # and each output is cut to its own length.
+            chunk_sinks = sinks[start : start + size]
+            # Requests with different max_new_tokens share the batch: decode runs to the longest
+            # still needed, and each output is cut to its own length.
             longest = max(r.max_new_tokens for r in chunk)
             inputs = [PromptInput(r.prompt, self.crops_for(knobs, r), image_seed=_seed(r)) for r in chunk]
-            results = self.engine.generate(knobs, inputs, max_new_tokens=longest)
-            out += [self._output(r, res) for r, res in zip(chunk, results, strict=True)]
-        return out
-
-    def generate_stream(self, knobs: Knobs, request: ModelRequest, on_text: OnText) -> ModelOutput:
-        """One request, its text handed to `on_text` after the prefill and after every decode step."""
-        from moe.runner import PromptInput, cut_at_eos
-
-        self.validate_knobs(knobs)
-        codec = self.runner.codec
-
-        def on_tokens(rows: list[list[int]]) -> bool:
-            return on_text(codec.decode(cut_at_eos(rows[0], self.engine.eos_token_id)))
-
-        x = PromptInput(request.prompt, self.crops_for(knobs, request), image_seed=_seed(request))
-        (res,) = self.engine.generate(knobs, [x], max_new_tokens=request.max_new_tokens, on_tokens=on_tokens)
-        out = self._output(request, res)
-        if not res.ends_with_eos and len(res.token_ids) < request.max_new_tokens:
-            return replace(out, finish_reason="cancelled")
+            rows = _Rows(chunk, chunk_sinks, self.runner.codec.decode, self.engine.eos_token_id)
+            on_tokens = rows.on_tokens if any(s is not None for s in chunk_sinks) else None
+            results = self.engine.generate(knobs, inputs, max_new_tokens=longest, on_tokens=on_tokens)
+            for i, (r, res) in enumerate(zip(chunk, results, strict=True)):
+                o = self._output(r, res)
+                out.append(replace(o, finish_reason="cancelled") if rows.cancelled[i] else o)
         return out
 
     def _output(self, request: ModelRequest, res: Any) -> ModelOutput:
@@ -188,3 +194,36 @@ class TorchBackend:
 
 def _seed(request: ModelRequest) -> int:
     return int.from_bytes(hashlib.sha256((request.image_b64 or request.prompt).encode()).digest()[:4], "big")
+
+
+class _Rows:
+    """The streamed members of one engine call: each row's new tokens go through its own
+    TextStream to its sink; the engine goes on while any row still needs tokens."""
+
+    def __init__(self, requests: list[ModelRequest], sinks: list[OnText | None],
+                 decode: Callable[[list[int]], str], eos: int | None) -> None:
+        self.requests, self.sinks = requests, sinks
+        self.streams = [TextStream(decode, eos) if s is not None else None for s in sinks]
+        self.cancelled = [False] * len(requests)
+        self.seen = [0] * len(requests)
+
+    def on_tokens(self, rows: list[list[int]]) -> bool:
+        needed = False
+        for i, ids in enumerate(rows):
+            limit = self.requests[i].max_new_tokens
+            stream, sink = self.streams[i], self.sinks[i]
+            if stream is not None and sink is not None and not self.cancelled[i]:
+                new = ids[self.seen[i] : min(len(ids), limit)]
+                self.seen[i] = min(len(ids), limit)
+                delta = stream.push(new) if new else ""
+                if delta and not sink(delta):
+                    self.cancelled[i] = True
+                if stream.ended:
+                    continue
+            if not self.cancelled[i] and len(ids) < limit and not _ended(ids, self.streams[i]):
+                needed = True
+        return needed
+
+
+def _ended(ids: list[int], stream: TextStream | None) -> bool:
+    return stream is not None and stream.ended
