@@ -216,6 +216,8 @@ class MoEModel:
         """The request's plan, keeping only options this backend runs for this request; None (the
         router's knobs stand) when the plan is malformed or nothing in it can run."""
         try:
+            if not isinstance(plan, DispatchPlan):
+                raise PlanError(f"a dispatch plan is a serving.wire.DispatchPlan, not {type(plan).__name__}")
             plan = plan.checked()
         except PlanError as e:
             self.dispatch_counts["bad_plans"] += 1

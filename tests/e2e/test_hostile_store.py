@@ -25,6 +25,7 @@ from serving.app import build_app_from_config
 from serving.config import ServingConfig
 from serving.errors import ModelCallError
 from serving.ingress.model_call import describe_failure
+from serving.wire import ModelCall
 from tests.support.load import LoadLoop
 from tests.support.tables import synthetic_table
 from tests.support.waiting import until
@@ -126,9 +127,8 @@ def test_table_with_configs_the_model_cannot_run_is_rejected(app: App) -> None:
 
 def test_replica_errors_arrive_typed_and_readable(app: App) -> None:
     with pytest.raises(Exception) as info:
-        app.model.generate.remote({"tier": "low", "top_k": 65, "num_active_blocks": 12}, {"prompt": "x"}).result(
-            timeout_s=30
-        )
+        call = ModelCall({"tier": "low", "top_k": 65, "num_active_blocks": 12}, "x")  # type: ignore[arg-type]
+        app.model.generate.remote(call).result(timeout_s=30)
     assert isinstance(info.value, KnobError), type(info.value)  # not UnserializableException
     assert "top_k=65" in str(info.value)
     failure = describe_failure(info.value)

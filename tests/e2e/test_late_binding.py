@@ -11,9 +11,11 @@ import httpx
 import pytest
 from ray import serve
 
+from controller.knobs import Knobs
 from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
+from serving.wire import DispatchPlan, ModelCall, PlanOption
 from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
@@ -39,7 +41,7 @@ def app(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
 
 def _occupy(model: Any, ms: float) -> Any:
     """A call the router does not know of: the replica is busy for `ms` (its queue, not the router's)."""
-    return model.generate.remote(SLOWEST, {"prompt": "busy", "max_new_tokens": 1}, ms, None, None, None)
+    return model.generate.remote(ModelCall(Knobs.from_mapping(SLOWEST), "busy", 1, expected_ms=ms))
 
 
 def test_a_request_that_waited_is_rebound_to_what_its_time_left_allows(app: dict[str, Any]) -> None:
@@ -70,11 +72,23 @@ def test_an_unloaded_request_keeps_the_best_option_of_its_budget(app: dict[str, 
     assert r.status_code == 200 and body["knobs"] == SLOWEST and body["output"]["dispatch"]["fits"] is True
 
 
-@pytest.mark.parametrize("plan", [{"options": "junk"}, {"options": [["low", 4, 12, float("nan"), 1.0, None]]},
-                                  {"options": [["nope", 4, 12, 1.0, 1.0, None]]}, "x", 7])
+def _unpickled_knobs(tier: str) -> Knobs:
+    """Knobs as an unpickled object can arrive: __post_init__ never ran."""
+    k = object.__new__(Knobs)
+    for name, value in (("tier", tier), ("top_k", 4), ("num_active_blocks", 12)):
+        object.__setattr__(k, name, value)
+    return k
+
+
+@pytest.mark.parametrize("plan", [
+    DispatchPlan("junk", 0.0),  # type: ignore[arg-type]
+    DispatchPlan((PlanOption(Knobs("low", 4, 12), float("nan"), 1.0, None),), 0.0),
+    DispatchPlan((PlanOption(_unpickled_knobs("nope"), 1.0, 1.0, None),), 0.0),
+    "x", 7,
+])
 def test_a_malformed_plan_is_ignored_and_the_given_knobs_run(app: dict[str, Any], plan: object) -> None:
     before = app["model"].dispatch_stats.remote().result()["bad_plans"]
-    out = app["model"].generate.remote(SLOWEST, {"prompt": "x", "max_new_tokens": 1}, 10.0, None, 1000.0,
-                                       plan).result()
-    assert out["batch_knobs"] == SLOWEST and out["dispatch"] is None
+    call = ModelCall(Knobs.from_mapping(SLOWEST), "x", 1, expected_ms=10.0, budget_ms=1000.0, plan=plan)  # type: ignore[arg-type]
+    out = app["model"].generate.remote(call).result()
+    assert out.knobs.as_dict() == SLOWEST and out.dispatch is None
     assert app["model"].dispatch_stats.remote().result()["bad_plans"] == before + 1

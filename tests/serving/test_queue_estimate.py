@@ -130,7 +130,7 @@ def test_ratio_quantile_guards_against_a_slower_model() -> None:
     assert t.ratio_quantile(0.9) == 1.0  # nothing measured: the table as is
     for i, ratio in enumerate([1.0, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.4]):
         t.sent(i, "low_4_12", 100.0)
-        t.done(i, 0.0, expected_call_ms=100.0, service_ms=100.0 * ratio, 
+        t.done(i, 0.0, expected_call_ms=100.0, service_ms=100.0 * ratio,
                overhead_ms=200.0 - 100.0 * ratio, report=None)
     assert t.ratio_quantile(0.9) == pytest.approx(1.4) and t.ratio() == pytest.approx(1.3)
 
