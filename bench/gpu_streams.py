@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -103,6 +104,7 @@ def build_table(a: argparse.Namespace, work: Path, log: Path) -> Path:
                             top_ks=tuple(int(k) for k in gse.GRID["top_k"]),
                             blocks=tuple(int(n) for n in gse.GRID["blocks"]), samples_per_config=200, seed=0)
     profile = work / "core_exp"
+    shutil.rmtree(profile, ignore_errors=True)  # lookupctl profile resumes: an old run's files would stay
     gse.sh(gse.lookupctl("profile", "--backend", "torch", "--preset", a.preset, "--device", a.device,
                          "--engine", "graph", "--dataset", "text_vqa", "--tiers", *gse.GRID["tiers"],
                          "--top-k", *gse.GRID["top_k"], "--blocks", *gse.GRID["blocks"], "--samples", str(a.samples),
