@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -123,7 +124,9 @@ class _RowsCache(Cache):
         self.layers: list[Any] = []
         self.kv, self.rows, self.write_at, self.kv_len = kv, rows, write_at, kv_len
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *a: Any, **kw: Any):
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *a: Any, **kw: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.kv[layer_idx, 0, : self.rows]
         v = self.kv[layer_idx, 1, : self.rows]
         k.index_copy_(2, self.write_at, key_states.to(k.dtype))
@@ -142,6 +145,10 @@ class GenerationEngine:
         self.options = o = options or EngineOptions()
         m = runner.model
         self.model, self.device, self.dtype = m, m.device, m.dtype
+        # The decoder stack and the output head that the steps call directly (a causal LM's `.model`
+        # and `.lm_head`), looked up once through torch's typed accessor.
+        self._decoder = m.lm.get_submodule("model")
+        self._lm_head = m.lm.get_submodule("lm_head")
         self.codec = runner.codec
         self.eos_token_id = runner.eos_token_id
         self.use_graphs = o.mode == "graph" and self.device.type == "cuda"
@@ -202,28 +209,28 @@ class GenerationEngine:
         mask = (k <= q) & ((k >= self.pad_start) | (k == q))
         pos = (ar - self.pad_start).clamp(min=0)[None, :]
         cache = _RowsCache(self.kv, 1, ar, P)
-        out = self.model.lm.model(
+        out = self._decoder(
             inputs_embeds=self.embeds[:, :P],
             attention_mask=mask[None, None],
             position_ids=pos,
             use_cache=True,
             **{_CACHE_KW: cache},
         )
-        logits = self.model.lm.lm_head(out.last_hidden_state[:, -1]).float()
+        logits = self._lm_head(out.last_hidden_state[:, -1]).float()
         self.prefill_logits.copy_(logits)
         self.prefill_token.copy_(logits.argmax(-1))
 
     def _decode_step(self, b: int) -> None:
         self.key_valid[:b].index_fill_(1, self.cpos, True)
         cache = _RowsCache(self.kv, b, self.cpos, self.context)
-        out = self.model.lm.model(
+        out = self._decoder(
             input_ids=self.tok[:b, None],
             attention_mask=self.key_valid[:b, None, None, :],
             position_ids=self.pos[:b],
             use_cache=True,
             **{_CACHE_KW: cache},
         )
-        logits = self.model.lm.lm_head(out.last_hidden_state[:, -1]).float()
+        logits = self._lm_head(out.last_hidden_state[:, -1]).float()
         self.decode_logits[:b].copy_(logits)
         self.tok[:b].copy_(logits.argmax(-1))
         self.pos[:b].add_(1)
@@ -256,7 +263,7 @@ class GenerationEngine:
             with self._lock:
                 if self.use_graphs:
                     for n in counts:
-                        self._capture(("vision", n), lambda n=n: self._vision_step(n), ForwardKnobs())
+                        self._capture(("vision", n), partial(self._vision_step, n), ForwardKnobs())
             for pair in pairs:
                 try:
                     self.runner.validate(Knobs("low", *pair))
@@ -289,15 +296,15 @@ class GenerationEngine:
             self._reset_decode_state()
             return
         for b in self.options.decode_buckets:
-            self._capture(("decode", pair, b), lambda b=b: self._decode_step(b), fk)
+            self._capture(("decode", pair, b), partial(self._decode_step, b), fk)
         for P in self.buckets:
-            self._capture(("prefill", pair, P), lambda P=P: self._prefill_step(P), fk)
+            self._capture(("prefill", pair, P), partial(self._prefill_step, P), fk)
 
     def _capture(self, key: tuple[Any, ...], step: Callable[[], None], fk: ForwardKnobs) -> None:
         with knob_context(fk):
             # Warm-up on a side stream (PyTorch's advice): kernels pick their algorithms and the
             # allocator grows before the capture records addresses.
-            side = torch.cuda.Stream(self.device)
+            side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]  # unannotated in torch
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 for _ in range(2):
@@ -440,7 +447,7 @@ class GenerationEngine:
                 if nimg:
                     pixels, vis = self._vision_buffers(nimg)
                     fill_pixels(pixels, x.image_seed)
-                    self._run(("vision", nimg), lambda nimg=nimg: self._vision_step(nimg))
+                    self._run(("vision", nimg), partial(self._vision_step, nimg))
                 t1 = self._now()
                 self.embeds[:, : P - L].zero_()
                 if nimg:
@@ -448,7 +455,7 @@ class GenerationEngine:
                 ids = torch.tensor(text_ids[i], device=self.device)
                 self.embeds[0, P - L + nimg * TOKENS_PER_CROP : P].copy_(emb(ids))
                 self.pad_start.fill_(P - L)
-                self._run(("prefill", pair, P), lambda P=P: self._prefill_step(P))
+                self._run(("prefill", pair, P), partial(self._prefill_step, P))
                 self.tok[i : i + 1].copy_(self.prefill_token)
                 if keep_logits:
                     first_logits[i] = self.prefill_logits[0].clone()

@@ -28,7 +28,7 @@ class ForwardKnobs:
 
 
 _CURRENT: ContextVar[ForwardKnobs | None] = ContextVar("moe_forward_knobs", default=None)
-_SUBCLASSES: dict[tuple[type, str], type] = {}
+_SUBCLASSES: dict[tuple[type[torch.nn.Module], str], type[torch.nn.Module]] = {}
 
 
 @contextlib.contextmanager
@@ -52,7 +52,7 @@ def _top_k_set(self: Any, value: int) -> None:
     self.__dict__["_knob_default_top_k"] = value
 
 
-def _routed_subclass(cls: type) -> type:
+def _routed_subclass(cls: type[torch.nn.Module]) -> type[torch.nn.Module]:
     # A data descriptor on the class wins over the instance attribute, so the model's own router
     # code (`torch.topk(probs, self.top_k)`) runs unchanged and reads the per-forward value.
     key = (cls, "router")
@@ -61,7 +61,7 @@ def _routed_subclass(cls: type) -> type:
     return _SUBCLASSES[key]
 
 
-def _skippable_subclass(cls: type) -> type:
+def _skippable_subclass(cls: type[torch.nn.Module]) -> type[torch.nn.Module]:
     key = (cls, "block")
     if key not in _SUBCLASSES:
 
@@ -89,7 +89,9 @@ def install_knobs(model: torch.nn.Module) -> int:
     for i, block in enumerate(decoder_blocks(model)):
         if type(block) not in _SUBCLASSES.values():
             block.__class__ = _skippable_subclass(type(block))
-        block._knob_block_index = i
+        # Plain attributes set through __dict__, as Module.__setattr__ would for an int (its stub
+        # accepts only tensors and modules).
+        block.__dict__["_knob_block_index"] = i
         for module in block.modules():
             if type(module) in _SUBCLASSES.values() and "_knob_default_top_k" in module.__dict__:
                 routers += 1
@@ -98,7 +100,7 @@ def install_knobs(model: torch.nn.Module) -> int:
             if isinstance(value, int) and not isinstance(value, bool):
                 del module.__dict__["top_k"]
                 module.__class__ = _routed_subclass(type(module))
-                module.top_k = value
+                _top_k_set(module, value)  # what the property's setter does
                 routers += 1
     if routers == 0:
         raise TypeError(f"{type(model).__name__}: found no MoE router with a top_k attribute to patch")

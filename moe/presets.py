@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, OlmoeConfig, OlmoeForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, OlmoeConfig, OlmoeForCausalLM, PreTrainedModel
 
 from moe.errors import ModelLoadError
 from moe.knob_patch import install_knobs
@@ -106,7 +106,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
 class LoadedModel:
     """The language model (knobs installed), its vision stage and where they run."""
 
-    lm: torch.nn.Module
+    lm: PreTrainedModel
     vision: VisionStage
     device: torch.device
     dtype: torch.dtype
@@ -175,11 +175,11 @@ def build_model(
         # Created on the device in its dtype: the 6.9B preset builds in seconds on a GPU instead of
         # minutes of CPU init and a copy.
         with dev, _default_dtype(torch_dtype):
-            lm = OlmoeForCausalLM._from_config(
+            lm = OlmoeForCausalLM._from_config(  # type: ignore[no-untyped-call]  # unannotated in transformers
                 config, experts_implementation=impl, attn_implementation="sdpa"
             )
         vision_cfg, source = p.vision, f"preset:{preset} (random weights)"
-    lm.eval().requires_grad_(False)
+    lm.eval().requires_grad_(False)  # type: ignore[no-untyped-call]  # PreTrainedModel.eval is unannotated
     if knobs:
         install_knobs(lm)
     vision = build_vision_stage(
@@ -194,7 +194,7 @@ def build_model(
 
 def _load_checkpoint(
     path: str | os.PathLike[str], dev: torch.device, dtype: torch.dtype, impl: str
-) -> tuple[torch.nn.Module, dict[str, Any], str]:
+) -> tuple[PreTrainedModel, dict[str, Any], str]:
     p = os.fspath(path)
     if not os.path.isdir(p) or not os.path.isfile(os.path.join(p, "config.json")):
         raise ModelLoadError(
@@ -211,7 +211,7 @@ def _load_checkpoint(
         dtype=dtype,
         experts_implementation=impl,
         attn_implementation="sdpa",
-    ).to(dev)
+    ).to(dev)  # type: ignore[arg-type]  # functools.wraps on PreTrainedModel.to hides the bound self from mypy
     # The checkpoint holds only the language model: the vision stage is the CLIP-shaped stand-in
     # unless a vision checkpoint is given.
     return lm, CLIP_VIT_L_14_336, f"checkpoint:{p}"

@@ -58,6 +58,8 @@ def crops_for(sample: ProfileSample, tier: str) -> int:
 def _record(knobs: Knobs, sample: ProfileSample, res: GenerationResult, accuracy: float) -> dict[str, Any]:
     t = res.timings_ms
     content = len(res.token_ids) - (1 if res.ends_with_eos else 0)
+    crops = res.num_crops
+    assert crops is not None, "profiling inputs always carry an image (crops_for gives every one a crop count)"
     return sample_record(
         sample_id=sample.sample_id,
         tier=knobs.tier,
@@ -72,9 +74,9 @@ def _record(knobs: Knobs, sample: ProfileSample, res: GenerationResult, accuracy
         output_tokens=len(res.token_ids),
         content_tokens=content,
         ends_with_eos=res.ends_with_eos,
-        actual_num_crops=res.num_crops,
-        actual_tiling=[1, res.num_crops],
-        actual_image_size=[IMAGE_SIZE_PER_CROP, IMAGE_SIZE_PER_CROP * res.num_crops],
+        actual_num_crops=crops,
+        actual_tiling=[1, crops],
+        actual_image_size=[IMAGE_SIZE_PER_CROP, IMAGE_SIZE_PER_CROP * crops],
         actual_vision_tokens=res.vision_tokens,
         actual_text_tokens=res.text_tokens,
         pred=res.text,

@@ -23,8 +23,8 @@ class VisionStage(torch.nn.Module):
         super().__init__()
         self.vit = vit
         cfg = vit.config
-        self.image_size = int(cfg.image_size)
-        self.grid = self.image_size // int(cfg.patch_size)
+        self.image_size = _square_side(cfg.image_size, "image_size")
+        self.grid = self.image_size // _square_side(cfg.patch_size, "patch_size")
         width = int(cfg.hidden_size)
         self.connector = torch.nn.Sequential(
             torch.nn.Linear(width, lm_hidden), torch.nn.GELU(), torch.nn.Linear(lm_hidden, lm_hidden)
@@ -43,7 +43,16 @@ class VisionStage(torch.nn.Module):
         n, _, width = hidden.shape
         grid = hidden.reshape(n, self.grid, self.grid, width).permute(0, 3, 1, 2)
         pooled = torch.nn.functional.avg_pool2d(grid, 2).flatten(2).transpose(1, 2)
-        return self.connector(pooled)
+        out: torch.Tensor = self.connector(pooled)
+        return out
+
+
+def _square_side(value: object, name: str) -> int:
+    # CLIPVisionConfig also types these sizes as lists, tuples or None; the stage needs one int.
+    if isinstance(value, int):
+        return value
+    raise ModelLoadError(f"vision config {name}={value!r} is not supported; the vision stage needs a square size "
+                         "given as one integer, e.g. 336")
 
 
 def fill_pixels(out: torch.Tensor, seed: int) -> torch.Tensor:
@@ -68,13 +77,14 @@ def build_vision_stage(
             raise ModelLoadError(
                 f"vision_checkpoint={checkpoint!r} is not a local CLIP vision model: {e}"
             ) from e
-        vit = vit.to(device)
+        vit = vit.to(device)  # type: ignore[arg-type]  # functools.wraps on PreTrainedModel.to hides the bound self
     else:
         prev = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:
             with device:
-                vit = CLIPVisionModel(CLIPVisionConfig(**shape, attn_implementation="sdpa"))
+                # attn_implementation is taken by PreTrainedConfig's **kwargs, which its dataclass signature omits.
+                vit = CLIPVisionModel(CLIPVisionConfig(**shape, attn_implementation="sdpa"))  # type: ignore[call-arg]
         finally:
             torch.set_default_dtype(prev)
     stage = VisionStage(vit, lm_hidden).to(device=device, dtype=dtype)
