@@ -129,13 +129,39 @@ def choose(
     scale: float = 1.0,
     behind: Sequence[Waiting] = (),
     too_long: Callable[[float], bool] | None = None,
+    start_ms: Callable[[PlanOption], float] | None = None,
 ) -> Choice:
     """`tokens`: the request's max_new_tokens (its call decodes them before the next call starts);
     `scale`: the replica's measured / table first-token time (>= 1 when it runs slow), applied to
-    every option; `too_long(call_ms)`: the blocking guard, or None."""
+    every option; `too_long(call_ms)`: the blocking guard, or None; `start_ms(option)`: how long
+    the option would wait before it can start (the device runs a decode batch of another knob
+    pair: serving.replica.device.drain_ms), or None for no wait."""
     threshold = Budget(left_ms, plan.tolerance).threshold_ms
-    i = highest_fitting((o.latency_ms * scale for o in plan.options), threshold)
-    fits = plan.options[i].latency_ms * scale <= threshold
+    if start_ms is None:
+        i = highest_fitting((o.latency_ms * scale for o in plan.options), threshold)
+        fits = plan.options[i].latency_ms * scale <= threshold
+    else:
+        # Waits break the ladder's order: a slower option whose pair is running may start at once.
+        # The most accurate option that fits, else the one that comes first.
+        ready = [o.latency_ms * scale + start_ms(o) for o in plan.options]
+        fitting = [j for j, ms in enumerate(ready) if ms <= threshold]
+        fits = bool(fitting)
+        i = fitting[-1] if fitting else min(range(len(ready)), key=ready.__getitem__)
+        if fits:
+            while i > 0 and not leaves_room(call_ms(plan.options[i], tokens) * scale + start_ms(plan.options[i]),
+                                            behind):
+                lower = [j for j in fitting if j < i]
+                if not lower:
+                    break
+                i = lower[-1]
+            unguarded = i
+            while too_long is not None and too_long(call_ms(plan.options[i], tokens) * scale):
+                lower = [j for j in fitting if j < i]
+                if not lower:
+                    break
+                i = lower[-1]
+            return Choice(i, fits, left_ms, guarded=i < unguarded)
+        return Choice(i, fits, left_ms)
     while i > 0 and not leaves_room(call_ms(plan.options[i], tokens) * scale, behind):
         i -= 1
     unguarded = i

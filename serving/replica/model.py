@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from ray import serve
@@ -21,11 +22,12 @@ from serving.errors import ServingConfigError
 from serving.replica.backends.base import Backend, ModelOutput, ModelRequest
 from serving.replica.backends.registry import create_backend
 from serving.replica.deadline_gate import DeadlineGate
+from serving.replica.device import Device
 from serving.replica.dispatch import BlockingGuard, Choice, Waiting, call_ms, choose
 from serving.replica.engine_prep import EnginePreparer
 from serving.replica.replica_queue import ReplicaQueue
 from serving.replica.stream_sink import StreamSink
-from serving.wire import Dispatched, DispatchPlan, ModelCall, ModelResult, PlanError, StreamPiece
+from serving.wire import Dispatched, DispatchPlan, ModelCall, ModelResult, PlanError, PlanOption, StreamPiece
 
 log = logging.getLogger("ray.serve")
 
@@ -86,6 +88,19 @@ class Pending:
         return self.plan.fastest_ms, call_ms(self.plan.options[0], self.tokens)
 
 
+def _fan_out(futures: list[asyncio.Future[ModelResult]], task: asyncio.Future[list[ModelResult]]) -> None:
+    """A group's results (or its failure) to each member's future."""
+    for j, f in enumerate(futures):
+        if f.done():
+            continue
+        if task.cancelled():
+            f.cancel()
+        elif (e := task.exception()) is not None:
+            f.set_exception(e)
+        else:
+            f.set_result(task.result()[j])
+
+
 def _dispatched(c: Choice | None) -> Dispatched | None:
     return None if c is None else Dispatched(c.index, c.fits, c.left_ms, c.guarded)
 
@@ -125,6 +140,10 @@ class MoEModel:
         self._batched.set_max_batch_size(self.settings.batch.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.settings.batch.batch_wait_timeout_s)
         self._batch_ids = itertools.count(1)
+        # The device thread that owns the backend: decode batches step by step, newcomers join
+        # between steps (serving.replica.device).
+        self.device = Device(self.backend, f"device-{self.settings.backend}")
+        self._calls: set[asyncio.Future[list[ModelResult]]] = set()
         self._replica = _replica_id()
         # The replica's own queue: waits per request, and the report each answer carries back.
         self.queue = ReplicaQueue(self._replica, self.settings.batch.max_batch_size)
@@ -201,11 +220,11 @@ class MoEModel:
         self.queue.arrived(pending.token, pending.knobs.key, pending.call_ms(), pending.arrived)
         try:
             if self.gate is None:
-                result = await self._batched(pending)
+                result = await asyncio.shield(await self._batched(pending))
             else:
                 deadline = pending.deadline if math.isfinite(pending.deadline) else pending.arrived + 3600.0
                 async with self.gate.admitted(deadline, pending.fastest()):
-                    result = await self._batched(pending)
+                    result = await asyncio.shield(await self._batched(pending))
             # This replica's own time for the request (arrival to answer): the router's time for
             # the call minus this is the serving overhead (proxy, router, handle, both ways).
             return replace(result, replica_ms=(time.monotonic() - pending.arrived) * 1000)
@@ -268,13 +287,19 @@ class MoEModel:
         members = {i: waiting(meta[i].deadline, meta[i].fastest()) for i in order}
         guard = self.guard
         too_long = None if guard is None else (lambda ms: guard.too_long(ms, now))
+        device = self.device
+
+        def start_ms(o: PlanOption) -> float:
+            return device.drain_ms(o.knobs)
+
         ahead_ms, groups = 0.0, set()
         for pos, i in enumerate(order):
             m = meta[i]
             if m.plan is not None:
                 later = [w for j in order[pos + 1:] if (w := members[j]) is not None] + gated
                 m.choice = choose(m.plan, (m.deadline - now) * 1000 - ahead_ms, tokens=m.tokens, scale=scale,
-                                  behind=[w.shifted(ahead_ms) for w in later], too_long=too_long)
+                                  behind=[w.shifted(ahead_ms) for w in later], too_long=too_long,
+                                  start_ms=start_ms)
                 o = m.plan.options[m.choice.index]
                 if o.knobs != m.knobs:
                     self.dispatch_counts["rebound"] += 1
@@ -298,44 +323,56 @@ class MoEModel:
         return k, req
 
     @serve.batch(max_batch_size=_BATCH.max_batch_size, batch_wait_timeout_s=_BATCH.batch_wait_timeout_s)
-    async def _batched(self, meta: list[Pending]) -> list[ModelResult]:
-        gone = [m.sink is not None and m.sink.closed for m in meta]  # streams whose client left while queued
+    async def _batched(self, meta: list[Pending]) -> list[asyncio.Future[ModelResult]]:
+        """Bind the batch's members (earliest deadline first), hand each group of equal knobs to the
+        device, and return at once: each member then waits for its own call only (a short answer
+        never waits for a long stream that came in the same Serve batch), and the batcher is free
+        to form the next batch while these decode."""
+        loop = asyncio.get_running_loop()
+        out: list[asyncio.Future[ModelResult]] = [loop.create_future() for _ in meta]
         groups: dict[Knobs, list[int]] = {}
         for i in self._bind(meta):  # one call per knob set, earliest deadline first
-            if not gone[i]:
+            if meta[i].sink is not None and meta[i].sink.closed:  # its client left while it queued
+                out[i].set_result(self._never_ran(meta[i]))
+            else:
                 groups.setdefault(meta[i].knobs, []).append(i)
-        out: list[ModelResult | None] = [None] * len(meta)
-        for i in (i for i, g in enumerate(gone) if g):
-            out[i] = self._never_ran(meta[i])
+        rows = self.backend.max_batch_rows
         for k, idx in groups.items():
-            group = next(self._batch_ids)
-            members = [meta[i] for i in idx]
-            sinks = [m.sink.send if m.sink is not None else None for m in members]
-            started = time.monotonic()
-            waits = self.queue.started(group, [m.token for m in members], started)
-            # Backends are synchronous (a GPU forward pass); keep the replica's event loop free.
-            try:
-                outputs = await asyncio.to_thread(self.backend.generate_batch, k, [m.request for m in members], sinks)
-            finally:
-                ended = time.monotonic()
-                service_ms = (ended - started) * 1000
-                if self.guard is not None:
-                    self.guard.ran(started, ended)
-                calls = [c for m in members if (c := m.call_ms()) is not None]
-                self.queue.finished(group, max(calls) if calls else None, service_ms)
-            report = self.queue.report(time.monotonic())
-            # One first-token ratio per call: its first token / the sum of its members' table
-            # latencies (an engine prefills a batch's members one after another).
-            known = [e for m in members if (e := m.expected_ms) is not None]
-            firsts = [self.backend.first_token_ms(o.timings_ms, service_ms) for o in outputs]
-            ratio = max(firsts) / sum(known) if known and sum(known) > 0 else None
-            if ratio is not None:
-                self.queue.first_token(max(firsts), sum(known))
-            for j, (i, o) in enumerate(zip(idx, outputs, strict=True)):
-                m = meta[i]
-                out[i] = self._result(m, o, k, waits[j], service_ms, firsts[j], ratio, report,
-                                      batch=(f"{self._replica}:{group}", len(idx), len(meta)))
-        return [r for r in out if r is not None]
+            for s in range(0, len(idx), rows):
+                chunk = idx[s:s + rows]
+                task = asyncio.ensure_future(self._call(k, [meta[i] for i in chunk], len(meta)))
+                self._calls.add(task)  # referenced until done, also when every caller has left
+                task.add_done_callback(self._calls.discard)
+                task.add_done_callback(partial(_fan_out, [out[i] for i in chunk]))
+        return out
+
+    async def _call(self, k: Knobs, members: list[Pending], serve_batch: int) -> list[ModelResult]:
+        """One group of equal knobs on the device (serving.replica.device: it joins a running decode
+        batch between two steps when it can)."""
+        group = next(self._batch_ids)
+        sinks = [m.sink.send if m.sink is not None else None for m in members]
+        started = time.monotonic()
+        waits = self.queue.started(group, [m.token for m in members], started)
+        try:
+            outputs = await self.device.submit(k, [m.request for m in members], sinks)
+        finally:
+            ended = time.monotonic()
+            service_ms = (ended - started) * 1000
+            if self.guard is not None:
+                self.guard.ran(started, ended)
+            calls = [c for m in members if (c := m.call_ms()) is not None]
+            self.queue.finished(group, max(calls) if calls else None, service_ms)
+        report = self.queue.report(time.monotonic())
+        # One first-token ratio per call: its first token / the sum of its members' table
+        # latencies (an engine prefills a call's members one after another).
+        known = [e for m in members if (e := m.expected_ms) is not None]
+        firsts = [self.backend.first_token_ms(o.timings_ms, service_ms) for o in outputs]
+        ratio = max(firsts) / sum(known) if known and sum(known) > 0 else None
+        if ratio is not None:
+            self.queue.first_token(max(firsts), sum(known))
+        batch = (f"{self._replica}:{group}", len(members), serve_batch)
+        return [self._result(m, o, k, waits[j], service_ms, firsts[j], ratio, report, batch=batch)
+                for j, (m, o) in enumerate(zip(members, outputs, strict=True))]
 
     def _result(self, m: Pending, o: ModelOutput, k: Knobs, wait_ms: float, service_ms: float, first_ms: float,
                 ratio: float | None, report: Any, batch: tuple[str, int, int]) -> ModelResult:

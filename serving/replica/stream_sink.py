@@ -25,10 +25,13 @@ class StreamSink:
         self.closed = False
 
     def send(self, text: str) -> bool:
-        """New text from the backend (its thread). False once the reader has gone: stop this member."""
+        """New text from the backend (its thread); "" only asks. False once the reader has gone:
+        stop this member."""
         with self._lock:
             if self.closed:
                 return False
+            if not text:
+                return True
             if self._first_at is None:
                 self._first_at = time.monotonic()
             wake = not self._parts

@@ -144,11 +144,11 @@ def test_simulated_streams_share_the_batch_and_the_device() -> None:
     streamed = ModelRequest("s", max_new_tokens=8, expected_ms=20.0, decode_ms_per_token=2.0)
     whole = ModelRequest("w", max_new_tokens=4, expected_ms=20.0, decode_ms_per_token=2.0)
     pieces: list[str] = []
-    outs = b.generate_batch(k, [streamed, whole], [lambda t: pieces.append(t) or True, None])
+    outs = b.generate_batch(k, [streamed, whole], [lambda t: (pieces.append(t) if t else None) or True, None])
     assert "".join(pieces) == outs[0].text and len(pieces) == len(outs[0].text.split(" "))
     assert outs[0].output_tokens == 8 and outs[1].output_tokens == 4 and outs[1].finish_reason == "length"
     seen: list[str] = []
-    (gone,) = b.generate_batch(k, [streamed], [lambda t: seen.append(t) or len(seen) < 2])
+    (gone,) = b.generate_batch(k, [streamed], [lambda t: (seen.append(t) if t else None) or len(seen) < 2])
     assert gone.finish_reason == "cancelled" and gone.output_tokens == 2 and len(seen) == 2
 
     spans: list[tuple[float, float]] = []

@@ -34,9 +34,61 @@ class ModelOutput:
 
 
 # A streamed request's sink: the backend calls it with the NEW text of each step (never the text so
-# far; nothing when a step added none); a False return stops that request at the next step (its
-# client went away). Called on the backend's thread: it must not block.
+# far), or with "" on a step that added none, only to ask whether the reader is still there; a
+# False return stops that request at this step (its client went away). Called on the backend's
+# thread: it must not block.
 OnText = Callable[[str], bool]
+
+
+@runtime_checkable
+class Session(Protocol):
+    """A running decode batch of one knob pair (top_k, num_active_blocks) on the device. Work joins
+    it between steps (`join` runs the newcomers' prefill at once, so their first token does not
+    wait for the others' decode) and leaves it when done; the device thread drives it."""
+
+    knobs: Knobs
+
+    @property
+    def active(self) -> bool:
+        """Members still decoding."""
+        ...
+
+    def join(self, knobs: Knobs, requests: list[ModelRequest], sinks: Sequence[OnText | None]) -> list[int] | None:
+        """Prefill `requests` (all of them, or none) into this batch; their member ids, or None when
+        they cannot join (another knob pair, no free row, no room left in the cache)."""
+        ...
+
+    def step(self) -> None:
+        """One decode step for every member."""
+        ...
+
+    def finished(self) -> dict[int, ModelOutput]:
+        """Members that finished since the last call, by id."""
+        ...
+
+    def remaining_ms(self) -> float:
+        """Expected time until every member has finished."""
+        ...
+
+    def close(self) -> None:
+        """Release what the session holds (the engine's batch)."""
+        ...
+
+
+def run_to_end(session: Session, knobs: Knobs, requests: list[ModelRequest],
+               sinks: Sequence[OnText | None] | None) -> list[ModelOutput]:
+    """A whole batch on a fresh session: join, step until done (the generate_batch of a backend)."""
+    ids = session.join(knobs, requests, list(sinks) if sinks is not None else [None] * len(requests))
+    if ids is None:
+        raise RuntimeError(f"a fresh session refused its first batch ({knobs.key})")
+    done: dict[int, ModelOutput] = dict(session.finished())
+    try:
+        while session.active:
+            session.step()
+            done.update(session.finished())
+    finally:
+        session.close()
+    return [done[i] for i in ids]
 
 
 @runtime_checkable
@@ -49,6 +101,12 @@ class Backend(Protocol):
     # True when `prepare` does real work before traffic (CUDA graph capture) and again after each
     # published table; the model deployment then runs an EnginePreparer for it.
     needs_preparation: bool
+    # How many sessions (decode batches of different knob pairs) the device can hold at once.
+    max_sessions: int
+
+    def open_session(self, knobs: Knobs) -> Session:
+        """A new, empty decode batch for `knobs`' pair (at most max_sessions open at once)."""
+        ...
 
     def validate_knobs(self, knobs: Knobs) -> None:
         """Raise controller.errors.KnobError naming the knob and the accepted range."""

@@ -4,11 +4,13 @@ calibrated to the lookup table's expected latency of each config."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import random
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from controller.errors import KnobError
 from controller.knobs import TIER_CROP_RANGE, Knobs, vision_tokens
 from moe.errors import ConfigDisabledError
-from serving.replica.backends.base import ModelOutput, ModelRequest, OnText, SupportedRanges
+from serving.replica.backends.base import ModelOutput, ModelRequest, OnText, run_to_end
+from serving.wire import SupportedRanges
 
 
 class SimulatedOptions(BaseModel):
@@ -57,6 +60,9 @@ class SimulatedOptions(BaseModel):
 class SimulatedBackend:
     name = "simulated"
     needs_preparation = False
+    # One decode batch at a time, as the torch engine (one KV buffer); members are not limited.
+    max_sessions = 1
+    max_batch_rows = 1_000_000
 
     def __init__(self, **options: object) -> None:
         self.options = SimulatedOptions.model_validate(options)
@@ -158,67 +164,100 @@ class SimulatedBackend:
             for r, e, d in zip(requests, expected, rates, strict=True)
         ]
 
+    def open_session(self, knobs: Knobs) -> SimulatedSession:
+        self.validate_knobs(knobs)
+        return SimulatedSession(self, knobs)
+
     def generate_batch(
         self, knobs: Knobs, requests: list[ModelRequest], sinks: Sequence[OnText | None] | None = None
     ) -> list[ModelOutput]:
-        """One device, as a GPU: calls run one at a time (streams and batches alike). A batch takes
-        its longest member's first token (vision + prefill), then decodes step by step to its
-        longest member's token count; each streamed member gets a word per step, and stops early
-        when its sink says its client left. The request's table figures (`expected_ms`,
-        `decode_ms_per_token`) are used in "table" mode only."""
-        self.validate_knobs(knobs)
-        sinks = list(sinks) if sinks is not None else [None] * len(requests)
-        timings = self._timings(knobs, requests)
+        """One batch on a session of its own, start to end (one call at a time: one device). The
+        request's table figures (`expected_ms`, `decode_ms_per_token`) are used in "table" mode only."""
         with self._device:
-            if not any(s is not None for s in sinks):
-                # No streamed member: one sleep (finer steps would only add timer error).
-                longest_s = max((t["total"] for t in timings), default=0.0) / 1000
-                if longest_s > 0:
-                    time.sleep(longest_s)
-                produced = [r.max_new_tokens for r in requests]
-            else:
-                produced = self._stepped(knobs, requests, sinks, timings)
-        outs = []
-        for r, t, n in zip(requests, timings, produced, strict=True):
-            words = _fake_text(knobs, r).split(" ")
-            reason = "length" if n >= r.max_new_tokens else "cancelled"
-            outs.append(ModelOutput(text=" ".join(words[: min(len(words), max(1, n))]), output_tokens=n,
-                                    timings_ms=t, prompt_tokens=len(r.prompt.split()), finish_reason=reason))
-        return outs
+            return run_to_end(self.open_session(knobs), knobs, requests, sinks)
 
-    def _stepped(self, knobs: Knobs, requests: list[ModelRequest], sinks: list[OnText | None],
-                 timings: list[dict[str, float]]) -> list[int]:
-        """The batch in steps: the first token, then one decode step at a time. Returns the tokens
-        each member got (fewer than asked for a stream whose client left)."""
-        first_s = max(t["total"] - t["decode"] for t in timings) / 1000
-        steps = max(r.max_new_tokens for r in requests)
-        step_s = max(t["decode"] / max(1, r.max_new_tokens - 1) for r, t in zip(requests, timings, strict=True)) / 1000
+
+@dataclass
+class _Member:
+    request: ModelRequest
+    sink: OnText | None
+    timings: dict[str, float]
+    words: list[str]
+    step_s: float
+    produced: int = 1
+
+
+class SimulatedSession:
+    """A decode batch on the simulated device: a join sleeps the newcomers' first token (their
+    prefill, at this step boundary), a step sleeps one decode step of the slowest member; streamed
+    members get a word per step while their text lasts (and are asked on every step whether their
+    reader is still there)."""
+
+    def __init__(self, backend: SimulatedBackend, knobs: Knobs) -> None:
+        self.backend, self.knobs = backend, knobs
+        self._members: dict[int, _Member] = {}
+        self._done: dict[int, ModelOutput] = {}
+        self._ids = itertools.count()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._members)
+
+    def join(self, knobs: Knobs, requests: list[ModelRequest], sinks: Sequence[OnText | None]) -> list[int] | None:
+        if (knobs.top_k, knobs.num_active_blocks) != (self.knobs.top_k, self.knobs.num_active_blocks):
+            return None
+        self.backend.validate_knobs(knobs)
+        timings = self.backend._timings(knobs, requests)
+        # A one-token answer has no decode steps: its whole time is its first token.
+        first_s = max((t["total"] - (t["decode"] if r.max_new_tokens > 1 else 0.0)
+                       for r, t in zip(requests, timings, strict=True)), default=0.0) / 1000
         if first_s > 0:
-            time.sleep(first_s)
-        words = [_fake_text(knobs, r).split(" ") for r in requests]
-        produced = [1] * len(requests)
-        going = [True] * len(requests)
-        for step in range(1, steps + 1):
-            if step > 1:
-                if step_s > 0:
-                    time.sleep(step_s)
-                for i, r in enumerate(requests):
-                    if going[i] and produced[i] < r.max_new_tokens:
-                        produced[i] += 1
-            for i, sink in enumerate(sinks):
-                if sink is None or not going[i]:
+            time.sleep(first_s)  # the newcomers' prefill: one after another on a GPU, here at once
+        ids = []
+        for r, sink, t in zip(requests, sinks, timings, strict=True):
+            i = next(self._ids)
+            ids.append(i)
+            m = _Member(r, sink, t, _fake_text(knobs, r).split(" "), t["decode"] / max(1, r.max_new_tokens - 1) / 1000)
+            self._members[i] = m
+            going = sink(m.words[0]) if sink is not None else True
+            if not going or r.max_new_tokens <= 1:
+                self._finish(i, "length" if going else "cancelled")
+        return ids
+
+    def step(self) -> None:
+        if not self._members:
+            return
+        step_s = max(m.step_s for m in self._members.values())
+        if step_s > 0:
+            time.sleep(step_s)
+        for i, m in list(self._members.items()):
+            m.produced += 1
+            if m.sink is not None:
+                n = m.produced
+                text = " " + m.words[n - 1] if n <= len(m.words) else ""
+                if not m.sink(text):
+                    self._finish(i, "cancelled")
                     continue
-                n = produced[i]
-                if step == 1:
-                    going[i] = sink(words[i][0])
-                elif n <= len(words[i]) and n == step:  # a word a step while the text lasts
-                    going[i] = sink(" " + words[i][n - 1])
-                if not going[i]:
-                    produced[i] = min(produced[i], step)
-            live = [i for i, r in enumerate(requests) if going[i] and produced[i] < r.max_new_tokens]
-            if not live:
-                break
-        return produced
+            if m.produced >= m.request.max_new_tokens:
+                self._finish(i, "length")
+
+    def _finish(self, i: int, reason: str) -> None:
+        m = self._members.pop(i)
+        self._done[i] = ModelOutput(
+            text=" ".join(m.words[: min(len(m.words), m.produced)]), output_tokens=m.produced, timings_ms=m.timings,
+            prompt_tokens=len(m.request.prompt.split()), finish_reason=reason,
+        )
+
+    def finished(self) -> dict[int, ModelOutput]:
+        done, self._done = self._done, {}
+        return done
+
+    def remaining_ms(self) -> float:
+        return max(((m.request.max_new_tokens - m.produced) * m.step_s * 1000 for m in self._members.values()),
+                   default=0.0)
+
+    def close(self) -> None:
+        self._members.clear()
 
 
 def _fake_text(knobs: Knobs, request: ModelRequest) -> str:

@@ -72,6 +72,7 @@ class TorchOptions(BaseModel):
 class TorchBackend:
     name = "torch"
     needs_preparation = True
+    max_sessions = 1  # one KV buffer
 
     def __init__(self, **options: Any) -> None:
         from moe.engine import GenerationEngine
@@ -90,6 +91,14 @@ class TorchBackend:
         )
         self.runner = MoERunner(model, block_order=o.block_order, checkpoint=o.checkpoint)
         self.engine = GenerationEngine(self.runner, o.engine_options())
+
+    @property
+    def max_batch_rows(self) -> int:
+        return min(self.options.max_batch_size, self.engine.max_batch)
+
+    def open_session(self, knobs: Knobs) -> TorchSession:
+        self.validate_knobs(knobs)
+        return TorchSession(self, knobs)
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TorchBackend:
@@ -227,3 +236,38 @@ class _Rows:
 
 def _ended(ids: list[int], stream: TextStream | None) -> bool:
     return stream is not None and stream.ended
+
+
+class TorchSession:
+    """A decode batch on the engine. The engine runs a call start to end (its KV buffer holds one
+    batch), so a session takes one group, runs it whole at its join, and takes nobody else."""
+
+    def __init__(self, backend: TorchBackend, knobs: Knobs) -> None:
+        self.backend, self.knobs = backend, knobs
+        self._done: dict[int, ModelOutput] = {}
+        self._used = False
+
+    @property
+    def active(self) -> bool:
+        return False
+
+    def join(self, knobs: Knobs, requests: list[ModelRequest], sinks: Sequence[OnText | None]) -> list[int] | None:
+        if self._used or knobs != self.knobs:
+            return None
+        self._used = True
+        outs = self.backend.generate_batch(knobs, requests, sinks)
+        self._done = dict(enumerate(outs))
+        return list(range(len(outs)))
+
+    def step(self) -> None:
+        pass
+
+    def finished(self) -> dict[int, ModelOutput]:
+        done, self._done = self._done, {}
+        return done
+
+    def remaining_ms(self) -> float:
+        return 0.0
+
+    def close(self) -> None:
+        pass

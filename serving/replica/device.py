@@ -1,0 +1,184 @@
+"""One device, step by step: the thread that owns a replica's backend.
+
+A GPU runs one thing at a time, so a whole call (prefill + every decode step) that holds the device
+makes every newcomer wait for its last token: two 512-token streams would make every other budget
+infeasible. Here the device runs *sessions* (a decode batch of one knob pair, `Backend.open_session`)
+a step at a time, and work that arrives between two steps joins a running session when it can
+(its prefill runs at that step boundary, so its first token waits for one decode step, not for a
+whole call). Work that cannot join (another knob pair while the backend holds its most sessions,
+or no room left) waits in arrival order until it can; late binding is told how long that is
+(`drain_ms`) and may pick the running pair's option instead.
+
+The event loop hands work in (`submit`, a future per group of members with equal knobs) and never
+waits on the device; the device thread hands results back with `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from controller.knobs import Knobs
+from serving.replica.backends.base import Backend, ModelOutput, ModelRequest, OnText, Session
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass
+class Work:
+    knobs: Knobs
+    requests: list[ModelRequest]
+    sinks: list[OnText | None]
+    future: asyncio.Future[list[ModelOutput]]
+    loop: asyncio.AbstractEventLoop
+    started: float | None = None  # monotonic: when it joined a session (its backend call began)
+    ids: list[int] = field(default_factory=list)
+    outputs: dict[int, ModelOutput] = field(default_factory=dict)
+
+    def resolve(self, result: list[ModelOutput] | BaseException) -> None:
+        def deliver() -> None:
+            if self.future.done():
+                return
+            if isinstance(result, BaseException):
+                self.future.set_exception(result)
+            else:
+                self.future.set_result(result)
+
+        self.loop.call_soon_threadsafe(deliver)
+
+
+class Device:
+    def __init__(self, backend: Backend, name: str = "device") -> None:
+        self.backend = backend
+        self._inbox: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
+        self._waiting: list[Work] = []  # could not join yet, in arrival order
+        self._sessions: list[tuple[Session, list[Work]]] = []
+        self._lock = threading.Lock()  # guards the views read from the event loop (drain_ms, running)
+        self._running_pairs: dict[tuple[int, int], float] = {}  # knob pair -> ms until its session drains
+        self.steps = 0
+        self.joins = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -- the event loop's side ----------------------------------------------------------------
+
+    def submit(self, knobs: Knobs, requests: Sequence[ModelRequest],
+               sinks: Sequence[OnText | None]) -> asyncio.Future[list[ModelOutput]]:
+        loop = asyncio.get_running_loop()
+        work = Work(knobs, list(requests), list(sinks), loop.create_future(), loop)
+        self._inbox.put(work)
+        return work.future
+
+    def drain_ms(self, knobs: Knobs) -> float:
+        """How long work with these knobs would wait before it can start: 0 when a running session
+        takes its pair (or the backend can open another), else until the sessions drain."""
+        with self._lock:
+            pairs = dict(self._running_pairs)
+        if not pairs or (knobs.top_k, knobs.num_active_blocks) in pairs:
+            return 0.0
+        if len(pairs) < self.backend.max_sessions:
+            return 0.0
+        return min(pairs.values())
+
+    def stop(self) -> None:
+        self._stop = True
+        self._inbox.put(None)
+
+    # -- the device thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._take(block=not self._sessions and not self._waiting)
+            try:
+                self._admit()
+                self._step()
+            except BaseException as e:  # noqa: BLE001 - a failing backend fails its work, never the thread
+                log.exception("device: backend failed")
+                for session, works in self._sessions:
+                    for w in works:
+                        w.resolve(e)
+                    session.close()
+                self._sessions.clear()
+            self._publish()
+
+    def _take(self, block: bool) -> None:
+        """Move what arrived to the waiting list; wait for something only when idle."""
+        try:
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            while True:
+                if item is not None:
+                    self._waiting.append(item)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _admit(self) -> None:
+        """Each waiting group joins a running session of its pair, or opens one if the backend
+        allows another; the rest wait (arrival order kept)."""
+        still: list[Work] = []
+        for w in self._waiting:
+            if w.future.done():  # cancelled while waiting (its caller left)
+                continue
+            if all(s is not None and not s("") for s in w.sinks):  # every member a stream whose reader left
+                w.resolve([ModelOutput(text="", output_tokens=0, finish_reason="cancelled") for _ in w.requests])
+                continue
+            placed = False
+            for session, works in self._sessions:
+                ids = self._join(session, w)
+                if ids is not None:
+                    works.append(w)
+                    placed = True
+                    break
+            if not placed and len(self._sessions) < self.backend.max_sessions:
+                session = self.backend.open_session(w.knobs)
+                ids = self._join(session, w)
+                if ids is not None:
+                    self._sessions.append((session, [w]))
+                    placed = True
+            if not placed:
+                still.append(w)
+        self._waiting = still
+
+    def _join(self, session: Session, w: Work) -> list[int] | None:
+        w.started = time.monotonic()
+        try:
+            ids = session.join(w.knobs, w.requests, w.sinks)
+        except BaseException as e:  # noqa: BLE001 - this group's failure (e.g. a bad input) is its own
+            w.resolve(e)
+            return []
+        if ids is None:
+            return None
+        w.ids = ids
+        self.joins += 1
+        self._collect(session, [w], session.finished())
+        return ids
+
+    def _step(self) -> None:
+        for session, works in list(self._sessions):
+            if session.active:
+                session.step()
+                self.steps += 1
+            self._collect(session, works, session.finished())
+            if not session.active:
+                self._sessions.remove((session, works))
+                session.close()
+
+    def _collect(self, session: Session, works: list[Work], done: dict[int, ModelOutput]) -> None:
+        for w in list(works):
+            for i in w.ids:
+                if i in done:
+                    w.outputs[i] = done[i]
+            if w.ids and all(i in w.outputs for i in w.ids):
+                w.resolve([w.outputs[i] for i in w.ids])
+                works.remove(w)
+
+    def _publish(self) -> None:
+        pairs = {(s.knobs.top_k, s.knobs.num_active_blocks): s.remaining_ms() for s, _ in self._sessions}
+        with self._lock:
+            self._running_pairs = pairs

@@ -1,0 +1,79 @@
+"""The device thread (serving.replica.device) on the simulated backend: decode batches run a step at
+a time, and work that arrives between steps joins a running batch of its knob pair instead of
+waiting for it to end; work of another pair waits, and the wait it faces is published."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from controller.knobs import Knobs
+from serving.replica.backends.base import ModelRequest
+from serving.replica.backends.simulated import SimulatedBackend
+from serving.replica.device import Device
+
+LONG = Knobs("low", 4, 12)
+
+
+def _backend() -> SimulatedBackend:
+    return SimulatedBackend(latency_source="table", jitter_sigma=0, decode="per_token")
+
+
+def _req(tokens: int, first_ms: float = 20.0, decode_ms: float = 2.0) -> ModelRequest:
+    return ModelRequest("p", max_new_tokens=tokens, expected_ms=first_ms, decode_ms_per_token=decode_ms)
+
+
+def test_a_newcomer_joins_a_running_long_stream_and_finishes_long_before_it() -> None:
+    async def run() -> tuple[float, float, float, list[str]]:
+        device = Device(_backend())
+        t0 = time.monotonic()
+        pieces: list[str] = []
+        long = device.submit(LONG, [_req(300)], [lambda s: (pieces.append(s) if s else None) or True])
+        await asyncio.sleep(0.1)  # the stream decodes (300 x 2 ms = 0.6 s in all)
+        # Another tier of the same pair joins between two steps: its first token + 4 tokens, ~30 ms.
+        short = await device.submit(Knobs("high", 4, 12), [_req(4)], [None])
+        short_at = time.monotonic() - t0
+        (whole,) = await long
+        device.stop()
+        return short_at, time.monotonic() - t0, float(whole.output_tokens), pieces
+
+    short_at, long_at, tokens, pieces = asyncio.run(run())
+    assert tokens == 300 and pieces  # the stream ran to its end and its reader got text
+    assert short_at < 0.3 < long_at, (short_at, long_at)  # the newcomer did not wait for the stream
+
+
+def test_another_pair_waits_for_the_batch_to_drain_and_its_wait_is_published() -> None:
+    async def run() -> tuple[float, float, float]:
+        device = Device(_backend())
+        t0 = time.monotonic()
+        long = device.submit(LONG, [_req(150)], [None])  # ~0.3 s of decode
+        await asyncio.sleep(0.08)
+        drain = device.drain_ms(Knobs("low", 8, 16))
+        same = device.drain_ms(Knobs("medium", 4, 12))
+        other = await device.submit(Knobs("low", 8, 16), [_req(1)], [None])
+        assert other[0].output_tokens == 1
+        other_at = time.monotonic() - t0
+        await long
+        device.stop()
+        return drain, same, other_at
+
+    drain, same, other_at = asyncio.run(run())
+    assert same == 0.0  # the running pair takes it at the next step
+    assert 100.0 < drain < 320.0, drain  # what is left of the running batch
+    assert other_at > 0.3, other_at  # one device, one batch: it ran after the stream's last step
+
+
+def test_a_stream_whose_reader_left_stops_at_the_next_step() -> None:
+    async def run() -> tuple[int, str, float]:
+        device = Device(_backend())
+        going = {"on": True}
+        t0 = time.monotonic()
+        fut = device.submit(LONG, [_req(500)], [lambda s: going["on"]])
+        await asyncio.sleep(0.1)
+        going["on"] = False  # the reader left: the sink says so at the next step, text or not
+        (out,) = await fut
+        device.stop()
+        return out.output_tokens, out.finish_reason, time.monotonic() - t0
+
+    tokens, reason, took = asyncio.run(run())
+    assert reason == "cancelled" and tokens < 100 and took < 0.5, (tokens, reason, took)
