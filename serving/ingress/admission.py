@@ -10,7 +10,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from controller.budget import Budget
-
 from controller.decision import Decision
 from controller.ladder import Rung, highest_fitting
 from serving.config import ServingConfig
@@ -139,16 +138,9 @@ class QueueAdmission:
         decode = (r.latency_ms - r.stats.latency_ms) if self.covers == "total" else None
         return replace(answer, decision=decision, expected_decode_ms=decode, bound_at="replica")
 
-    @staticmethod
-    def call_ms(answer: Answer, max_new_tokens: int) -> float | None:
-        """The table's whole call for the answer's knobs: first token + decode of the tokens asked."""
-        if answer.service_ms is None:
-            return None
-        return answer.service_ms + (answer.decode_ms_per_token or 0.0) * max_new_tokens
-
-    def sent(self, answer: Answer, max_new_tokens: int) -> int:
+    def sent(self, answer: Answer) -> int:
         token = next(self._tokens)
-        self.tracker.sent(token, answer.knobs.key, self.call_ms(answer, max_new_tokens), time.monotonic())
+        self.tracker.sent(token, answer.knobs.key, answer.service_ms, time.monotonic())
         return token
 
     def failed(self, token: int) -> None:
@@ -160,7 +152,7 @@ class QueueAdmission:
         self.tracker.done(
             token,
             time.monotonic(),
-            expected_call_ms=self.call_ms(answer, result.output_tokens or 1),
+            expected_ms=answer.service_ms,
             service_ms=result.service_ms,
             overhead_ms=overhead_ms,
             report=result.replica_load,

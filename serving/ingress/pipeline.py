@@ -192,7 +192,7 @@ class Pipeline:
     async def run(self, adm: Admitted) -> Served | Failed:
         """The whole answer."""
         m = self.config.model
-        token = self.admission.sent(adm.answer, adm.inputs.max_new_tokens)
+        token = self.admission.sent(adm.answer)
         model_started = time.perf_counter()
         try:
             result = await call_model(self.model.generate.remote(adm.call), m.assign_timeout_s, m.timeout_s)
@@ -212,7 +212,7 @@ class Pipeline:
         """Open a stream: the call goes to a replica's queue like any other; this returns once its
         first piece (the first token) has come, or with the failure that came instead."""
         m = self.config.model
-        token = self.admission.sent(adm.answer, adm.inputs.max_new_tokens)
+        token = self.admission.sent(adm.answer)
         self.stream_counts["started"] += 1
         model_started = time.perf_counter()
         gen = self.model.options(stream=True).generate_stream.remote(adm.call)

@@ -80,10 +80,10 @@ class QueueTracker:
 
     # -- events --------------------------------------------------------------------------------
 
-    def sent(self, token: int, config: str, expected_call_ms: float | None, now: float = 0.0) -> None:
-        """A request went to a replica; `expected_call_ms` is its table's whole call (first token +
-        decode of its max_new_tokens), None where unknown."""
-        self._in_flight[token] = (config, expected_call_ms, now)
+    def sent(self, token: int, config: str, first_ms: float | None, now: float = 0.0) -> None:
+        """A request went to a replica; `first_ms` is its table's mean first token (its prefill:
+        what it holds the device for ahead of others), None where unknown."""
+        self._in_flight[token] = (config, first_ms, now)
 
     def failed(self, token: int) -> None:
         self._in_flight.pop(token, None)
@@ -93,7 +93,7 @@ class QueueTracker:
         token: int,
         now: float,
         *,
-        expected_call_ms: float | None,
+        expected_ms: float | None,
         service_ms: float | None,
         overhead_ms: float | None,
         report: ReplicaReport | None,
@@ -103,18 +103,16 @@ class QueueTracker:
         the replica, the router's first token minus the replica's (never a stream's duration);
         `first_token_ratio`: the replica's first token / table for the backend call (a batch's
         prefills run one after another, so one member's first token / its own table latency would
-        read batching as slowness)."""
+        read batching as slowness); without one, service / expected stands in."""
         self._in_flight.pop(token, None)
         if _finite_nonneg(service_ms):
             assert service_ms is not None
             self._service.append(service_ms)
-            if expected_call_ms is not None and expected_call_ms > 0:
-                self._ratios.append(service_ms / expected_call_ms)
-                if not _finite_nonneg(first_token_ratio):  # the model reports no first token: the whole call
-                    self._first_token_ratios.append(service_ms / expected_call_ms)
             if _finite_nonneg(first_token_ratio):
                 assert first_token_ratio is not None
                 self._first_token_ratios.append(first_token_ratio)
+            elif expected_ms is not None and expected_ms > 0:
+                self._first_token_ratios.append(service_ms / expected_ms)
         if overhead_ms is not None and math.isfinite(overhead_ms):
             self._answers += 1
             if self._answers > self.cold_answers:  # the first calls through a new handle connect
@@ -125,8 +123,8 @@ class QueueTracker:
     # -- the estimate --------------------------------------------------------------------------
 
     def ratio(self) -> float:
-        """Measured service / table latency; 1.0 (the table as is) before any answer."""
-        return median(self._ratios) if self._ratios else 1.0
+        """Measured / table first token (median); 1.0 (the table as is) before any answer."""
+        return median(self._first_token_ratios) if self._first_token_ratios else 1.0
 
     def ratio_quantile(self, q: float) -> float:
         """A high quantile of measured first token / table latency (1.0 before any answer); the
@@ -145,25 +143,16 @@ class QueueTracker:
         return max(1, len(live))
 
     def _router_wait(self, replicas: int, now: float) -> float:
-        """Work in flight from this router, each config's calls priced at its table's whole call x
-        the measured ratio, less what has already passed since it was sent (a stream 400 ms into a
-        500 ms decode holds the replica for 100 ms more, not 500)."""
-        groups: dict[str, list[tuple[float | None, float]]] = {}
-        for config, e, at in self._in_flight.values():
-            groups.setdefault(config, []).append((e, at))
+        """The prefills this router has in flight, one after another in the order sent (an engine
+        prefills one request at a time; decodes are shared, since a newcomer joins the running
+        batch between two steps), each its table first token x the measured ratio (never below 1):
+        when the last of them ends, from now. A request sent long ago has had its prefill."""
         fallback = median(self._service) if self._service else 0.0
-        ratio, work = self.ratio(), 0.0
-        for members in groups.values():
-            known = [(e * ratio, at) for e, at in members if e is not None]
-            if known:
-                remaining = max(max(0.0, ms - max(0.0, now - at) * 1000) for ms, at in known)
-                # Later batches of this config run the whole call each.
-                per_call = max(ms for ms, _ in known)
-            else:
-                remaining = per_call = fallback
-            calls = math.ceil(len(members) / self.max_batch_size)
-            work += remaining + (calls - 1) * per_call
-        return work / replicas
+        scale = max(1.0, self.ratio())
+        free_at = -math.inf
+        for _, e, at in sorted(self._in_flight.values(), key=lambda v: v[2]):
+            free_at = max(free_at, at) + (e * scale if e is not None else fallback) / 1000
+        return max(0.0, (free_at - now) * 1000) / replicas if self._in_flight else 0.0
 
     def _report_wait(self, now: float) -> float | None:
         fresh = [

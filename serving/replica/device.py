@@ -34,11 +34,15 @@ class Work:
     knobs: Knobs
     requests: list[ModelRequest]
     sinks: list[OnText | None]
-    future: asyncio.Future[list[ModelOutput]]
+    future: asyncio.Future[tuple[list[ModelOutput], float]]
     loop: asyncio.AbstractEventLoop
     started: float | None = None  # monotonic: when it joined a session (its backend call began)
     ids: list[int] = field(default_factory=list)
     outputs: dict[int, ModelOutput] = field(default_factory=dict)
+
+    def first_ms(self) -> float:
+        """Its members' table first tokens: the device's time to prefill them."""
+        return sum(r.expected_ms or 0.0 for r in self.requests)
 
     def resolve(self, result: list[ModelOutput] | BaseException) -> None:
         def deliver() -> None:
@@ -47,7 +51,7 @@ class Work:
             if isinstance(result, BaseException):
                 self.future.set_exception(result)
             else:
-                self.future.set_result(result)
+                self.future.set_result((result, self.started if self.started is not None else time.monotonic()))
 
         self.loop.call_soon_threadsafe(deliver)
 
@@ -60,6 +64,8 @@ class Device:
         self._sessions: list[tuple[Session, list[Work]]] = []
         self._lock = threading.Lock()  # guards the views read from the event loop (drain_ms, running)
         self._running_pairs: dict[tuple[int, int], float] = {}  # knob pair -> ms until its session drains
+        self._blocked = False  # some work waits for a session to drain
+        self._queued_ms = 0.0  # table first tokens of the work handed in and not begun
         self.steps = 0
         self.joins = 0
         self._stop = False
@@ -69,20 +75,33 @@ class Device:
     # -- the event loop's side ----------------------------------------------------------------
 
     def submit(self, knobs: Knobs, requests: Sequence[ModelRequest],
-               sinks: Sequence[OnText | None]) -> asyncio.Future[list[ModelOutput]]:
+               sinks: Sequence[OnText | None]) -> asyncio.Future[tuple[list[ModelOutput], float]]:
+        """The group's outputs and when the device began it (monotonic s: its join)."""
         loop = asyncio.get_running_loop()
         work = Work(knobs, list(requests), list(sinks), loop.create_future(), loop)
+        with self._lock:
+            self._queued_ms += work.first_ms()
         self._inbox.put(work)
         return work.future
 
+    def backlog_ms(self) -> float:
+        """What a request handed in now waits for before its prefill begins: the prefills handed in
+        and not begun (one after another), and, while work waits for a batch to drain, the drain."""
+        with self._lock:
+            drain = max(self._running_pairs.values(), default=0.0) if self._blocked else 0.0
+            return self._queued_ms + drain
+
     def drain_ms(self, knobs: Knobs) -> float:
         """How long work with these knobs would wait before it can start: 0 when a running session
-        takes its pair (or the backend can open another), else until the sessions drain."""
+        takes its pair (or the backend can open another), else until the sessions drain; with
+        work already waiting for a drain, every pair waits for it."""
         with self._lock:
-            pairs = dict(self._running_pairs)
-        if not pairs or (knobs.top_k, knobs.num_active_blocks) in pairs:
+            pairs, blocked = dict(self._running_pairs), self._blocked
+        if not pairs:
             return 0.0
-        if len(pairs) < self.backend.max_sessions:
+        if blocked:
+            return max(pairs.values())
+        if (knobs.top_k, knobs.num_active_blocks) in pairs or len(pairs) < self.backend.max_sessions:
             return 0.0
         return min(pairs.values())
 
@@ -119,26 +138,31 @@ class Device:
             pass
 
     def _admit(self) -> None:
-        """Each waiting group joins a running session of its pair, or opens one if the backend
-        allows another; the rest wait (arrival order kept)."""
+        """Each waiting group, in arrival order, joins a running session of its pair or opens one if
+        the backend allows another. Once a group has to wait (its pair cannot run until a session
+        drains), everything after it waits too: joins would keep the running batch alive forever
+        and starve the other pair."""
         still: list[Work] = []
         for w in self._waiting:
             if w.future.done():  # cancelled while waiting (its caller left)
+                self._begun(w)
                 continue
             if all(s is not None and not s("") for s in w.sinks):  # every member a stream whose reader left
+                self._begun(w)
                 w.resolve([ModelOutput(text="", output_tokens=0, finish_reason="cancelled") for _ in w.requests])
+                continue
+            if still:
+                still.append(w)
                 continue
             placed = False
             for session, works in self._sessions:
-                ids = self._join(session, w)
-                if ids is not None:
+                if self._join(session, w) is not None:
                     works.append(w)
                     placed = True
                     break
             if not placed and len(self._sessions) < self.backend.max_sessions:
                 session = self.backend.open_session(w.knobs)
-                ids = self._join(session, w)
-                if ids is not None:
+                if self._join(session, w) is not None:
                     self._sessions.append((session, [w]))
                     placed = True
             if not placed:
@@ -150,14 +174,20 @@ class Device:
         try:
             ids = session.join(w.knobs, w.requests, w.sinks)
         except BaseException as e:  # noqa: BLE001 - this group's failure (e.g. a bad input) is its own
+            self._begun(w)
             w.resolve(e)
             return []
         if ids is None:
             return None
+        self._begun(w)
         w.ids = ids
         self.joins += 1
         self._collect(session, [w], session.finished())
         return ids
+
+    def _begun(self, w: Work) -> None:
+        with self._lock:
+            self._queued_ms = max(0.0, self._queued_ms - w.first_ms())
 
     def _step(self) -> None:
         for session, works in list(self._sessions):
@@ -181,4 +211,4 @@ class Device:
     def _publish(self) -> None:
         pairs = {(s.knobs.top_k, s.knobs.num_active_blocks): s.remaining_ms() for s, _ in self._sessions}
         with self._lock:
-            self._running_pairs = pairs
+            self._running_pairs, self._blocked = pairs, bool(self._waiting)

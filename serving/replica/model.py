@@ -75,17 +75,12 @@ class Pending:
     def decode_ms_per_token(self) -> float | None:
         return self.request.decode_ms_per_token
 
-    def call_ms(self) -> float | None:
-        """Expected whole call (first token + decode of its tokens); None without a table figure."""
-        if self.request.expected_ms is None:
-            return None
-        return self.request.expected_ms + (self.request.decode_ms_per_token or 0.0) * self.tokens
-
     def fastest(self) -> tuple[float, float] | None:
         """(budgeted latency, expected whole call) of the fastest option; None without a plan."""
         if self.plan is None:
             return None
-        return self.plan.fastest_ms, call_ms(self.plan.options[0], self.tokens)
+        # What it holds the device for, ahead of others: its prefill (decodes are shared).
+        return self.plan.fastest_ms, call_ms(self.plan.options[0], 0)
 
 
 def _fan_out(futures: list[asyncio.Future[ModelResult]], task: asyncio.Future[list[ModelResult]]) -> None:
@@ -217,7 +212,7 @@ class MoEModel:
         return pending
 
     async def _run(self, pending: Pending) -> ModelResult:
-        self.queue.arrived(pending.token, pending.knobs.key, pending.call_ms(), pending.arrived)
+        self.queue.arrived(pending.token, pending.knobs.key, pending.expected_ms, pending.arrived)
         try:
             if self.gate is None:
                 result = await asyncio.shield(await self._batched(pending))
@@ -297,7 +292,9 @@ class MoEModel:
             m = meta[i]
             if m.plan is not None:
                 later = [w for j in order[pos + 1:] if (w := members[j]) is not None] + gated
-                m.choice = choose(m.plan, (m.deadline - now) * 1000 - ahead_ms, tokens=m.tokens, scale=scale,
+                # tokens=0: a member holds the device ahead of others for its prefill only; its
+                # decode steps are shared with whoever joins the batch (serving.replica.device).
+                m.choice = choose(m.plan, (m.deadline - now) * 1000 - ahead_ms, tokens=0, scale=scale,
                                   behind=[w.shifted(ahead_ms) for w in later], too_long=too_long,
                                   start_ms=start_ms)
                 o = m.plan.options[m.choice.index]
@@ -309,7 +306,7 @@ class MoEModel:
                 m.request = replace(m.request, expected_ms=o.service_ms, decode_ms_per_token=o.decode_ms_per_token)
             if m.knobs not in groups:  # a call of its own (first token + decode): later members wait
                 groups.add(m.knobs)
-                ahead_ms += (m.call_ms() or 0.0) * scale
+                ahead_ms += (m.expected_ms or 0.0) * scale
         return order
 
     def _checked(self, call: ModelCall) -> tuple[Knobs, ModelRequest]:
@@ -352,17 +349,18 @@ class MoEModel:
         group = next(self._batch_ids)
         sinks = [m.sink.send if m.sink is not None else None for m in members]
         started = time.monotonic()
-        waits = self.queue.started(group, [m.token for m in members], started)
+        self.queue.started(group, [m.token for m in members], started)
         try:
-            outputs = await self.device.submit(k, [m.request for m in members], sinks)
+            outputs, began = await self.device.submit(k, [m.request for m in members], sinks)
         finally:
             ended = time.monotonic()
-            service_ms = (ended - started) * 1000
-            if self.guard is not None:
-                self.guard.ran(started, ended)
-            calls = [c for m in members if (c := m.call_ms()) is not None]
-            self.queue.finished(group, max(calls) if calls else None, service_ms)
-        report = self.queue.report(time.monotonic())
+            self.queue.finished(group, (ended - started) * 1000)
+        # Its wait: arrival to the device beginning its prefill; its service: from then on.
+        waits = [(began - m.arrived) * 1000 for m in members]
+        service_ms = (ended - began) * 1000
+        if self.guard is not None:
+            self.guard.ran(began, began + sum(m.expected_ms or 0.0 for m in members) / 1000)
+        report = self.queue.report(time.monotonic(), self.device.backlog_ms())
         # One first-token ratio per call: its first token / the sum of its members' table
         # latencies (an engine prefills a call's members one after another).
         known = [e for m in members if (e := m.expected_ms) is not None]
@@ -414,7 +412,9 @@ class MoEModel:
         """This replica's streams and queue, and its engine's figures (capture seconds, graph
         memory, disabled configs: torch backend)."""
         out: dict[str, Any] = {"replica_id": self._replica, "streams": self.stream_stats(),
-                               "queue": self.queue.report(time.monotonic()).to_dict(), **self.backend.stats()}
+                               "queue": self.queue.report(time.monotonic(), self.device.backlog_ms()).to_dict(),
+                               "device": {"steps": self.device.steps, "joins": self.device.joins},
+                               **self.backend.stats()}
         if self.preparer is not None:
             out["prep"] = self.preparer.status()
         return out

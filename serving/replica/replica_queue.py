@@ -12,36 +12,35 @@ from serving.wire import ReplicaReport
 
 
 class ReplicaQueue:
+    """The replica's queue in first-token time. The device batches continuously (a newcomer joins
+    a running decode batch between two steps: serving.replica.device), so what a request arriving
+    now waits for is the prefills ahead of it, not the decodes: the members still waiting here,
+    each its table first token x the measured ratio, one after another (an engine prefills one
+    request at a time), plus what the device reports (prefills handed to it and not begun, and
+    the drain of a batch of another knob pair when one must end first)."""
+
     def __init__(self, replica: str, max_batch_size: int, window: int = 64) -> None:
         self.replica = replica
         self.max_batch_size = max(1, max_batch_size)
-        self._waiting: dict[int, tuple[str, float | None, float]] = {}  # token -> (config, expected, arrived)
-        self._running: dict[int, tuple[float, float]] = {}  # group id -> (started, expected ms scaled)
-        self._ratios: deque[float] = deque(maxlen=window)
+        self._waiting: dict[int, tuple[str, float | None, float]] = {}  # token -> (config, first ms, arrived)
+        self._running: dict[int, float] = {}  # group id -> started
         self._service_ms: deque[float] = deque(maxlen=window)
-        # First token / table latency per backend call: what a table's first-token latency means here
-        # (the whole call also decodes, so its ratio would overstate a first-token budget's needs).
+        # First token / table latency per backend call: what a table's first-token latency means here.
         self._first_token_ratios: deque[float] = deque(maxlen=window)
 
-    def arrived(self, token: int, config: str, expected_ms: float | None, now: float) -> None:
-        self._waiting[token] = (config, expected_ms, now)
+    def arrived(self, token: int, config: str, first_ms: float | None, now: float) -> None:
+        self._waiting[token] = (config, first_ms, now)
 
-    def started(self, group: int, tokens: list[int], now: float) -> list[float]:
-        """A backend call begins for `tokens`; returns each one's queue wait in ms."""
-        waits, expected = [], []
+    def started(self, group: int, tokens: list[int], now: float) -> None:
+        """A backend call was handed to the device for `tokens`: they wait no more here."""
         for t in tokens:
-            _, e, arrived = self._waiting.pop(t, ("", None, now))
-            waits.append((now - arrived) * 1000)
-            expected.append(e)
-        self._running[group] = (now, self._scaled(max((e for e in expected if e is not None), default=None)))
-        return waits
+            self._waiting.pop(t, None)
+        self._running[group] = now
 
-    def finished(self, group: int, expected_ms: float | None, service_ms: float) -> None:
+    def finished(self, group: int, service_ms: float) -> None:
         self._running.pop(group, None)
         if math.isfinite(service_ms) and service_ms >= 0:
             self._service_ms.append(service_ms)
-            if expected_ms is not None and expected_ms > 0:
-                self._ratios.append(service_ms / expected_ms)
 
     def dropped(self, token: int) -> None:
         """A request that never reached a backend call (bad knobs, cancelled)."""
@@ -63,23 +62,15 @@ class ReplicaQueue:
         return bool(self._running)
 
     def ratio(self) -> float | None:
-        return median(self._ratios) if self._ratios else None
+        """The median measured / table first token (None before any call)."""
+        return median(self._first_token_ratios) if self._first_token_ratios else None
 
-    def _scaled(self, expected_ms: float | None) -> float:
-        if expected_ms is None:  # no table latency: what recent calls took
+    def _scaled(self, first_ms: float | None) -> float:
+        if first_ms is None:  # no table latency: what recent calls took
             return median(self._service_ms) if self._service_ms else 0.0
         r = self.ratio()
-        return expected_ms * (r if r is not None else 1.0)
+        return first_ms * max(1.0, r if r is not None else 1.0)
 
-    def report(self, now: float) -> ReplicaReport:
-        # Waiting requests of one config share a backend call (up to max_batch_size each).
-        groups: dict[str, list[float | None]] = {}
-        for config, e, _ in self._waiting.values():
-            groups.setdefault(config, []).append(e)
-        backlog = 0.0
-        for members in groups.values():
-            calls = math.ceil(len(members) / self.max_batch_size)
-            backlog += calls * self._scaled(max((e for e in members if e is not None), default=None))
-        for started, scaled in self._running.values():
-            backlog += max(0.0, scaled - (now - started) * 1000)
+    def report(self, now: float, device_ms: float = 0.0) -> ReplicaReport:
+        backlog = sum(self._scaled(e) for _, e, _ in self._waiting.values()) + max(0.0, device_ms)
         return ReplicaReport(self.replica, len(self._waiting), len(self._running), backlog, self.ratio())

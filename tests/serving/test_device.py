@@ -31,9 +31,9 @@ def test_a_newcomer_joins_a_running_long_stream_and_finishes_long_before_it() ->
         long = device.submit(LONG, [_req(300)], [lambda s: (pieces.append(s) if s else None) or True])
         await asyncio.sleep(0.1)  # the stream decodes (300 x 2 ms = 0.6 s in all)
         # Another tier of the same pair joins between two steps: its first token + 4 tokens, ~30 ms.
-        short = await device.submit(Knobs("high", 4, 12), [_req(4)], [None])
+        await device.submit(Knobs("high", 4, 12), [_req(4)], [None])
         short_at = time.monotonic() - t0
-        (whole,) = await long
+        (whole,), _ = await long
         device.stop()
         return short_at, time.monotonic() - t0, float(whole.output_tokens), pieces
 
@@ -50,7 +50,7 @@ def test_another_pair_waits_for_the_batch_to_drain_and_its_wait_is_published() -
         await asyncio.sleep(0.08)
         drain = device.drain_ms(Knobs("low", 8, 16))
         same = device.drain_ms(Knobs("medium", 4, 12))
-        other = await device.submit(Knobs("low", 8, 16), [_req(1)], [None])
+        other, _ = await device.submit(Knobs("low", 8, 16), [_req(1)], [None])
         assert other[0].output_tokens == 1
         other_at = time.monotonic() - t0
         await long
@@ -71,7 +71,7 @@ def test_a_stream_whose_reader_left_stops_at_the_next_step() -> None:
         fut = device.submit(LONG, [_req(500)], [lambda s: going["on"]])
         await asyncio.sleep(0.1)
         going["on"] = False  # the reader left: the sink says so at the next step, text or not
-        (out,) = await fut
+        (out,), _ = await fut
         device.stop()
         return out.output_tokens, out.finish_reason, time.monotonic() - t0
 

@@ -19,28 +19,31 @@ def test_empty_router_expects_no_wait() -> None:
     assert e.wait_ms == 0 and e.basis == "empty" and e.replicas == 1
 
 
-def test_in_flight_work_is_priced_per_backend_call_and_measured_ratio() -> None:
+def test_in_flight_prefills_run_one_after_another_scaled_by_the_measured_ratio() -> None:
+    """Decodes are shared (a newcomer joins the running batch between two steps), prefills are not:
+    the wait is the prefills in flight, one after another, each its first token x the ratio."""
     t = QueueTracker(max_batch_size=4, cold_answers=0)
-    for i in range(5):  # 5 of one config: two backend calls of 100 ms
-        t.sent(i, "low_4_12", 100.0)
-    t.sent(9, "high_8_16", 200.0)
-    assert t.estimate(0.0).wait_ms == pytest.approx(2 * 100 + 200)
-    # answers show the model runs at half the table's latency
-    t.done(0, 1.0, expected_call_ms=100.0, service_ms=50.0, overhead_ms=53.0 - 50.0 - 1.0, report=None)
-    assert t.ratio() == 0.5
-    assert t.estimate(0.0).wait_ms == pytest.approx((100 + 200) * 0.5)  # 4 left of low: one call
+    for i in range(5):
+        t.sent(i, "low_4_12", 100.0, 0.0)
+    t.sent(9, "high_8_16", 200.0, 0.0)
+    assert t.estimate(0.0).wait_ms == pytest.approx(5 * 100 + 200)
+    assert t.estimate(0.3).wait_ms == pytest.approx(700 - 300)  # 300 ms of prefills are behind us
+    # answers show the model runs at twice the table's first token; faster than the table never counts
+    t.done(0, 0.0, expected_ms=100.0, service_ms=200.0, overhead_ms=2.0, report=None, first_token_ratio=2.0)
+    assert t.ratio() == 2.0
+    assert t.estimate(0.0).wait_ms == pytest.approx((4 * 100 + 200) * 2)
     assert t.overhead_ms() == pytest.approx(2.0)
 
 
-def test_work_in_flight_counts_what_is_left_of_it_streams_included() -> None:
-    """A 512-token stream holds the replica for its whole decode: it counts while it runs, and by
-    what is left of it (400 ms into a 500 ms call, 100 ms), not by its full length nor by nothing."""
+def test_a_long_stream_counts_only_until_its_first_token() -> None:
+    """A 512-token stream decodes for a second, but a newcomer joins its batch between two steps:
+    once its prefill is over it holds nobody up, and it leaves the count when it ends."""
     t = QueueTracker(max_batch_size=8, cold_answers=0)
-    t.sent(1, "low_4_12", 500.0, 10.0)
-    assert t.estimate(10.0).wait_ms == pytest.approx(500.0)
-    assert t.estimate(10.4).wait_ms == pytest.approx(100.0)
-    assert t.estimate(11.0).wait_ms == pytest.approx(0.0)
-    t.done(1, 11.0, expected_call_ms=500.0, service_ms=500.0, overhead_ms=2.0, report=None)
+    t.sent(1, "low_4_12", 50.0, 10.0)
+    assert t.estimate(10.0).wait_ms == pytest.approx(50.0)
+    assert t.estimate(10.03).wait_ms == pytest.approx(20.0)
+    assert t.estimate(10.5).wait_ms == 0.0 and t.estimate(10.5).in_flight == 1
+    t.done(1, 11.0, expected_ms=50.0, service_ms=1000.0, overhead_ms=2.0, report=None, first_token_ratio=1.0)
     assert t.estimate(11.0).in_flight == 0
 
 
@@ -48,16 +51,16 @@ def test_stale_reports_are_ignored_and_new_replicas_do_not_count_as_capacity() -
     t = QueueTracker(max_batch_size=1, stale_after_s=2.0)
     t.sent(1, "low_4_12", 100.0, 10.0)
     t.sent(2, "low_4_12", 100.0, 10.0)
-    assert t.estimate(10.0).wait_ms == 200  # one replica assumed until others report
+    assert t.estimate(10.0).wait_ms == pytest.approx(200)  # one replica assumed until others report
     report = ReplicaReport("r1", waiting=10, running=1, backlog_ms=1000.0, service_ratio=1.0)
-    t.done(3, 10.0, expected_call_ms=None, service_ms=None, overhead_ms=None, report=report)
+    t.done(3, 10.0, expected_ms=None, service_ms=None, overhead_ms=None, report=report)
     e = t.estimate(10.5)
     assert e.basis == "reports" and e.wait_ms == pytest.approx(500.0)  # aged by the 0.5 s since
     assert t.estimate(13.0).basis == "router"  # older than stale_after_s: only the router's count
-    t.done(4, 13.0, expected_call_ms=None, service_ms=None, overhead_ms=None,
+    t.done(4, 13.0, expected_ms=None, service_ms=None, overhead_ms=None,
            report=ReplicaReport("r2", 0, 0, 0.0, None))
-    # Two replicas now; the first call has had its time, the second is still to run in full.
-    assert t.estimate(13.0).replicas == 2 and t.estimate(13.0).wait_ms == pytest.approx(50.0)
+    # Two replicas now, and both prefills are long over.
+    assert t.estimate(13.0).replicas == 2 and t.estimate(13.0).wait_ms == 0.0
 
 
 def test_failed_requests_leave_the_queue() -> None:
@@ -67,19 +70,22 @@ def test_failed_requests_leave_the_queue() -> None:
     assert t.estimate(0.0).wait_ms == 0
 
 
-def test_replica_queue_waits_and_backlog() -> None:
+def test_replica_queue_backlog_is_the_prefills_ahead() -> None:
     q = ReplicaQueue("r", max_batch_size=2)
     q.arrived(1, "a", 100.0, now=0.0)
     q.arrived(2, "a", 100.0, now=0.0)
     q.arrived(3, "b", 50.0, now=0.1)
-    assert q.report(0.1).backlog_ms == pytest.approx(150.0) and q.report(0.1).waiting == 3
-    assert q.started(1, [1, 2], now=0.2) == pytest.approx([200.0, 200.0])
-    assert q.report(0.25).backlog_ms == pytest.approx(50 + 50)  # 50 ms left of the running call
-    q.finished(1, 100.0, service_ms=80.0)
-    assert q.ratio() == pytest.approx(0.8)
-    assert q.report(0.3).backlog_ms == pytest.approx(40.0) and q.report(0.3).running == 0
+    # One prefill after another (decodes are shared), plus what the device reports.
+    assert q.report(0.1).backlog_ms == pytest.approx(250.0) and q.report(0.1).waiting == 3
+    assert q.report(0.1, device_ms=30.0).backlog_ms == pytest.approx(280.0)
+    q.started(1, [1, 2], now=0.2)
+    assert q.report(0.25).backlog_ms == pytest.approx(50.0) and q.report(0.25).running == 1
+    q.first_token(160.0, 100.0)  # measured 1.6x the table: waiting prefills are scaled, never below 1x
+    assert q.ratio() == pytest.approx(1.6) and q.report(0.25).backlog_ms == pytest.approx(80.0)
+    q.finished(1, service_ms=80.0)
+    assert q.report(0.3).running == 0
     q.dropped(3)
-    assert q.report(0.3).waiting == 0
+    assert q.report(0.3).waiting == 0 and q.report(0.3).backlog_ms == 0.0
 
 
 def test_remaining_budget_and_refusals() -> None:
@@ -130,23 +136,23 @@ def test_ratio_quantile_guards_against_a_slower_model() -> None:
     assert t.ratio_quantile(0.9) == 1.0  # nothing measured: the table as is
     for i, ratio in enumerate([1.0, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.4]):
         t.sent(i, "low_4_12", 100.0)
-        t.done(i, 0.0, expected_call_ms=100.0, service_ms=100.0 * ratio,
+        t.done(i, 0.0, expected_ms=100.0, service_ms=100.0 * ratio,
                overhead_ms=200.0 - 100.0 * ratio, report=None)
     assert t.ratio_quantile(0.9) == pytest.approx(1.4) and t.ratio() == pytest.approx(1.3)
 
 
 def test_report_with_non_finite_backlog_does_not_poison_the_estimate() -> None:
     t = QueueTracker(max_batch_size=1)
-    t.done(1, 0.0, expected_call_ms=None, service_ms=None, overhead_ms=None,
+    t.done(1, 0.0, expected_ms=None, service_ms=None, overhead_ms=None,
            report=ReplicaReport("r", 1, 1, float("nan"), None))
     assert t.estimate(0.1).wait_ms == 0
 
 
 def test_one_overhead_spike_does_not_make_the_window_infeasible() -> None:
     t = QueueTracker(max_batch_size=1, overhead_quantile=0.99, overhead_window_s=30.0, cold_answers=0)
-    t.done(0, 0.0, expected_call_ms=10.0, service_ms=10.0, overhead_ms=2010.0 - 10.0 - 0.0, report=None)  # a stall
+    t.done(0, 0.0, expected_ms=10.0, service_ms=10.0, overhead_ms=2010.0 - 10.0 - 0.0, report=None)  # a stall
     for i in range(1, 50):
-        t.done(i, 20.0 + i * 0.1, expected_call_ms=10.0, service_ms=10.0, overhead_ms=13.0 - 10.0 - 0.0, report=None)
+        t.done(i, 20.0 + i * 0.1, expected_ms=10.0, service_ms=10.0, overhead_ms=13.0 - 10.0 - 0.0, report=None)
     # One stall does not hold the window: the estimate reads the bulk (median + z x MAD), not the max.
     assert t.estimate(25.0).overhead_ms == pytest.approx(3.0)
     assert t.estimate(31.0).overhead_ms == pytest.approx(3.0)  # past it: only the recent overhead counts
@@ -155,7 +161,7 @@ def test_one_overhead_spike_does_not_make_the_window_infeasible() -> None:
 def test_the_first_answers_through_a_new_handle_do_not_count_as_overhead() -> None:
     t = QueueTracker(max_batch_size=1, overhead_quantile=0.99)
     for i, router_ms in enumerate([80.0, 40.0, 13.0, 12.0]):  # two cold calls, then the steady overhead
-        t.done(i, 1.0, expected_call_ms=10.0, service_ms=10.0, overhead_ms=router_ms - 10.0 - 0.0, report=None)
+        t.done(i, 1.0, expected_ms=10.0, service_ms=10.0, overhead_ms=router_ms - 10.0 - 0.0, report=None)
     # Only 3 and 2 ms count: median 2.5 + z(0.99) x 1.4826 x MAD 0.5, nowhere near the cold 30 and 70.
     assert t.estimate(1.0).overhead_ms == pytest.approx(2.5 + 2.3263 * 1.4826 * 0.5, rel=1e-3)
 
@@ -165,10 +171,10 @@ def test_a_batch_first_token_ratio_from_the_replica_wins_over_one_members_first_
     latency, which is batching, not a slow model; the replica's call-level ratio says 1.0."""
     t = QueueTracker(max_batch_size=8)
     for i in range(20):
-        t.done(i, 1.0, expected_call_ms=10.0, service_ms=100.0, overhead_ms=101.0 - 100.0 - 0.0, report=None,
+        t.done(i, 1.0, expected_ms=10.0, service_ms=100.0, overhead_ms=101.0 - 100.0 - 0.0, report=None,
                first_token_ratio=1.0)
     assert t.ratio_quantile(0.9) == pytest.approx(1.0)
     t2 = QueueTracker(max_batch_size=8)
     for i in range(20):
-        t2.done(i, 1.0, expected_call_ms=10.0, service_ms=100.0, overhead_ms=101.0 - 100.0 - 0.0, report=None)
+        t2.done(i, 1.0, expected_ms=10.0, service_ms=100.0, overhead_ms=101.0 - 100.0 - 0.0, report=None)
     assert t2.ratio_quantile(0.9) == pytest.approx(10.0)  # no first-token ratio: the whole call's

@@ -184,7 +184,16 @@ class _Member:
     timings: dict[str, float]
     words: list[str]
     step_s: float
+    stalled_ms: float = 0.0  # other members' prefills that ran between its decode steps
     produced: int = 1
+
+    def reported(self) -> dict[str, float]:
+        """Its timings as modelled, with the decode stretched by the prefills it waited for, so that
+        the first token a client derives (its time minus the decode) is the one it really got."""
+        out = dict(self.timings)
+        out["decode"] += self.stalled_ms
+        out["total"] += self.stalled_ms
+        return out
 
 
 class SimulatedSession:
@@ -213,6 +222,8 @@ class SimulatedSession:
                        for r, t in zip(requests, timings, strict=True)), default=0.0) / 1000
         if first_s > 0:
             time.sleep(first_s)  # the newcomers' prefill: one after another on a GPU, here at once
+            for other in self._members.values():
+                other.stalled_ms += first_s * 1000
         ids = []
         for r, sink, t in zip(requests, sinks, timings, strict=True):
             i = next(self._ids)
@@ -244,7 +255,8 @@ class SimulatedSession:
     def _finish(self, i: int, reason: str) -> None:
         m = self._members.pop(i)
         self._done[i] = ModelOutput(
-            text=" ".join(m.words[: min(len(m.words), m.produced)]), output_tokens=m.produced, timings_ms=m.timings,
+            text=" ".join(m.words[: min(len(m.words), m.produced)]), output_tokens=m.produced,
+            timings_ms=m.reported(),
             prompt_tokens=len(m.request.prompt.split()), finish_reason=reason,
         )
 
