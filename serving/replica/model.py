@@ -287,7 +287,8 @@ class MoEModel:
         def start_ms(o: PlanOption) -> float:
             return device.drain_ms(o.knobs)
 
-        ahead_ms, groups = 0.0, set()
+        # The device's own queue comes first: prefills handed to it and not begun (and a drain).
+        ahead_ms, groups = self.device.backlog_ms() * scale, set()
         for pos, i in enumerate(order):
             m = meta[i]
             if m.plan is not None:
