@@ -171,7 +171,10 @@ class GenerationEngine:
         hidden, vocab = int(cfg.hidden_size), int(cfg.vocab_size)
         B, C = self.max_batch, self.context
         with torch.inference_mode():
-            self.kv = torch.zeros(self.model.num_blocks, 2, B, heads, C, head_dim, device=dev, dtype=self.dtype)
+            # Rows 0..B-1 decode; row B is the prefill's staging row, so a request can be prefilled
+            # while a batch decodes in the others (a newcomer joins a running batch).
+            self.kv = torch.zeros(self.model.num_blocks, 2, B + 1, heads, C, head_dim, device=dev, dtype=self.dtype)
+            self.kv_stage = self.kv[:, :, B:]
             self.report.kv_cache_bytes = self.kv.numel() * self.kv.element_size()
             # prefill inputs and outputs (batch 1, row 0)
             self.embeds = torch.zeros(1, o.max_prompt_tokens, hidden, device=dev, dtype=self.dtype)
@@ -208,7 +211,7 @@ class GenerationEngine:
         # Left padding: keys from pad_start on, causal; a padding query sees only itself.
         mask = (k <= q) & ((k >= self.pad_start) | (k == q))
         pos = (ar - self.pad_start).clamp(min=0)[None, :]
-        cache = _RowsCache(self.kv, 1, ar, P)
+        cache = _RowsCache(self.kv_stage, 1, ar, P)
         out = self._decoder(
             inputs_embeds=self.embeds[:, :P],
             attention_mask=mask[None, None],
@@ -393,13 +396,14 @@ class GenerationEngine:
         max_new_tokens: int = 16,
         prefill_only: bool = False,
         keep_logits: bool = False,
-        on_tokens: Callable[[list[list[int]]], bool] | None = None,
+        on_token: Callable[[int, list[int]], bool] | None = None,
     ) -> list[GenerationResult]:
         """Greedy generation for requests that share `knobs`, the same results as
-        MoERunner.generate. A config not prepared yet runs eagerly (same numbers, slower) and is
-        not captured here: capture belongs off the request path (`prepare`). `on_tokens` (one
-        chunk at most) gets every request's tokens so far after the prefill and after each decode
-        step; returning False stops the generation there (a client went away)."""
+        MoERunner.generate: a DecodeBatch per chunk of max_batch requests, run to its end. A config
+        not prepared yet runs eagerly (same numbers, slower) and is not captured here: capture
+        belongs off the request path (`prepare`). `on_token(i, new_ids)` gets request i's new
+        token(s) after its prefill and after each decode step; returning False stops that request
+        there (a client went away)."""
         if not inputs:
             return []
         if max_new_tokens < 1:
@@ -409,105 +413,208 @@ class GenerationEngine:
         for x, ids in zip(inputs, text_ids, strict=True):
             self.check_input(x, max_new_tokens, ids)
         out: list[GenerationResult] = []
+        new = 1 if prefill_only else max_new_tokens
         with self._lock, torch.inference_mode():
             for start in range(0, len(inputs), self.max_batch):
-                end = start + self.max_batch
-                out += self._generate_chunk(
-                    knobs, inputs[start:end], text_ids[start:end], 1 if prefill_only else max_new_tokens,
-                    keep_logits, on_tokens,
-                )
+                chunk = list(range(start, min(len(inputs), start + self.max_batch)))
+                batch = DecodeBatch(self, knobs, keep_logits=keep_logits)
+                try:
+                    calls = None if on_token is None else [partial(on_token, i) for i in chunk]
+                    rows = batch.join(knobs, [inputs[i] for i in chunk], [new] * len(chunk), calls,
+                                      [text_ids[i] for i in chunk])
+                    assert rows is not None, "a fresh batch takes a chunk of max_batch requests"
+                    while batch.active:
+                        batch.step()
+                    done = batch.finished()
+                    results = [done[r] for r in rows]
+                finally:
+                    batch.close()
+                out += _shared_timings(results)
         return out
-
-    def _generate_chunk(
-        self,
-        knobs: Knobs,
-        inputs: Sequence[PromptInput],
-        text_ids: list[list[int]],
-        max_new_tokens: int,
-        keep_logits: bool,
-        on_tokens: Callable[[list[list[int]]], bool] | None = None,
-    ) -> list[GenerationResult]:
-        pair = pair_of(knobs)
-        fk = self.runner.forward_knobs(knobs)
-        n = len(inputs)
-        b = next(x for x in self.options.decode_buckets if x >= n)
-        emb = self.model.lm.get_input_embeddings()
-        lengths = [self.prompt_tokens(x, ids) for x, ids in zip(inputs, text_ids, strict=True)]
-        pads = [self._bucket(L) for L in lengths]
-        end = max(pads)  # every row's prompt ends at cache index `end`
-        first_logits: list[torch.Tensor] = [torch.empty(0)] * n
-        vision_ms = prefill_ms = 0.0
-        with knob_context(fk):
-            t_start = self._now()
-            # Reversed: row 0 is the staging row, so request 0 is prefilled last and stays there.
-            for i in reversed(range(n)):
-                x, L, P = inputs[i], lengths[i], pads[i]
-                t0 = self._now()
-                nimg = x.num_images
-                if nimg:
-                    pixels, vis = self._vision_buffers(nimg)
-                    fill_pixels(pixels, x.image_seed)
-                    self._run(("vision", nimg), partial(self._vision_step, nimg))
-                t1 = self._now()
-                self.embeds[:, : P - L].zero_()
-                if nimg:
-                    self.embeds[0, P - L : P - L + nimg * TOKENS_PER_CROP].copy_(vis.reshape(-1, vis.shape[-1]))
-                ids = torch.tensor(text_ids[i], device=self.device)
-                self.embeds[0, P - L + nimg * TOKENS_PER_CROP : P].copy_(emb(ids))
-                self.pad_start.fill_(P - L)
-                self._run(("prefill", pair, P), partial(self._prefill_step, P))
-                self.tok[i : i + 1].copy_(self.prefill_token)
-                if keep_logits:
-                    first_logits[i] = self.prefill_logits[0].clone()
-                src = self.kv[:, :, 0, :, P - L : P]
-                if i > 0:
-                    self.kv[:, :, i, :, end - L : end].copy_(src)
-                elif end != P:
-                    self.kv[:, :, 0, :, end - L : end].copy_(src.clone())
-                t2 = self._now()
-                vision_ms += (t1 - t0) * 1e3
-                prefill_ms += (t2 - t1) * 1e3
-            # Decode state: row i attends to its prompt [end - L_i, end), then to what it writes.
-            self.key_valid[:b].zero_()
-            for i, L in enumerate(lengths):
-                self.key_valid[i, end - L : end] = True
-                self.pos[i].fill_(L)
-            if b > n:
-                self.tok[n:b].fill_(self.runner.pad_token_id)
-                self.pos[n:b].zero_()
-            self.cpos.fill_(end)
-            tokens = [self.tok[:n].clone()]
-            step_logits: list[torch.Tensor] = []
-            steps_ms: list[float] = []
-            done = self._finished(tokens[0])
-            stopped = on_tokens is not None and not on_tokens(torch.stack(tokens, dim=1).tolist())
-            t_decode = self._now()
-            for _ in range(max_new_tokens - 1):
-                if stopped or bool(done.all()):
-                    break
-                t = time.perf_counter()
-                self._run(("decode", pair, b), lambda: self._decode_step(b))
-                tok = self.tok[:n].clone()
-                tokens.append(tok)
-                if keep_logits:
-                    step_logits.append(self.decode_logits[:n].clone())
-                done = done | self._finished(tok)
-                steps_ms.append((self._now() - t) * 1e3)
-                if on_tokens is not None and not on_tokens(torch.stack(tokens, dim=1).tolist()):
-                    stopped = True
-            t_end = self._now()
-        timings = {
-            "vision": vision_ms,
-            "prefill": prefill_ms,
-            "decode": (t_end - t_decode) * 1e3,
-            "total": (t_end - t_start) * 1e3,
-        }
-        generated = torch.stack(tokens, dim=1).tolist()
-        results = build_results(inputs, generated, text_ids, self.codec, self.eos_token_id, timings, steps_ms)
-        if keep_logits:
-            for i, res in enumerate(results):
-                res.logits = [first_logits[i]] + [s[i] for s in step_logits][: len(res.token_ids) - 1]
-        return results
 
     def _finished(self, token: torch.Tensor) -> torch.Tensor:
         return finished(token, self.eos_token_id)
+
+
+def _shared_timings(results: list[GenerationResult]) -> list[GenerationResult]:
+    """generate()'s timings are the chunk's, as MoERunner reports them: every member's vision and
+    prefill (one after another), then the decode they shared."""
+    vision = sum(r.timings_ms["vision"] for r in results)
+    prefill = sum(r.timings_ms["prefill"] for r in results)
+    decode = max((r.timings_ms["decode"] for r in results), default=0.0)
+    shared = {"vision": vision, "prefill": prefill, "decode": decode, "total": vision + prefill + decode}
+    longest = max(results, key=lambda r: len(r.decode_per_step_ms))
+    for r in results:
+        r.timings_ms = dict(shared)
+        r.decode_per_step_ms = list(longest.decode_per_step_ms)
+    return results
+
+
+@dataclass
+class _Member:
+    x: PromptInput
+    text_ids: list[int]
+    limit: int  # max_new_tokens
+    on_tokens: Callable[[list[int]], bool] | None
+    tokens: list[int] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)
+    vision_ms: float = 0.0
+    prefill_ms: float = 0.0
+    first_at: float = 0.0  # perf_counter: its first token
+    steps_ms: list[float] = field(default_factory=list)
+    stopped: bool = False  # its reader went away
+
+
+class DecodeBatch:
+    """A running decode batch on the engine's KV buffer: one knob pair, rows 0..B-1, every row
+    written at one cache index per step. Requests join between two steps (continuous batching):
+    each is prefilled in the staging row, then its keys and values move to a free row so that its
+    prompt ends at the batch's write index, and from the next step on it decodes with the others.
+    The batch holds the engine's lock from its first join to `close` (one batch at a time: there is
+    one buffer, and a graph capture must not run in between)."""
+
+    def __init__(self, engine: GenerationEngine, knobs: Knobs, keep_logits: bool = False) -> None:
+        self.engine, self.knobs, self.pair = engine, knobs, pair_of(knobs)
+        self.fk = engine.runner.forward_knobs(knobs)
+        self.keep_logits = keep_logits
+        self.rows: list[_Member | None] = [None] * engine.max_batch
+        self._done: dict[int, GenerationResult] = {}
+        self._cpos = 0  # host copy of the write index (engine.cpos)
+        self._locked = False
+        self._step_ms = 0.0  # the last decode step, for remaining_ms
+
+    @property
+    def active(self) -> bool:
+        return any(m is not None for m in self.rows)
+
+    def can_join(self, knobs: Knobs, n: int, limits: Sequence[int]) -> bool:
+        """Same pair, enough free rows, and room in the cache for their tokens from here."""
+        if pair_of(knobs) != self.pair or sum(m is None for m in self.rows) < n:
+            return False
+        start = self._cpos if self.active else self.engine.options.max_prompt_tokens
+        return start + max(limits, default=0) <= self.engine.context
+
+    def join(
+        self,
+        knobs: Knobs,
+        inputs: Sequence[PromptInput],
+        limits: Sequence[int],
+        on_tokens: Sequence[Callable[[list[int]], bool] | None] | None = None,
+        text_ids: Sequence[list[int]] | None = None,
+    ) -> list[int] | None:
+        """Prefill `inputs` into free rows now; their row numbers, or None when they cannot join."""
+        e = self.engine
+        if not self.can_join(knobs, len(inputs), limits):
+            return None
+        ids = list(text_ids) if text_ids is not None else [e.codec.encode(x.prompt) for x in inputs]
+        for x, t, limit in zip(inputs, ids, limits, strict=True):
+            e.check_input(x, limit, t)
+        if not self._locked:
+            e._lock.acquire()
+            self._locked = True
+        calls = list(on_tokens) if on_tokens is not None else [None] * len(inputs)
+        rows = []
+        with torch.inference_mode(), knob_context(self.fk):
+            if not self.active:  # a fresh batch: every prompt fits before the write index
+                self._cpos = e.options.max_prompt_tokens
+                e.cpos.fill_(self._cpos)
+            for x, t, limit, call in zip(inputs, ids, limits, calls, strict=True):
+                row = self.rows.index(None)
+                m = _Member(x, t, limit, call)
+                self._prefill(row, m)
+                self.rows[row] = m
+                rows.append(row)
+                self._emit(row, m, [m.tokens[0]])
+        return rows
+
+    def _prefill(self, row: int, m: _Member) -> None:
+        e, x = self.engine, m.x
+        L = e.prompt_tokens(x, m.text_ids)
+        P = e._bucket(L)
+        t0 = e._now()
+        nimg = x.num_images
+        if nimg:
+            pixels, vis = e._vision_buffers(nimg)
+            fill_pixels(pixels, x.image_seed)
+            e._run(("vision", nimg), partial(e._vision_step, nimg))
+        t1 = e._now()
+        e.embeds[:, : P - L].zero_()
+        if nimg:
+            e.embeds[0, P - L : P - L + nimg * TOKENS_PER_CROP].copy_(vis.reshape(-1, vis.shape[-1]))
+        e.embeds[0, P - L + nimg * TOKENS_PER_CROP : P].copy_(
+            e.model.lm.get_input_embeddings()(torch.tensor(m.text_ids, device=e.device))
+        )
+        e.pad_start.fill_(P - L)
+        e._run(("prefill", self.pair, P), partial(e._prefill_step, P))
+        # Its prompt's keys and values end at the batch's write index; it attends to them only.
+        c = self._cpos
+        e.kv[:, :, row, :, c - L : c].copy_(e.kv_stage[:, :, 0, :, P - L : P])
+        e.key_valid[row].zero_()
+        e.key_valid[row, c - L : c] = True
+        e.pos[row].fill_(L)
+        e.tok[row : row + 1].copy_(e.prefill_token)
+        first = int(e.prefill_token.item())
+        t2 = e._now()
+        m.vision_ms, m.prefill_ms, m.first_at = (t1 - t0) * 1e3, (t2 - t1) * 1e3, t2
+        m.tokens.append(first)
+        if self.keep_logits:
+            m.logits.append(e.prefill_logits[0].clone())
+
+    def step(self) -> None:
+        """One decode step for every row in use (at the smallest batch bucket that holds them)."""
+        if not self.active:
+            return
+        e = self.engine
+        top = max(i for i, m in enumerate(self.rows) if m is not None)
+        b = next(x for x in e.options.decode_buckets if x > top)
+        t = time.perf_counter()
+        with torch.inference_mode(), knob_context(self.fk):
+            e._run(("decode", self.pair, b), partial(e._decode_step, b))
+        self._cpos += 1
+        new = e.tok[:b].tolist()
+        ms = (e._now() - t) * 1e3
+        self._step_ms = ms
+        for row, m in enumerate(self.rows):
+            if m is None:
+                continue
+            m.tokens.append(int(new[row]))
+            m.steps_ms.append(ms)
+            if self.keep_logits:
+                m.logits.append(e.decode_logits[row].clone())
+            self._emit(row, m, [int(new[row])])
+
+    def _emit(self, row: int, m: _Member, new: list[int]) -> None:
+        """Hand the new token(s) to the member's reader; finish it at its end, its limit, or when
+        its reader is gone (its row is free for the next join)."""
+        ended = self.engine.eos_token_id is not None and new[-1] == self.engine.eos_token_id
+        if m.on_tokens is not None and not m.on_tokens(new):
+            m.stopped = True
+        if ended or m.stopped or len(m.tokens) >= m.limit or self._cpos >= self.engine.context:
+            self._finish(row, m)
+
+    def _finish(self, row: int, m: _Member) -> None:
+        e = self.engine
+        self.rows[row] = None
+        decode = (e._now() - m.first_at) * 1e3 if m.steps_ms else 0.0
+        timings = {"vision": m.vision_ms, "prefill": m.prefill_ms, "decode": decode,
+                   "total": m.vision_ms + m.prefill_ms + decode}
+        (res,) = build_results([m.x], [m.tokens], [m.text_ids], e.codec, e.eos_token_id, timings, m.steps_ms)
+        if self.keep_logits:
+            res.logits = m.logits[: len(res.token_ids)]
+        res.stopped = m.stopped
+        self._done[row] = res
+
+    def finished(self) -> dict[int, GenerationResult]:
+        """Rows that finished since the last call."""
+        done, self._done = self._done, {}
+        return done
+
+    def remaining_ms(self) -> float:
+        steps = max((m.limit - len(m.tokens) for m in self.rows if m is not None), default=0)
+        return steps * self._step_ms
+
+    def close(self) -> None:
+        self.rows = [None] * len(self.rows)
+        if self._locked:
+            self._locked = False
+            self.engine._lock.release()

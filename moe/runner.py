@@ -45,6 +45,8 @@ class GenerationResult:
     decode_per_step_ms: list[float] = field(default_factory=list)
     # Float32 logits per generated token (first from the prefill), when the caller asked for them.
     logits: list[Any] | None = None
+    # Stopped early because its reader went away (a streamed request whose client left).
+    stopped: bool = False
 
     @property
     def total_sequence_length(self) -> int:

@@ -68,7 +68,9 @@ def bootstrap_store(store: str, results_dir: str) -> str | None:
 
 
 def build_app_from_config(
-    config: ServingConfig, replicas: dict[str, int] | None = None, actor_options: dict[str, dict] | None = None
+    config: ServingConfig,
+    replicas: dict[str, int] | None = None,
+    actor_options: dict[str, dict[str, Any]] | None = None,
 ) -> Application:
     """`replicas` ({"LookupController": 2, ...}) and `actor_options` ({"MoEModel": {"resources":
     {...}}}, merged into the deployment's ray_actor_options: placement on given nodes) are for tests
@@ -95,9 +97,12 @@ def build_app_from_config(
         c.user_config(), model
     )
     router = place("Router", Router).options(num_replicas=n.get("Router", 1))
+    app: Application
     if c.resolve_mode == "fixed":  # the overhead baseline: no controller deployment at all
-        return router.bind(None, model, config.model_dump())
-    return router.bind(controller, model, config.model_dump())
+        app = router.bind(None, model, config.model_dump())
+    else:
+        app = router.bind(controller, model, config.model_dump())
+    return app
 
 
 # No `from __future__ import annotations` in this module: Serve reads the builder's annotation at

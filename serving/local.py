@@ -51,7 +51,7 @@ def local_serve(http_port: int, num_cpus: int = 4, quiet: bool = False) -> Itera
         yield
     finally:
         try:
-            serve.shutdown()
+            serve.shutdown()  # type: ignore[no-untyped-call]  # unannotated in Ray
         finally:
             ray.shutdown()
 

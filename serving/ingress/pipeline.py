@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,7 +124,7 @@ class Stream:
         self._model_started = model_started
         self._ended = first.result is not None
 
-    async def rest(self) -> AsyncIterator[str | Served | Failed]:
+    async def rest(self) -> AsyncGenerator[str | Served | Failed, None]:
         p, timeout = self.pipeline, self.pipeline.config.model.timeout_s
         finished, failed = False, False
         try:
@@ -243,6 +243,7 @@ class Pipeline:
         # The serving overhead: what the request spent outside the replica up to its first token (a
         # stream: router's first piece - replica's first piece; whole: router's - replica's whole
         # time). Never a stream's duration.
+        overhead: float | None
         if replica_first_ms is not None:
             overhead = first_token_ms - replica_first_ms
         else:

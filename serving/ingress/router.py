@@ -71,8 +71,8 @@ async def _awaited(response: Any) -> Any:
 @serve.deployment(name="Router", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Router:
-    async def __init__(
-        self, controller: DeploymentHandle | None, model: DeploymentHandle, config: dict[str, Any]
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
+        self, controller: DeploymentHandle[Any] | None, model: DeploymentHandle[Any], config: dict[str, Any]
     ) -> None:
         self.config = ServingConfig.model_validate(config)
         self.model = model
@@ -215,7 +215,7 @@ class Router:
         try:
             return await asyncio.wait_for(_awaited(response), timeout=2.0)
         except Exception as e:  # noqa: BLE001 - stats are best effort
-            response.cancel()
+            response.cancel()  # type: ignore[no-untyped-call]  # unannotated in Ray
             return {"error": f"model engine stats unavailable ({type(e).__name__})"}
 
     @api.get("/healthz")

@@ -63,7 +63,7 @@ def served_key(table: Table) -> str:
     graceful_shutdown_timeout_s=2,
 )
 class LookupController:
-    async def __init__(self, user_config: dict[str, Any], model: Any = None) -> None:
+    async def __init__(self, user_config: dict[str, Any], model: Any = None) -> None:  # type: ignore[misc]  # Serve awaits it
         # The table is loaded here, not only in reconfigure: a replica is useful from its first request.
         self.config = ControllerSettings.from_user_config(user_config)
         self._set_batch(self.config.batch)
@@ -106,8 +106,10 @@ class LookupController:
         self._set_batch(new.batch)
 
     def _set_batch(self, batch: BatchSettings) -> None:
-        self._resolve_batch.set_max_batch_size(batch.max_batch_size)
-        self._resolve_batch.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)
+        # serve.batch's annotations lose the method's type; its setters exist at run time.
+        batched: Any = self._resolve_batch  # type: ignore[misc]  # serve.batch is annotated for one-list methods
+        batched.set_max_batch_size(batch.max_batch_size)
+        batched.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)
 
     def check_health(self) -> None:
         # A rejected new version is not a health problem: the old table keeps serving. Nor is a
@@ -205,10 +207,14 @@ class LookupController:
         # Validated one by one so that one bad budget cannot fail a whole batch.
         budget = validate_budget(budget_ms)
         tol = None if tolerance is None else validate_tolerance(tolerance)
-        return await self._resolve_batch(budget, tol, dataset)
+        batched: Any = self._resolve_batch  # type: ignore[misc]  # serve.batch is annotated for one-list methods
+        decision: Decision = await batched(budget, tol, dataset)
+        return decision
 
-    @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s)
-    async def _resolve_batch(
+    @serve.batch(  # type: ignore[arg-type]  # serve.batch is annotated for one-list methods
+        max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s
+    )
+    async def _resolve_batch(  # type: ignore[misc]  # (the same annotation gap)
         self, budgets: list[float], tolerances: list[float | None], datasets: list[str | None]
     ) -> list[Decision]:
         table = self.table  # one table for the whole batch: every answer carries its version

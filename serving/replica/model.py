@@ -132,8 +132,9 @@ class MoEModel:
         # holds a bad version. Tables are checked against supported_ranges() by the controller
         # before any router sees them; each request's knobs are checked again in generate().
         check_configs(self.backend, [Knobs.from_mapping(fallback_knobs)], "fallback")
-        self._batched.set_max_batch_size(self.settings.batch.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.settings.batch.batch_wait_timeout_s)
+        batched: Any = self._batched  # serve.batch's annotations lose the method's type
+        batched.set_max_batch_size(self.settings.batch.max_batch_size)
+        batched.set_batch_wait_timeout_s(self.settings.batch.batch_wait_timeout_s)
         self._batch_ids = itertools.count(1)
         # The device thread that owns the backend: decode batches step by step, newcomers join
         # between steps (serving.replica.device).
@@ -330,7 +331,8 @@ class MoEModel:
         out: list[asyncio.Future[ModelResult]] = [loop.create_future() for _ in meta]
         groups: dict[Knobs, list[int]] = {}
         for i in self._bind(meta):  # one call per knob set, earliest deadline first
-            if meta[i].sink is not None and meta[i].sink.closed:  # its client left while it queued
+            sink = meta[i].sink
+            if sink is not None and sink.closed:  # its client left while it queued
                 out[i].set_result(self._never_ran(meta[i]))
             else:
                 groups.setdefault(meta[i].knobs, []).append(i)

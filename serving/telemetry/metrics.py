@@ -11,7 +11,7 @@ class RouterMetrics:
         self.requests = metrics.Counter(
             "lookup_requests_total",
             description="Generate requests answered, by chosen config and feasibility.",
-            tag_keys=("config", "feasible", "fallback"),
+            tag_keys=("config", "feasible", "fallback"),  # type: ignore[arg-type]  # Ray annotates tag_keys as a 1-tuple
         )
         self.infeasible = metrics.Counter(
             "lookup_infeasible_total", description="Requests whose budget no config meets."
@@ -27,7 +27,7 @@ class RouterMetrics:
             "lookup_budget_attainment_total",
             description="Served requests by whether their measured latency met the budget "
             "(first token or total, per budget.covers), by budget bucket.",
-            tag_keys=("covers", "budget_bucket", "met"),
+            tag_keys=("covers", "budget_bucket", "met"),  # type: ignore[arg-type]  # Ray annotates tag_keys as a 1-tuple
         )
         self.resolve_ms = metrics.Histogram(
             "lookup_resolve_latency_ms",

@@ -105,16 +105,16 @@ def test_supported_ranges_match_what_validate_knobs_accepts(backend: TorchBacken
 def test_streamed_members_get_new_text_per_step_and_stop_when_told(backend: TorchBackend) -> None:
     knobs, req = Knobs("low", 4, 12), ModelRequest("stream me", 6)
     pieces: list[str] = []
-    (out,) = backend.generate_batch(knobs, [req], [lambda text: pieces.append(text) or True])
+    (out,) = backend.generate_batch(knobs, [req], [lambda text: (pieces.append(text) if text else None) or True])
     (whole,) = backend.generate_batch(knobs, [req])
     assert out.text == whole.text and out.output_tokens == whole.output_tokens
-    assert "".join(pieces) == out.text and all(pieces)  # new text only, never empty, adding up to the answer
+    assert "".join(pieces) == out.text  # new text only ("" only asks whether the reader is there)
     assert out.prompt_tokens > 0 and out.finish_reason in ("length", "stop")
     seen: list[str] = []
 
     def two_then_stop(text: str) -> bool:
         seen.append(text)
-        return len(seen) < 2
+        return len(seen) < 2  # the reader leaves at its second call, text or not
 
     # A streamed member and a whole one in one call: the whole one runs to its own length.
     other = ModelRequest("not streamed", 5)
@@ -137,3 +137,28 @@ def test_text_stream_decodes_incrementally_and_holds_split_characters() -> None:
     assert [s.push([i]) for i in (1, 2, 3, 4)] == ["caf", "", "\u00e9", " ok"]
     assert s.push([9, 4]) == "" and s.ended and s.text == "caf\u00e9 ok"
     assert max(calls) <= 3  # a short window per step, never the whole answer
+
+
+def test_a_newcomer_joins_a_running_decode_batch_between_two_steps(backend: TorchBackend) -> None:
+    """Continuous batching on the engine: a request of the same knob pair (another tier) joins a
+    long-running batch, decodes beside it, and its tokens are the ones it gets alone."""
+    knobs = Knobs("low", 4, 12)
+    session = backend.open_session(knobs)
+    try:
+        (long_row,) = session.join(knobs, [ModelRequest("a long one", 40)], [None]) or [None]
+        for _ in range(5):
+            session.step()
+        other = Knobs("medium", 4, 12)
+        rows = session.join(other, [ModelRequest("a short one", 4)], [None])
+        assert rows is not None and rows[0] != long_row
+        assert session.join(Knobs("low", 8, 16), [ModelRequest("x", 2)], [None]) is None  # another pair waits
+        done = {}
+        while session.active:
+            session.step()
+            done.update(session.finished())
+        short = done[rows[0]]
+        assert short.output_tokens == 4 and done[long_row].output_tokens == 40
+        (alone,) = backend.generate_batch(other, [ModelRequest("a short one", 4)])
+        assert short.text == alone.text  # joining mid-batch changes nothing in its answer
+    finally:
+        session.close()

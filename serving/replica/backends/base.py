@@ -101,8 +101,10 @@ class Backend(Protocol):
     # True when `prepare` does real work before traffic (CUDA graph capture) and again after each
     # published table; the model deployment then runs an EnginePreparer for it.
     needs_preparation: bool
-    # How many sessions (decode batches of different knob pairs) the device can hold at once.
+    # How many sessions (decode batches of different knob pairs) the device can hold at once, and
+    # how many requests one holds.
     max_sessions: int
+    max_batch_rows: int
 
     def open_session(self, knobs: Knobs) -> Session:
         """A new, empty decode batch for `knobs`' pair (at most max_sessions open at once)."""

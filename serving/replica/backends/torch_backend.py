@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.knobs import TIER_CROP_RANGE, Knobs
-from serving.replica.backends.base import ModelOutput, ModelRequest, OnText
+from serving.replica.backends.base import ModelOutput, ModelRequest, OnText, run_to_end
 from serving.replica.backends.text_stream import TextStream
 from serving.wire import SupportedRanges
 
@@ -72,7 +72,7 @@ class TorchOptions(BaseModel):
 class TorchBackend:
     name = "torch"
     needs_preparation = True
-    max_sessions = 1  # one KV buffer
+    max_sessions = 1  # one KV buffer: one decode batch at a time, which newcomers of its pair join
 
     def __init__(self, **options: Any) -> None:
         from moe.engine import GenerationEngine
@@ -163,30 +163,12 @@ class TorchBackend:
     def generate_batch(
         self, knobs: Knobs, requests: list[ModelRequest], sinks: Sequence[OnText | None] | None = None
     ) -> list[ModelOutput]:
-        """Streamed members ride in the same engine call as the others: after the prefill and after
-        every decode step each gets its new text (incrementally detokenized). A member whose sink
-        says its client left gets nothing more; the call stops early once no member still needs
-        tokens (the others run to their own max_new_tokens, not further)."""
-        from moe.runner import PromptInput
-
-        self.validate_knobs(knobs)
-        sinks = list(sinks) if sinks is not None else [None] * len(requests)
+        """One batch on a session of its own, start to end, in chunks of the engine's rows."""
         out: list[ModelOutput] = []
-        # The engine's own chunk size bounds ours, so that its on_tokens rows are this chunk's.
-        size = min(self.options.max_batch_size, self.engine.max_batch)
-        for start in range(0, len(requests), size):
-            chunk = requests[start : start + size]
-            chunk_sinks = sinks[start : start + size]
-            # Requests with different max_new_tokens share the batch: decode runs to the longest
-            # still needed, and each output is cut to its own length.
-            longest = max(r.max_new_tokens for r in chunk)
-            inputs = [PromptInput(r.prompt, self.crops_for(knobs, r), image_seed=_seed(r)) for r in chunk]
-            rows = _Rows(chunk, chunk_sinks, self.runner.codec.decode, self.engine.eos_token_id)
-            on_tokens = rows.on_tokens if any(s is not None for s in chunk_sinks) else None
-            results = self.engine.generate(knobs, inputs, max_new_tokens=longest, on_tokens=on_tokens)
-            for i, (r, res) in enumerate(zip(chunk, results, strict=True)):
-                o = self._output(r, res)
-                out.append(replace(o, finish_reason="cancelled") if rows.cancelled[i] else o)
+        all_sinks = list(sinks) if sinks is not None else [None] * len(requests)
+        for start in range(0, len(requests), self.max_batch_rows):
+            end = start + self.max_batch_rows
+            out += run_to_end(self.open_session(knobs), knobs, requests[start:end], all_sinks[start:end])
         return out
 
     def _output(self, request: ModelRequest, res: Any) -> ModelOutput:
@@ -205,69 +187,59 @@ def _seed(request: ModelRequest) -> int:
     return int.from_bytes(hashlib.sha256((request.image_b64 or request.prompt).encode()).digest()[:4], "big")
 
 
-class _Rows:
-    """The streamed members of one engine call: each row's new tokens go through its own
-    TextStream to its sink; the engine goes on while any row still needs tokens."""
-
-    def __init__(self, requests: list[ModelRequest], sinks: list[OnText | None],
-                 decode: Callable[[list[int]], str], eos: int | None) -> None:
-        self.requests, self.sinks = requests, sinks
-        self.streams = [TextStream(decode, eos) if s is not None else None for s in sinks]
-        self.cancelled = [False] * len(requests)
-        self.seen = [0] * len(requests)
-
-    def on_tokens(self, rows: list[list[int]]) -> bool:
-        needed = False
-        for i, ids in enumerate(rows):
-            limit = self.requests[i].max_new_tokens
-            stream, sink = self.streams[i], self.sinks[i]
-            if stream is not None and sink is not None and not self.cancelled[i]:
-                new = ids[self.seen[i] : min(len(ids), limit)]
-                self.seen[i] = min(len(ids), limit)
-                delta = stream.push(new) if new else ""
-                if delta and not sink(delta):
-                    self.cancelled[i] = True
-                if stream.ended:
-                    continue
-            if not self.cancelled[i] and len(ids) < limit and not _ended(ids, self.streams[i]):
-                needed = True
-        return needed
-
-
-def _ended(ids: list[int], stream: TextStream | None) -> bool:
-    return stream is not None and stream.ended
-
-
 class TorchSession:
-    """A decode batch on the engine. The engine runs a call start to end (its KV buffer holds one
-    batch), so a session takes one group, runs it whole at its join, and takes nobody else."""
+    """A decode batch on the engine (moe.engine.DecodeBatch): requests of its knob pair join
+    between two steps; each streamed member's new tokens go through its own TextStream to its sink
+    (a step that adds no text still asks the sink whether the reader is there)."""
 
     def __init__(self, backend: TorchBackend, knobs: Knobs) -> None:
+        from moe.engine import DecodeBatch
+
         self.backend, self.knobs = backend, knobs
-        self._done: dict[int, ModelOutput] = {}
-        self._used = False
+        self.batch = DecodeBatch(backend.engine, knobs)
+        self._requests: dict[int, ModelRequest] = {}
 
     @property
     def active(self) -> bool:
-        return False
+        return self.batch.active
 
     def join(self, knobs: Knobs, requests: list[ModelRequest], sinks: Sequence[OnText | None]) -> list[int] | None:
-        if self._used or knobs != self.knobs:
+        from moe.runner import PromptInput
+
+        b = self.backend
+        b.validate_knobs(knobs)
+        limits = [r.max_new_tokens for r in requests]
+        if not self.batch.can_join(knobs, len(requests), limits):
             return None
-        self._used = True
-        outs = self.backend.generate_batch(knobs, requests, sinks)
-        self._done = dict(enumerate(outs))
-        return list(range(len(outs)))
+        codec, eos = b.runner.codec, b.engine.eos_token_id
+        calls = [None if s is None else _reader(TextStream(codec.decode, eos), s) for s in sinks]
+        inputs = [PromptInput(r.prompt, b.crops_for(knobs, r), image_seed=_seed(r)) for r in requests]
+        rows = self.batch.join(knobs, inputs, limits, calls)
+        if rows is None:
+            return None
+        for row, r in zip(rows, requests, strict=True):
+            self._requests[row] = r
+        return rows
 
     def step(self) -> None:
-        pass
+        self.batch.step()
 
     def finished(self) -> dict[int, ModelOutput]:
-        done, self._done = self._done, {}
-        return done
+        out = {}
+        for row, res in self.batch.finished().items():
+            o = self.backend._output(self._requests.pop(row), res)
+            out[row] = replace(o, finish_reason="cancelled") if res.stopped else o
+        return out
 
     def remaining_ms(self) -> float:
-        return 0.0
+        return self.batch.remaining_ms()
 
     def close(self) -> None:
-        pass
+        self.batch.close()
+
+
+def _reader(stream: TextStream, sink: OnText) -> Callable[[list[int]], bool]:
+    def on_tokens(new: list[int]) -> bool:
+        return bool(sink(stream.push(new)))
+
+    return on_tokens
