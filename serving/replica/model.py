@@ -216,11 +216,14 @@ class MoEModel:
         self.queue.arrived(pending.token, pending.knobs.key, pending.expected_ms, pending.arrived)
         try:
             if self.gate is None:
-                result = await asyncio.shield(await self._batched(pending))
+                handed = await self._batched(pending)
             else:
                 deadline = pending.deadline if math.isfinite(pending.deadline) else pending.arrived + 3600.0
+                # The gate orders entry into the batcher; once the batch is handed to the device the
+                # slot is free (a long stream must not hold it for its whole decode).
                 async with self.gate.admitted(deadline, pending.fastest()):
-                    result = await asyncio.shield(await self._batched(pending))
+                    handed = await self._batched(pending)
+            result = await asyncio.shield(handed)
             # This replica's own time for the request (arrival to answer): the router's time for
             # the call minus this is the serving overhead (proxy, router, handle, both ways).
             return replace(result, replica_ms=(time.monotonic() - pending.arrived) * 1000)
