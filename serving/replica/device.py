@@ -16,7 +16,9 @@ waits on the device; the device thread hands results back with `call_soon_thread
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -36,6 +38,8 @@ class Work:
     sinks: list[OnText | None]
     future: asyncio.Future[tuple[list[ModelOutput], float]]
     loop: asyncio.AbstractEventLoop
+    deadline: float = math.inf
+    seq: int = 0
     started: float | None = None  # monotonic: when it joined a session (its backend call began)
     ids: list[int] = field(default_factory=list)
     outputs: dict[int, ModelOutput] = field(default_factory=dict)
@@ -66,6 +70,7 @@ class Device:
         self._running_pairs: dict[tuple[int, int], float] = {}  # knob pair -> ms until its session drains
         self._blocked = False  # some work waits for a session to drain
         self._queued_ms = 0.0  # table first tokens of the work handed in and not begun
+        self._seq = itertools.count()
         self.steps = 0
         self.joins = 0
         self._stop = False
@@ -74,11 +79,12 @@ class Device:
 
     # -- the event loop's side ----------------------------------------------------------------
 
-    def submit(self, knobs: Knobs, requests: Sequence[ModelRequest],
-               sinks: Sequence[OnText | None]) -> asyncio.Future[tuple[list[ModelOutput], float]]:
-        """The group's outputs and when the device began it (monotonic s: its join)."""
+    def submit(self, knobs: Knobs, requests: Sequence[ModelRequest], sinks: Sequence[OnText | None],
+               deadline: float = math.inf) -> asyncio.Future[tuple[list[ModelOutput], float]]:
+        """The group's outputs and when the device began it (monotonic s: its join). Groups that
+        wait are taken earliest `deadline` first (monotonic s; its tightest member's)."""
         loop = asyncio.get_running_loop()
-        work = Work(knobs, list(requests), list(sinks), loop.create_future(), loop)
+        work = Work(knobs, list(requests), list(sinks), loop.create_future(), loop, deadline, next(self._seq))
         with self._lock:
             self._queued_ms += work.first_ms()
         self._inbox.put(work)
@@ -143,7 +149,8 @@ class Device:
         drains), everything after it waits too: joins would keep the running batch alive forever
         and starve the other pair."""
         still: list[Work] = []
-        for w in self._waiting:
+        # Earliest deadline first, as the deadline gate orders entry into the batcher.
+        for w in sorted(self._waiting, key=lambda w: (w.deadline, w.seq)):
             if w.future.done():  # cancelled while waiting (its caller left)
                 self._begun(w)
                 continue

@@ -357,7 +357,8 @@ class MoEModel:
         started = time.monotonic()
         self.queue.started(group, [m.token for m in members], started)
         try:
-            outputs, began = await self.device.submit(k, [m.request for m in members], sinks)
+            outputs, began = await self.device.submit(k, [m.request for m in members], sinks,
+                                                      min(m.deadline for m in members))
         finally:
             ended = time.monotonic()
             self.queue.finished(group, (ended - started) * 1000)

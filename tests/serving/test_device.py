@@ -77,3 +77,23 @@ def test_a_stream_whose_reader_left_stops_at_the_next_step() -> None:
 
     tokens, reason, took = asyncio.run(run())
     assert reason == "cancelled" and tokens < 100 and took < 0.5, (tokens, reason, took)
+
+
+def test_groups_waiting_for_a_drain_start_earliest_deadline_first() -> None:
+    async def run() -> dict[str, float]:
+        device = Device(_backend())
+        other = Knobs("low", 8, 16)
+        long = device.submit(LONG, [_req(60)], [None])  # ~0.12 s of decode holds the device
+        await asyncio.sleep(0.03)
+        now = time.monotonic()
+        loose = [device.submit(other, [_req(2)], [None], deadline=now + 60) for _ in range(3)]
+        tight = device.submit(other, [_req(2)], [None], deadline=now + 1)
+        began = {"tight": (await tight)[1]}
+        for i, f in enumerate(loose):
+            began[f"loose{i}"] = (await f)[1]
+        await long
+        device.stop()
+        return began
+
+    began = asyncio.run(run())
+    assert began["tight"] < min(v for k, v in began.items() if k != "tight"), began
