@@ -321,6 +321,34 @@ def test_a_table_published_mid_stream_ends_every_stream_cleanly(app: App) -> Non
     assert _generate(app).headers["x-table-version"] == new
 
 
+def test_long_streams_neither_count_as_overhead_nor_hold_a_short_request(app: App) -> None:
+    """Two 400-token streams (about 3 s each) do not raise the router's overhead estimate (their
+    duration is never overhead: router first token - replica first token), and a short request
+    sent while they decode joins their batch instead of waiting for their last token."""
+    for _ in range(4):
+        assert _generate(app).status_code == 200  # a few answers for the estimate to read
+
+    async def run() -> tuple[float, float]:
+        async with httpx.AsyncClient(timeout=60) as c:
+            opened = asyncio.Event()
+            long = [asyncio.create_task(_stream(c, app, 400, opened)) for _ in range(2)]
+            await opened.wait()
+            await asyncio.sleep(0.3)
+            started = time.perf_counter()
+            r = await c.post(f"{app.base}/v1/generate", json={"prompt": "short", "max_new_tokens": 4},
+                             headers=LOOSE)
+            short_ms = (time.perf_counter() - started) * 1000
+            assert r.status_code == 200, r.text
+            results = await asyncio.gather(*long)
+            assert all(status == 200 for status, _, _ in results)
+            return short_ms, (time.perf_counter() - started) * 1000
+
+    short_ms, streams_ms = asyncio.run(run())
+    assert short_ms < streams_ms / 2, (short_ms, streams_ms)  # it did not wait for their decode
+    overhead = _stats(app)["router"]["queue"]["estimate"]["overhead_ms"]
+    assert overhead < 500, overhead  # a stream's ~3 s never reaches the estimate
+
+
 def test_a_model_replica_killed_mid_stream_ends_the_stream_with_an_error_event(app: App) -> None:
     import ray
 
