@@ -32,7 +32,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--preset", default="olmoe-1b-7b")
     args = ap.parse_args()
-    out: dict[str, object] = {"gpu": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu", "preset": args.preset}
+    gpu = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu"
+    out: dict[str, object] = {"gpu": gpu, "preset": args.preset}
     a_knobs, b_knobs = Knobs("low", 4, 12), Knobs("medium", 4, 12)
     a, b = ModelRequest("tell me a very long story about the sea", 256), ModelRequest("what is shown?", 4)
     t0 = time.perf_counter()
