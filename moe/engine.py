@@ -609,9 +609,12 @@ class DecodeBatch:
         done, self._done = self._done, {}
         return done
 
+    @property
+    def remaining_steps(self) -> int:
+        return max((m.limit - len(m.tokens) for m in self.rows if m is not None), default=0)
+
     def remaining_ms(self) -> float:
-        steps = max((m.limit - len(m.tokens) for m in self.rows if m is not None), default=0)
-        return steps * self._step_ms
+        return self.remaining_steps * self._step_ms
 
     def close(self) -> None:
         self.rows = [None] * len(self.rows)

@@ -91,25 +91,23 @@ class Device:
         return work.future
 
     def backlog_ms(self) -> float:
-        """What a request handed in now waits for before its prefill begins: the prefills handed in
-        and not begun (one after another), and, while work waits for a batch to drain, the drain."""
+        """What a request handed in now waits for before its prefill begins, if it can join: the
+        prefills handed in and not begun, one after another. (A drain depends on the knob pair:
+        `drain_ms`, which late binding adds per option.)"""
         with self._lock:
-            drain = max(self._running_pairs.values(), default=0.0) if self._blocked else 0.0
-            return self._queued_ms + drain
+            return self._queued_ms
 
     def drain_ms(self, knobs: Knobs) -> float:
-        """How long work with these knobs would wait before it can start: 0 when a running session
-        takes its pair (or the backend can open another), else until the sessions drain; with
-        work already waiting for a drain, every pair waits for it."""
+        """How long work with these knobs would wait for a drain before it can start: 0 when a
+        running session takes its pair (or the backend can open another), else until the sessions
+        drain (the longest of them while other work already waits for one)."""
         with self._lock:
             pairs, blocked = dict(self._running_pairs), self._blocked
-        if not pairs:
-            return 0.0
+        if not pairs or (knobs.top_k, knobs.num_active_blocks) in pairs:
+            return 0.0  # it joins at the next step (while work waits: if it ends within the batch)
         if blocked:
             return max(pairs.values())
-        if (knobs.top_k, knobs.num_active_blocks) in pairs or len(pairs) < self.backend.max_sessions:
-            return 0.0
-        return min(pairs.values())
+        return 0.0 if len(pairs) < self.backend.max_sessions else min(pairs.values())
 
     def stop(self) -> None:
         self._stop = True
@@ -144,10 +142,11 @@ class Device:
             pass
 
     def _admit(self) -> None:
-        """Each waiting group, in arrival order, joins a running session of its pair or opens one if
-        the backend allows another. Once a group has to wait (its pair cannot run until a session
-        drains), everything after it waits too: joins would keep the running batch alive forever
-        and starve the other pair."""
+        """Each waiting group, earliest deadline first, joins a running session of its pair or opens
+        one if the backend allows another. Once a group has to wait (its pair cannot run until a
+        session drains), a later group may still join a running session, but only if it ends
+        within the steps that session has left anyway: joins must not keep the running batch alive
+        and starve the waiting pair."""
         still: list[Work] = []
         # Earliest deadline first, as the deadline gate orders entry into the batcher.
         for w in sorted(self._waiting, key=lambda w: (w.deadline, w.seq)):
@@ -158,16 +157,16 @@ class Device:
                 self._begun(w)
                 w.resolve([ModelOutput(text="", output_tokens=0, finish_reason="cancelled") for _ in w.requests])
                 continue
-            if still:
-                still.append(w)
-                continue
+            longest = max((r.max_new_tokens for r in w.requests), default=0)
             placed = False
             for session, works in self._sessions:
+                if still and longest > session.remaining_steps:
+                    continue  # it would outlive the batch that waiting work must see end
                 if self._join(session, w) is not None:
                     works.append(w)
                     placed = True
                     break
-            if not placed and len(self._sessions) < self.backend.max_sessions:
+            if not placed and not still and len(self._sessions) < self.backend.max_sessions:
                 session = self.backend.open_session(w.knobs)
                 if self._join(session, w) is not None:
                     self._sessions.append((session, [w]))

@@ -97,3 +97,26 @@ def test_groups_waiting_for_a_drain_start_earliest_deadline_first() -> None:
 
     began = asyncio.run(run())
     assert began["tight"] < min(v for k, v in began.items() if k != "tight"), began
+
+
+def test_while_a_pair_waits_only_joins_that_end_within_the_batch_go_ahead() -> None:
+    """Work of another pair waits for the running batch to drain; a short request of the running
+    pair still joins (it ends before the batch would anyway), a long one waits: it would keep the
+    batch alive and starve the waiting pair."""
+    async def run() -> tuple[float, float, float, float]:
+        device = Device(_backend())
+        t0 = time.monotonic()
+        long = device.submit(LONG, [_req(100)], [None])  # ~0.2 s of decode
+        await asyncio.sleep(0.03)
+        waiting = device.submit(Knobs("low", 8, 16), [_req(2)], [None])
+        await asyncio.sleep(0.01)
+        short = device.submit(Knobs("medium", 4, 12), [_req(5)], [None])
+        too_long = device.submit(Knobs("medium", 4, 12), [_req(150)], [None])
+        (_, short_began), (_, waiting_began), (_, long_began) = await short, await waiting, await too_long
+        await long
+        device.stop()
+        return short_began - t0, waiting_began - t0, long_began - t0, 0.0
+
+    short_at, waiting_at, too_long_at, _ = asyncio.run(run())
+    assert short_at < waiting_at, (short_at, waiting_at)  # joined the running batch at once
+    assert too_long_at >= waiting_at, (too_long_at, waiting_at)  # waited behind the other pair

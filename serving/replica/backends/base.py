@@ -70,6 +70,11 @@ class Session(Protocol):
         """Expected time until every member has finished."""
         ...
 
+    @property
+    def remaining_steps(self) -> int:
+        """Decode steps until every member has finished (at most: a member may end sooner)."""
+        ...
+
     def close(self) -> None:
         """Release what the session holds (the engine's batch)."""
         ...

@@ -264,6 +264,10 @@ class SimulatedSession:
         done, self._done = self._done, {}
         return done
 
+    @property
+    def remaining_steps(self) -> int:
+        return max((m.request.max_new_tokens - m.produced for m in self._members.values()), default=0)
+
     def remaining_ms(self) -> float:
         return max(((m.request.max_new_tokens - m.produced) * m.step_s * 1000 for m in self._members.values()),
                    default=0.0)

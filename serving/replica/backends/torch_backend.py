@@ -234,6 +234,10 @@ class TorchSession:
     def remaining_ms(self) -> float:
         return self.batch.remaining_ms()
 
+    @property
+    def remaining_steps(self) -> int:
+        return self.batch.remaining_steps
+
     def close(self) -> None:
         self.batch.close()
 
