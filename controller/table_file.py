@@ -193,14 +193,25 @@ def table_from_bytes(data: bytes, source: str) -> Table:
     if not data.strip():
         raise TableLoadError(source, "file is empty")
     try:
-        raw = json.loads(data)
+        raw = json.loads(data)  # NaN is read (the reference format writes it); the checks below refuse it
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TableLoadError(source, f"not valid JSON ({e})") from e
+    except RecursionError:
+        raise TableLoadError(source, "not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # e.g. an integer of thousands of digits
+        raise TableLoadError(source, f"not valid JSON ({str(e)[:200]})") from None
     if not isinstance(raw, dict):
         raise TableLoadError(source, f"expected a JSON object, found {type(raw).__name__}")
-    if "config_table" in raw and "format" not in raw:
-        return _from_reference_format(raw, source, data)
-    return _from_native(raw, source)
+    try:
+        if "config_table" in raw and "format" not in raw:
+            return _from_reference_format(raw, source, data)
+        return _from_native(raw, source)
+    except TableLoadError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        # A value the schema let through that the checksum or the stats cannot take (1e400 read as
+        # inf, a nested structure too deep to hash): the file is refused, never a crash of its reader.
+        raise TableLoadError(source, f"unusable content ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def _from_native(raw: dict[str, Any], source: str) -> Table:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.errors import PointerError, StoreReadError
+from controller.errors import PointerError, StoreReadError, TableLoadError
 from controller.store import LATEST, TableStore
 from controller.store_fs import call_with_timeout
 from lookupctl import main as lookupctl
@@ -115,3 +115,54 @@ def test_resigned_table_with_impossible_statistics_is_refused(tmp_path: Path, fi
     raw["sha256"] = content_sha256(raw)  # a valid checksum: a checksum is not a plausibility check
     with pytest.raises(TableLoadError, match=field):
         Table.from_json_bytes(json.dumps(raw).encode())
+
+
+def _hostile_versions(good: bytes) -> dict[str, bytes]:
+    """Version files that are JSON-shaped but no table reader may crash on (issue 19, item 1)."""
+    raw = json.loads(good)
+
+    def in_source(literal: bytes) -> bytes:
+        bad = {**raw, "source": {**raw["source"], "hostile": "@@"}}
+        return json.dumps(bad).encode().replace(b'"@@"', literal)
+
+    return {
+        "29990101T000000000001Z-deep0000": b"[" * 200_000 + b"]" * 200_000,
+        "29990101T000000000002Z-nan00000": in_source(b"NaN"),
+        "29990101T000000000003Z-inf00000": in_source(b"1e400"),
+        "29990101T000000000004Z-bigint00": in_source(b"9" * 5000),
+        "29990101T000000000005Z-deepsrc0": in_source(b"[" * 5000 + b"]" * 5000),
+    }
+
+
+def test_hostile_json_versions_are_refused_typed_and_the_newest_valid_one_is_served(tmp_path: Path) -> None:
+    store = TableStore(str(tmp_path / "store"))
+    good = store.publish(synthetic_table())
+    hostile = _hostile_versions((tmp_path / "store" / "versions" / f"{good.version_id}.json").read_bytes())
+    for vid, blob in hostile.items():
+        (tmp_path / "store" / "versions" / f"{vid}.json").write_bytes(blob)
+    for vid in hostile:
+        with pytest.raises(TableLoadError):
+            store.load(vid)
+    # The newest that loads is the good one, listing names every bad one, the watcher rejects them.
+    newest = store.newest_valid()
+    assert newest is not None and newest.version_id == good.version_id
+    listed = {v.version_id: v for v in store.versions()}
+    assert all(listed[vid].created_at.startswith("INVALID") for vid in hostile)
+    # A watcher that starts while LATEST names a hostile file serves the newest valid version.
+    (tmp_path / "store" / LATEST).write_text(next(iter(hostile)) + "\n")
+    watcher = TableWatcher(store, clock=lambda: 0.0)
+    outcome, table = watcher.check()
+    assert outcome == "accepted" and table is not None and table.version_id == good.version_id
+    # A running one rejects each, records why, and keeps serving what it has.
+    for vid in list(hostile)[1:]:
+        (tmp_path / "store" / LATEST).write_text(vid + "\n")
+        outcome, table = watcher.check()
+        assert outcome == "rejected" and table is None, (vid, outcome)
+        assert watcher.last_rejection is not None and watcher.last_rejection.version_id == vid
+    assert watcher.rejected == len(hostile)  # each counted once
+    assert watcher.table is not None and watcher.table.version_id == good.version_id
+    out = subprocess.run([sys.executable, "-m", "lookupctl", "versions", "--store", str(tmp_path / "store")],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert out.returncode == 0, out.stderr
+    assert all(vid in out.stdout for vid in hostile) and "Traceback" not in out.stderr
