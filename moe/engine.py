@@ -8,12 +8,14 @@ The shapes are fixed up front:
 - one KV buffer `(layers, 2, max_batch, kv_heads, context, head_dim)`, allocated once; a batch uses
   rows 0..b-1 of it (a view, so every graph sees fixed addresses), and a `key_valid` mask marks the
   positions each row may attend to, so nothing is cleared between requests;
-- prefill runs one request at a time at batch 1 into row 0, its tokens left-padded to a length
-  bucket (`prefill_step` steps up to `max_prompt_tokens`); padding positions attend only to
-  themselves, so no row of the attention is empty and no NaN can reach the cache;
-- the prompt's keys and values then move to the request's row, aligned so that every row of the
-  batch ends its prompt at the same cache index `E`: decode writes all rows at one index per step
-  (rotary positions come from `position_ids`, so the cache index need not equal the position);
+- prefill runs one request at a time at batch 1 into a staging row (row B, past the decode rows),
+  its tokens left-padded to a length bucket (`prefill_step` steps up to `max_prompt_tokens`);
+  padding positions attend only to themselves, so no row of the attention is empty and no NaN can
+  reach the cache;
+- the prompt's keys and values then move to a free row of the running batch (`DecodeBatch`),
+  aligned so that it ends at the batch's write index: decode writes all rows at one index per step
+  (rotary positions come from `position_ids`, so the cache index need not equal the position), and
+  a request can join between two steps (continuous batching);
 - decode runs at batch buckets (1, 2, 4, 8); spare rows compute on an empty history and are dropped;
 - the vision stand-in runs per image count.
 
@@ -39,7 +41,7 @@ from transformers.cache_utils import Cache
 from controller.knobs import TIER_CROP_RANGE, TOKENS_PER_CROP, Knobs
 from moe.errors import ConfigDisabledError, InputTooLongError
 from moe.knob_patch import ForwardKnobs, knob_context
-from moe.runner import _CACHE_KW, GenerationResult, MoERunner, PromptInput, build_results, finished
+from moe.runner import _CACHE_KW, GenerationResult, MoERunner, PromptInput, build_results
 from moe.vision import fill_pixels
 
 log = logging.getLogger(__name__)
@@ -432,8 +434,6 @@ class GenerationEngine:
                 out += _shared_timings(results)
         return out
 
-    def _finished(self, token: torch.Tensor) -> torch.Tensor:
-        return finished(token, self.eos_token_id)
 
 
 def _shared_timings(results: list[GenerationResult]) -> list[GenerationResult]:

@@ -51,6 +51,3 @@ class TimedWindow:
         while now is not None and self._items and now - self._items[0][0] > self.window_s:
             self._items.popleft()
         return [v for _, v in self._items]
-
-    def __len__(self) -> int:
-        return len(self._items)

@@ -41,7 +41,6 @@ class QueueAdmission:
         self.queue_aware, self.covers = b.queue_aware, b.covers
         self.late_binding = b.queue_aware and b.late_binding
         self.tracker = QueueTracker(
-            config.model.batch.max_batch_size,
             stale_after_s=b.report_stale_after_s,
             proxy_overhead_ms=b.proxy_overhead_ms,
             overhead_quantile=b.overhead_quantile,

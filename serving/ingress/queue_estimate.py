@@ -50,7 +50,6 @@ def _finite_nonneg(x: float | None) -> bool:
 class QueueTracker:
     def __init__(
         self,
-        max_batch_size: int,
         stale_after_s: float = 2.0,
         replica_ttl_s: float = 30.0,
         proxy_overhead_ms: float = 0.0,
@@ -59,7 +58,6 @@ class QueueTracker:
         overhead_window_s: float = 30.0,
         cold_answers: int = COLD_ANSWERS,
     ) -> None:
-        self.max_batch_size = max(1, max_batch_size)
         self.stale_after_s, self.replica_ttl_s = stale_after_s, replica_ttl_s
         self.proxy_overhead_ms, self.overhead_quantile = proxy_overhead_ms, overhead_quantile
         # token -> (config, expected whole call ms (first token + decode), sent at): streams included,

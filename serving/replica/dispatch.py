@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from controller.budget import Budget
-from controller.ladder import highest_fitting
 from serving.errors import ServingConfigError
 from serving.wire import DispatchPlan, PlanOption
 
@@ -137,34 +136,27 @@ def choose(
     the option would wait before it can start (the device runs a decode batch of another knob
     pair: serving.replica.device.drain_ms), or None for no wait."""
     threshold = Budget(left_ms, plan.tolerance).threshold_ms
-    if start_ms is None:
-        i = highest_fitting((o.latency_ms * scale for o in plan.options), threshold)
-        fits = plan.options[i].latency_ms * scale <= threshold
-    else:
-        # Waits break the ladder's order: a slower option whose pair is running may start at once.
-        # The most accurate option that fits, else the one that comes first.
-        ready = [o.latency_ms * scale + start_ms(o) for o in plan.options]
-        fitting = [j for j, ms in enumerate(ready) if ms <= threshold]
-        fits = bool(fitting)
-        i = fitting[-1] if fitting else min(range(len(ready)), key=ready.__getitem__)
-        if fits:
-            while i > 0 and not leaves_room(call_ms(plan.options[i], tokens) * scale + start_ms(plan.options[i]),
-                                            behind):
-                lower = [j for j in fitting if j < i]
-                if not lower:
-                    break
-                i = lower[-1]
-            unguarded = i
-            while too_long is not None and too_long(call_ms(plan.options[i], tokens) * scale):
-                lower = [j for j in fitting if j < i]
-                if not lower:
-                    break
-                i = lower[-1]
-            return Choice(i, fits, left_ms, guarded=i < unguarded)
-        return Choice(i, fits, left_ms)
-    while i > 0 and not leaves_room(call_ms(plan.options[i], tokens) * scale, behind):
-        i -= 1
+    wait = start_ms if start_ms is not None else (lambda o: 0.0)
+    # A wait can break the ladder's order (a slower option whose pair is running may start at once),
+    # so this takes the most accurate option that fits, else the one that comes first; without
+    # waits the options that fit are a prefix of the ladder and this is its last rung.
+    ready = [o.latency_ms * scale + wait(o) for o in plan.options]
+    fitting = [j for j, ms in enumerate(ready) if ms <= threshold]
+    if not fitting:
+        return Choice(min(range(len(ready)), key=ready.__getitem__), False, left_ms)
+    i = fitting[-1]
+
+    def lower() -> int | None:
+        below = [j for j in fitting if j < i]
+        return below[-1] if below else None
+
+    while not leaves_room(call_ms(plan.options[i], tokens) * scale + wait(plan.options[i]), behind):
+        if (j := lower()) is None:
+            break
+        i = j
     unguarded = i
-    while i > 0 and too_long is not None and too_long(call_ms(plan.options[i], tokens) * scale):
-        i -= 1
-    return Choice(i, fits, left_ms, guarded=i < unguarded)
+    while too_long is not None and too_long(call_ms(plan.options[i], tokens) * scale):
+        if (j := lower()) is None:
+            break
+        i = j
+    return Choice(i, True, left_ms, guarded=i < unguarded)

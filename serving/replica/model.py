@@ -64,16 +64,8 @@ class Pending:
     choice: Choice | None = None
 
     @property
-    def tokens(self) -> int:
-        return self.request.max_new_tokens
-
-    @property
     def expected_ms(self) -> float | None:
         return self.request.expected_ms
-
-    @property
-    def decode_ms_per_token(self) -> float | None:
-        return self.request.decode_ms_per_token
 
     def fastest(self) -> tuple[float, float] | None:
         """(budgeted latency, expected whole call) of the fastest option; None without a plan."""
@@ -142,7 +134,7 @@ class MoEModel:
         self._calls: set[asyncio.Future[list[ModelResult]]] = set()
         self._replica = _replica_id()
         # The replica's own queue: waits per request, and the report each answer carries back.
-        self.queue = ReplicaQueue(self._replica, self.settings.batch.max_batch_size)
+        self.queue = ReplicaQueue(self._replica)
         # Deadline order: as many requests in the batcher as one batch holds, the rest wait in
         # earliest-deadline order (serving.replica.deadline_gate).
         self.gate = (

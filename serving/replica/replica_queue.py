@@ -19,9 +19,8 @@ class ReplicaQueue:
     request at a time), plus what the device reports (prefills handed to it and not begun, and
     the drain of a batch of another knob pair when one must end first)."""
 
-    def __init__(self, replica: str, max_batch_size: int, window: int = 64) -> None:
+    def __init__(self, replica: str, window: int = 64) -> None:
         self.replica = replica
-        self.max_batch_size = max(1, max_batch_size)
         self._waiting: dict[int, tuple[str, float | None, float]] = {}  # token -> (config, first ms, arrived)
         self._running: dict[int, float] = {}  # group id -> started
         self._service_ms: deque[float] = deque(maxlen=window)

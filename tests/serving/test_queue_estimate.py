@@ -15,14 +15,14 @@ from serving.wire import ReplicaReport
 
 
 def test_empty_router_expects_no_wait() -> None:
-    e = QueueTracker(max_batch_size=4).estimate(now=0.0)
+    e = QueueTracker().estimate(now=0.0)
     assert e.wait_ms == 0 and e.basis == "empty" and e.replicas == 1
 
 
 def test_in_flight_prefills_run_one_after_another_scaled_by_the_measured_ratio() -> None:
     """Decodes are shared (a newcomer joins the running batch between two steps), prefills are not:
     the wait is the prefills in flight, one after another, each its first token x the ratio."""
-    t = QueueTracker(max_batch_size=4, cold_answers=0)
+    t = QueueTracker(cold_answers=0)
     for i in range(5):
         t.sent(i, "low_4_12", 100.0, 0.0)
     t.sent(9, "high_8_16", 200.0, 0.0)
@@ -38,7 +38,7 @@ def test_in_flight_prefills_run_one_after_another_scaled_by_the_measured_ratio()
 def test_a_long_stream_counts_only_until_its_first_token() -> None:
     """A 512-token stream decodes for a second, but a newcomer joins its batch between two steps:
     once its prefill is over it holds nobody up, and it leaves the count when it ends."""
-    t = QueueTracker(max_batch_size=8, cold_answers=0)
+    t = QueueTracker(cold_answers=0)
     t.sent(1, "low_4_12", 50.0, 10.0)
     assert t.estimate(10.0).wait_ms == pytest.approx(50.0)
     assert t.estimate(10.03).wait_ms == pytest.approx(20.0)
@@ -48,7 +48,7 @@ def test_a_long_stream_counts_only_until_its_first_token() -> None:
 
 
 def test_stale_reports_are_ignored_and_new_replicas_do_not_count_as_capacity() -> None:
-    t = QueueTracker(max_batch_size=1, stale_after_s=2.0)
+    t = QueueTracker(stale_after_s=2.0)
     t.sent(1, "low_4_12", 100.0, 10.0)
     t.sent(2, "low_4_12", 100.0, 10.0)
     assert t.estimate(10.0).wait_ms == pytest.approx(200)  # one replica assumed until others report
@@ -64,14 +64,14 @@ def test_stale_reports_are_ignored_and_new_replicas_do_not_count_as_capacity() -
 
 
 def test_failed_requests_leave_the_queue() -> None:
-    t = QueueTracker(max_batch_size=1)
+    t = QueueTracker()
     t.sent(1, "low_4_12", 100.0)
     t.failed(1)
     assert t.estimate(0.0).wait_ms == 0
 
 
 def test_replica_queue_backlog_is_the_prefills_ahead() -> None:
-    q = ReplicaQueue("r", max_batch_size=2)
+    q = ReplicaQueue("r")
     q.arrived(1, "a", 100.0, now=0.0)
     q.arrived(2, "a", 100.0, now=0.0)
     q.arrived(3, "b", 50.0, now=0.1)
@@ -132,7 +132,7 @@ def test_auto_publish_needs_drift_held_for_long_enough_cooldown_and_no_rollback(
 
 
 def test_ratio_quantile_guards_against_a_slower_model() -> None:
-    t = QueueTracker(max_batch_size=1)
+    t = QueueTracker()
     assert t.ratio_quantile(0.9) == 1.0  # nothing measured: the table as is
     for i, ratio in enumerate([1.0, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.4]):
         t.sent(i, "low_4_12", 100.0)
@@ -142,14 +142,14 @@ def test_ratio_quantile_guards_against_a_slower_model() -> None:
 
 
 def test_report_with_non_finite_backlog_does_not_poison_the_estimate() -> None:
-    t = QueueTracker(max_batch_size=1)
+    t = QueueTracker()
     t.done(1, 0.0, expected_ms=None, service_ms=None, overhead_ms=None,
            report=ReplicaReport("r", 1, 1, float("nan"), None))
     assert t.estimate(0.1).wait_ms == 0
 
 
 def test_one_overhead_spike_does_not_make_the_window_infeasible() -> None:
-    t = QueueTracker(max_batch_size=1, overhead_quantile=0.99, overhead_window_s=30.0, cold_answers=0)
+    t = QueueTracker(overhead_quantile=0.99, overhead_window_s=30.0, cold_answers=0)
     t.done(0, 0.0, expected_ms=10.0, service_ms=10.0, overhead_ms=2010.0 - 10.0 - 0.0, report=None)  # a stall
     for i in range(1, 50):
         t.done(i, 20.0 + i * 0.1, expected_ms=10.0, service_ms=10.0, overhead_ms=13.0 - 10.0 - 0.0, report=None)
@@ -159,7 +159,7 @@ def test_one_overhead_spike_does_not_make_the_window_infeasible() -> None:
 
 
 def test_the_first_answers_through_a_new_handle_do_not_count_as_overhead() -> None:
-    t = QueueTracker(max_batch_size=1, overhead_quantile=0.99)
+    t = QueueTracker(overhead_quantile=0.99)
     for i, router_ms in enumerate([80.0, 40.0, 13.0, 12.0]):  # two cold calls, then the steady overhead
         t.done(i, 1.0, expected_ms=10.0, service_ms=10.0, overhead_ms=router_ms - 10.0 - 0.0, report=None)
     # Only 3 and 2 ms count: median 2.5 + z(0.99) x 1.4826 x MAD 0.5, nowhere near the cold 30 and 70.
@@ -169,12 +169,12 @@ def test_the_first_answers_through_a_new_handle_do_not_count_as_overhead() -> No
 def test_a_batch_first_token_ratio_from_the_replica_wins_over_one_members_first_token() -> None:
     """A batch of 8 prefilled one after another: each member's first token is ~8x its own table
     latency, which is batching, not a slow model; the replica's call-level ratio says 1.0."""
-    t = QueueTracker(max_batch_size=8)
+    t = QueueTracker()
     for i in range(20):
         t.done(i, 1.0, expected_ms=10.0, service_ms=100.0, overhead_ms=101.0 - 100.0 - 0.0, report=None,
                first_token_ratio=1.0)
     assert t.ratio_quantile(0.9) == pytest.approx(1.0)
-    t2 = QueueTracker(max_batch_size=8)
+    t2 = QueueTracker()
     for i in range(20):
         t2.done(i, 1.0, expected_ms=10.0, service_ms=100.0, overhead_ms=101.0 - 100.0 - 0.0, report=None)
     assert t2.ratio_quantile(0.9) == pytest.approx(10.0)  # no first-token ratio: the whole call's

@@ -5,7 +5,7 @@ from serving.replica.replica_queue import ReplicaQueue
 
 
 def test_first_token_ratio_is_a_high_quantile_not_the_median() -> None:
-    q = ReplicaQueue("r", max_batch_size=1)
+    q = ReplicaQueue("r")
     assert q.first_token_ratio() is None
     # 8 of 10 calls run under their table latency; the slowest two (one input shape the profile
     # saw too little of) run 6% over it: the median would say "faster than the table".
@@ -17,7 +17,7 @@ def test_first_token_ratio_is_a_high_quantile_not_the_median() -> None:
 
 
 def test_bad_measurements_are_not_counted() -> None:
-    q = ReplicaQueue("r", max_batch_size=1)
+    q = ReplicaQueue("r")
     for ms, expected in ((float("nan"), 100.0), (-1.0, 100.0), (50.0, 0.0), (50.0, None), (float("inf"), 10.0)):
         q.first_token(ms, expected)
     assert q.first_token_ratio() is None
