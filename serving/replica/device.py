@@ -57,7 +57,10 @@ class Work:
             else:
                 self.future.set_result((result, self.started if self.started is not None else time.monotonic()))
 
-        self.loop.call_soon_threadsafe(deliver)
+        try:
+            self.loop.call_soon_threadsafe(deliver)
+        except RuntimeError:  # its event loop is closed: nobody waits for this any more
+            pass
 
 
 class Device:
@@ -162,34 +165,37 @@ class Device:
             for session, works in self._sessions:
                 if still and longest > session.remaining_steps:
                     continue  # it would outlive the batch that waiting work must see end
-                if self._join(session, w) is not None:
-                    works.append(w)
-                    placed = True
+                if (placed := self._join(session, works, w)):
                     break
             if not placed and not still and len(self._sessions) < self.backend.max_sessions:
-                session = self.backend.open_session(w.knobs)
-                if self._join(session, w) is not None:
-                    self._sessions.append((session, [w]))
-                    placed = True
+                session, works = self.backend.open_session(w.knobs), []
+                placed = self._join(session, works, w)
+                if works:
+                    self._sessions.append((session, works))
+                else:  # refused, failed, or already done: nothing runs on it
+                    session.close()
             if not placed:
                 still.append(w)
         self._waiting = still
 
-    def _join(self, session: Session, w: Work) -> list[int] | None:
+    def _join(self, session: Session, works: list[Work], w: Work) -> bool:
+        """Whether `w` was placed: it joined `session` (and is in `works` until its members are
+        done), or it failed on its own (resolved with the error). False: it cannot join."""
         w.started = time.monotonic()
         try:
             ids = session.join(w.knobs, w.requests, w.sinks)
         except BaseException as e:  # noqa: BLE001 - this group's failure (e.g. a bad input) is its own
             self._begun(w)
             w.resolve(e)
-            return []
+            return True
         if ids is None:
-            return None
+            return False
         self._begun(w)
         w.ids = ids
         self.joins += 1
-        self._collect(session, [w], session.finished())
-        return ids
+        works.append(w)
+        self._collect(session, works, session.finished())  # members done at their first token
+        return True
 
     def _begun(self, w: Work) -> None:
         with self._lock:
