@@ -111,3 +111,15 @@ class SketchError(ControllerError):
 class MissingExtraError(ImportError):
     """An optional dependency is missing; the message names the extra that installs it. An ImportError,
     not a ControllerError: callers that guard an optional import catch ImportError."""
+
+
+class RollbackRefusedError(StoreError):
+    """LATEST names an older version than the store's newest valid one, and no signed rollback
+    record allows that move (a replayed `echo OLD_ID > LATEST`)."""
+
+    def __init__(self, target: str, newest: str, why: str) -> None:
+        self.target, self.newest, self.why = target, newest, why
+        super().__init__(
+            f"LATEST names {target!r}, older than the newest signed version {newest!r}, and {why}; versions "
+            f"only move forward: roll back with `lookupctl rollback --to {target} --sign-key-file KEY`"
+        )

@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if result.latency_load_report is not None:
         lines += ["latency profile (--latency_from):", *("  " + s for s in result.latency_load_report.summary_lines())]
     lines += table_summary_lines(result.table)
-    lines.append(f"wrote {path} (version {result.table.version_id})")
+    # The id publish keeps, unless the store already holds a newer version (publish then names both).
+    lines.append(f"wrote {path} (version {result.table.version_id}; `lookupctl publish` keeps this id "
+                 "unless the store holds a newer version, and then prints the id to use)")
     print("\n".join(lines), file=sys.stdout)
     return 0

@@ -8,6 +8,7 @@ import json
 import time
 
 from controller.errors import StoreError
+from lookupctl.store import ENV_SIGN_KEY_FILE, add_key_flag, signing_key
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,8 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="live samples a config needs to take its latency from them (default 50)")
     p.add_argument("--max-age-s", type=float, default=600.0, dest="max_age_s",
                    help="ignore replica snapshots older than this (default 600)")
-    p.add_argument("--sign-key-file", dest="sign_key_file", default=None,
-                   help="HMAC key file: sign the new version (stores whose controllers verify signatures)")
+    add_key_flag(p, f"HMAC key file (default ${ENV_SIGN_KEY_FILE}): read only live/ snapshots signed with it "
+                    "(by controller replicas), load LATEST verified, and sign the new version")
     p.add_argument("--dry-run", action="store_true", help="print what would change, publish nothing")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_recalibrate)
@@ -36,9 +37,12 @@ def _recalibrate(args: argparse.Namespace) -> int:
         raise StoreError(f"--min-samples={args.min_samples} is not valid; expected an integer in [1, 10000000]")
     if not (math.isfinite(args.max_age_s) and args.max_age_s > 0):
         raise StoreError(f"--max-age-s={args.max_age_s} is not valid; expected seconds > 0")
-    store = TableStore(args.store)
+    key = signing_key(args)
+    # With a key the base table is verified too (and LATEST must be a forward move), and only
+    # snapshots signed by a controller replica count: a forged live/ file is skipped and reported.
+    store = TableStore(args.store, verify_key=key)
     current = store.load("latest")
-    snapshots, skipped = read_snapshots(args.store, args.max_age_s)
+    snapshots, skipped = read_snapshots(args.store, args.max_age_s, verify_key=key)
     if not snapshots:
         why = "; ".join(skipped) or "no live/ snapshots"
         raise StoreError(f"no fresh live snapshots in {args.store} ({why}); is feedback enabled and serving?")
@@ -51,9 +55,6 @@ def _recalibrate(args: argparse.Namespace) -> int:
     }
     table = recalibrate(current, live, min_samples=args.min_samples, window=window, trigger="lookupctl")
     info = table.source["live_recalibration"]
-    from controller.signing import read_key_file
-
-    key = read_key_file(args.sign_key_file) if args.sign_key_file else None
     published = None if args.dry_run else store.publish(table, sign_key=key)
     result = {
         "from_version": current.version_id,
@@ -70,4 +71,6 @@ def _recalibrate(args: argparse.Namespace) -> int:
         what = f"published {published.version_id}" if published else "dry run: nothing published"
         print(f"{what} from {current.version_id}: {len(info['recalibrated'])} configs from live latency, "
               f"{len(info['kept_profiled'])} kept profiled (min {args.min_samples} samples)")
+        if skipped:
+            print(f"skipped {len(skipped)} live/ snapshots: " + "; ".join(skipped)[:500])
     return 0

@@ -101,7 +101,8 @@ class LiveFeedback:
         """Blocking (file I/O): call from a thread. Object stores keep no snapshot (see live_files)."""
         if self.store.startswith(REMOTE_SCHEMES):
             return
-        write_snapshot(self.store, self.replica, self.snapshot_dict())
+        # Signed with the controllers' key, so that `lookupctl recalibrate --sign-key-file` trusts it.
+        write_snapshot(self.store, self.replica, self.snapshot_dict(), self.sign_key)
 
     def flush(self, table: Table | None) -> tuple[str | None, list[str]]:
         """Blocking: write this replica's snapshot, then (automatic mode) publish if drift held.
@@ -127,10 +128,11 @@ class LiveFeedback:
         self.last_drift = drift(table, live, min_samples=self.settings.min_samples)
         store = TableStore(self.store)
         latest = store.latest_id()
-        ids = store.version_ids()
-        # Published or rolled back meanwhile: judge again against what LATEST serves.
+        newest = store.newest_id()
+        # Published or rolled back meanwhile: judge again against what LATEST serves. (A planted
+        # name in versions/ is no publish id and does not count as newer: it cannot pause this.)
         stale = latest != table.version_id
-        rollback = bool(ids) and latest != ids[-1]
+        rollback = newest is not None and latest != newest
         now = time.monotonic()
         if not should_publish(self.auto, now, self.last_drift, self.settings.auto, rollback) or stale:
             return None

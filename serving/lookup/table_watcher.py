@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from controller import Table
-from controller.errors import ControllerError, PointerError, StoreReadError
+from controller.errors import ControllerError, PointerError, RollbackRefusedError, StoreReadError
 from controller.store import TableStore
 
 log = logging.getLogger("ray.serve")
@@ -48,10 +48,14 @@ class TableWatcher:
         self.read_failures = 0  # store reads that timed out or failed (the store, not a version)
         # Versions are immutable once published, so a rejected id is not read again every poll.
         self._rejected_ids: set[str] = set()
+        # A backward move refused for lack of a signed rollback record -> the record seen then: the
+        # same move is judged again only once the record changes (`lookupctl rollback` ran).
+        self._refused_moves: dict[str, str] = {}
 
     def retarget(self, store: TableStore, version: str) -> None:
         self.store, self.version = store, version
         self._rejected_ids.clear()
+        self._refused_moves.clear()
 
     def check(self, validate: Callable[[Table], None] | None = None) -> tuple[Outcome, Table | None]:
         """Returns ("accepted", new_table) when a new valid version should be swapped in.
@@ -71,8 +75,19 @@ class TableWatcher:
             return "unchanged", None
         if target in self._rejected_ids:
             return "unchanged", None
+        if target in self._refused_moves and self._refused_moves[target] == self._record():
+            return "unchanged", None
         try:
+            self._check_forward(target)
             table = self._load(target, validate)
+        except RollbackRefusedError as e:
+            # Versions move forward: an older signed id in LATEST (a replay) is refused and counted,
+            # the table in use stays (or, at start, the newest valid version is served).
+            self._refused_moves[target] = self._record()
+            self._reject(target, str(e), remember=False)
+            if self.table is None:
+                return self._start_with_newest_valid(validate)
+            return "rejected", None
         except StoreReadError as e:
             return self._unavailable(str(e), counted=True)
         except ControllerError as e:
@@ -83,6 +98,17 @@ class TableWatcher:
         except OSError as e:
             return self._unavailable(f"reading version {target}: {e}", counted=True)
         return self._accept(table)
+
+    def _check_forward(self, target: str) -> None:
+        if self.version == "latest":  # a pinned version is the operator's explicit choice
+            self.store.check_forward(target, served=self.table.version_id if self.table is not None else None)
+
+    def _record(self) -> str:
+        """The rollback record as a comparable value (its problem, when it cannot be read)."""
+        try:
+            return repr(self.store.rollback_record())
+        except (ControllerError, OSError) as e:
+            return f"unreadable: {e}"
 
     def _load(self, version_id: str, validate: Callable[[Table], None] | None) -> Table:
         table = self.store.load(version_id)
@@ -100,8 +126,9 @@ class TableWatcher:
         self.loaded_from = self.store.source(table.version_id)
         return "accepted", table
 
-    def _reject(self, key: str, reason: str) -> None:
-        self._rejected_ids.add(key)
+    def _reject(self, key: str, reason: str, *, remember: bool = True) -> None:
+        if remember:
+            self._rejected_ids.add(key)
         self.rejected += 1
         self.last_rejection = Rejection(key, reason, _iso(self.clock()))
 

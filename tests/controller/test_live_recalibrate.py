@@ -158,8 +158,9 @@ def test_cli_recalibrate_signs_for_stores_that_verify(tmp_path: Path, capsys: py
     low = next(c for c in first.configs() if c.knobs == LOW)
     live = _window_with(1.3, 100, base=low.latency_ms).merged(100.0)
     now = time.time()
+    # Signed by the replica, as LiveFeedback writes it with the controllers' key (item 3 of issue 19).
     write_snapshot(store_dir, "r", snapshot(live, replica="r", window_s=60, start_unix=now - 60, end_unix=now,
-                                            relative_accuracy=0.01))
+                                            relative_accuracy=0.01), key_file.read_text().encode())
     assert main(["recalibrate", "--store", store_dir, "--sign-key-file", str(key_file), "--json"]) == 0
     published = json.loads(capsys.readouterr().out)["published"]
     verifying = TableStore(store_dir, verify_key=key_file.read_text().encode())

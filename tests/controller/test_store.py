@@ -77,7 +77,7 @@ def test_load_rejects_corrupt_and_truncated_files(tmp_path: Path, table) -> None
     for vid in ("v-truncated", "v-corrupt"):
         with pytest.raises(TableLoadError):
             store.load(vid)
-    listed = {i.version_id: i for i in store.versions()}
+    listed = {i.version_id: i for i in store.versions(check=True)}  # parsing is on demand
     assert listed["v-corrupt"].created_at.startswith("INVALID")
 
 

@@ -91,7 +91,7 @@ def test_versions_lists_a_directory_and_a_fifo_as_invalid(tmp_path: Path, capsys
     good = store.publish(synthetic_table())
     (tmp_path / "versions" / "20990101T000000000000Z-dir00000.json").mkdir()
     os.mkfifo(tmp_path / "versions" / "20990101T000000000001Z-fifo0000.json")
-    assert lookupctl(["versions", "--store", str(tmp_path)]) == 0
+    assert lookupctl(["versions", "--store", str(tmp_path), "--check"]) == 0  # --check parses each
     out = capsys.readouterr().out
     assert good.version_id in out and out.count("INVALID") == 2
 
@@ -146,7 +146,7 @@ def test_hostile_json_versions_are_refused_typed_and_the_newest_valid_one_is_ser
     # The newest that loads is the good one, listing names every bad one, the watcher rejects them.
     newest = store.newest_valid()
     assert newest is not None and newest.version_id == good.version_id
-    listed = {v.version_id: v for v in store.versions()}
+    listed = {v.version_id: v for v in store.versions(check=True)}  # parsing is on demand
     assert all(listed[vid].created_at.startswith("INVALID") for vid in hostile)
     # A watcher that starts while LATEST names a hostile file serves the newest valid version.
     (tmp_path / "store" / LATEST).write_text(next(iter(hostile)) + "\n")
