@@ -49,6 +49,21 @@ def top_level_jsonl(results_dir: Path) -> list[Path]:
     return sorted(p for p in results_dir.glob("*.jsonl") if p.is_file())
 
 
+LAYOUT = (
+    "expected RESULTS_DIR/<dataset folder, e.g. text-vqa>/<dataset>_imgsizetier-<tier>_crops<n>_topk<k>_blocks<n>.json "
+    "(docs/core-exp-format.md; `lookupctl sample-data --out DIR` writes an example)"
+)
+
+
+def layout_hint(results_dir: Path) -> str:
+    """What to pass instead, for a folder in which no dataset folder was found."""
+    if any(_looks_like_result(p) for p in result_files(results_dir) if p.suffix == ".json"):
+        # The commonest slip: one dataset's folder instead of the folder holding the datasets.
+        return (f"it holds result files itself, so it looks like one dataset folder: pass its parent "
+                f"{results_dir.resolve().parent} instead; {LAYOUT}")
+    return LAYOUT
+
+
 def check_results_dir(results_dir: str | Path) -> Path:
     root = Path(results_dir)
     if not root.exists():

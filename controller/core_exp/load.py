@@ -15,6 +15,7 @@ from controller.core_exp.discover import (
     RANK_FILE_RE,
     check_results_dir,
     dataset_folders,
+    layout_hint,
     result_files,
     top_level_jsonl,
 )
@@ -198,7 +199,8 @@ def load_samples(
             str(root),
             "no usable samples found"
             + (f" (skipped: {skipped})" if skipped else "")
-            + (f" (dropped: {report.dropped})" if report.dropped else ""),
+            + (f" (dropped: {report.dropped})" if report.dropped else "")
+            + ("" if found else f": no dataset folder with result files; {layout_hint(root)}"),
         )
     columns = columns_from_rows(rows, np.concatenate(part_ds), np.concatenate(part_keys))
     return LoadResult(SampleColumns(names, {k: np.ascontiguousarray(v) for k, v in columns.items()}), report)

@@ -125,6 +125,7 @@ def averages_lines(result: EvaluationResult, scope: str = GLOBAL_SCOPE) -> list[
 
 
 def text_lines(result: EvaluationResult, *, details: bool = True) -> list[str]:
+    """The split, its notes, then per scope: per-budget rows (details only) and the averages."""
     sp = result.split
     lines = [f"split: {sp.build_questions} build / {sp.test_questions} test questions "
              f"({len(sp.build)} / {len(sp.test)} samples), test_fraction={sp.test_fraction}, seed={sp.seed}"]
@@ -134,7 +135,7 @@ def text_lines(result: EvaluationResult, *, details: bool = True) -> list[str]:
         if details:
             for s in result.strategies:
                 lines += ["", *detail_lines(s, s.scope(scope))]
-        if len(result.strategies) > 1:
+        if details and len(result.strategies) > 1:  # the comparison is per budget too
             lines += ["", *compare_lines(result, scope)]
         lines += ["", *averages_lines(result, scope)]
     return lines

@@ -66,12 +66,24 @@ def test_evaluate_prints_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFix
 def test_compare_and_budget_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = write_results(tmp_path)
     assert cli("--results_dir", str(root), "--compare", "mean,p90,p95", "--budget_range", "60", "160", "50",
-               "--per_dataset", "--summary_only") == 0
+               "--per_dataset") == 0
     text = capsys.readouterr().out
     assert "compare, scope global" in text and "compare, scope text_vqa" in text
     for name in ("mean acc", "p90 acc", "p95 acc"):
         assert name in text
     assert "averages over 3 budgets" in text  # 60, 110, 160
+
+
+def test_summary_only_prints_no_per_budget_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 19 item 16: with --compare, the per-budget comparison table still came out.
+    root = write_results(tmp_path)
+    assert cli("--results_dir", str(root), "--compare", "mean,p90", "--budget_range", "60", "160", "50",
+               "--per_dataset", "--summary_only") == 0
+    text = capsys.readouterr().out
+    assert "averages over 3 budgets, scope global" in text and "averages over 3 budgets, scope text_vqa" in text
+    assert "compare, scope" not in text and "strategy mean (" not in text
+    budget_rows = [ln for ln in text.splitlines() if ln.split() and ln.split()[0] in {"60", "110", "160"}]
+    assert budget_rows == []
 
 
 def test_position_fallback_is_stated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
