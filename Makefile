@@ -9,9 +9,10 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Serving deps only: enough for the CPU demo.
-$(VENV)/.serve-installed: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -e '.[serve]'
+# The demo and the README's next steps after it: serve (the app, `lookupctl serve`) and plot
+# (`inspect --plot`, `evaluate --plot`). torch is left to `make test` (large); README says how to add it.
+$(VENV)/.demo-installed: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -e '.[serve,plot]'
 	touch $@
 
 # Everything the test suite uses. torch==2.13.0 first so that the CPU build is taken, not a CUDA one.
@@ -20,7 +21,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -e '.[serve,torch,plot,store,dev]'
 	touch $@
 
-demo: $(VENV)/.serve-installed
+demo: $(VENV)/.demo-installed
 	$(PY) -m serving.demo
 
 # The import contracts first (pyproject.toml [tool.importlinter]): the layout is part of the tests.
