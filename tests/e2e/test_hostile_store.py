@@ -146,7 +146,8 @@ def test_fifo_version_file_is_rejected_and_reload_goes_on(app: App) -> None:
     assert "not a regular file" in status["last_rejection"]["reason"]
     # `lookupctl versions` answers (it used to block on the FIFO) and lists it as invalid.
     out = subprocess.run(
-        [sys.executable, "-m", "lookupctl", "versions", "--store", str(app.store_dir)],
+        # --check: versions parses only on demand (issue 19 item 7)
+        [sys.executable, "-m", "lookupctl", "versions", "--store", str(app.store_dir), "--check"],
         capture_output=True,
         text=True,
         timeout=60,
