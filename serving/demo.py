@@ -21,6 +21,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]  # as serving.app has it, wit
 RESULTS = PROJECT_ROOT / "sample_results" / "core_exp_synthetic"
 CONFIG = PROJECT_ROOT / "configs" / "serving_local.yaml"
 HEADER = "X-Latency-Budget-Ms"
+# What the README's next steps run in this venv (`make demo` installs the serve and plot extras).
+NEXT_STEPS = """
+next (from the project root; README "CLI" and "Serving"):
+  .venv/bin/lookupctl serve [--port 8080]     keep the app up on 127.0.0.1; Ctrl-C stops it
+  .venv/bin/lookupctl build --results_dir sample_results/core_exp_synthetic --output_file table.json
+  .venv/bin/lookupctl inspect --table table.json --plot frontier.png
+  lookupctl profile needs the torch extra: make test installs it (README, "Which extra")"""
 
 
 def _row(label: str, r: object) -> str:
@@ -125,6 +132,7 @@ def main() -> int:
         print("\nshutting down Serve and Ray ...")
     shutil.rmtree(store_dir, ignore_errors=True)
     print("done")
+    print(NEXT_STEPS)
     return 0
 
 

@@ -74,3 +74,17 @@ def test_reference_block_lists_every_subcommand_and_only_real_flags(
         known = set(re.findall(r"--[A-Za-z0-9][\w-]*", help_text))
         for flag in re.findall(r"(?<![\w-])--[A-Za-z0-9][\w-]*", line):
             assert flag in known, f"README: `lookupctl {command}` has no flag {flag}"
+
+
+def test_readme_says_which_extra_each_part_needs() -> None:
+    # Issue 19 item 17: after `make demo`, `inspect --plot` and `profile` failed for an extra nobody named.
+    text = README.read_text()
+    section = (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1].split("\n[")[0]
+    extras = set(re.findall(r"^(\w+) = \[", section, re.MULTILINE))
+    assert {"serve", "torch", "plot", "store"} <= extras
+    table = {m.group(1) for m in re.finditer(r"^\| `(\w+)` \|", text, re.MULTILINE)}
+    assert extras - {"dev"} <= table
+    makefile = (ROOT / "Makefile").read_text()
+    demo_extras = re.search(r"\.demo-installed:.*?install -e '\.\[([\w,]+)\]'", makefile, re.DOTALL)
+    assert demo_extras is not None and set(demo_extras.group(1).split(",")) == {"serve", "plot"}
+    assert "`make demo`, `make test`" in text  # the plot and serve rows say make demo brings them
