@@ -7,7 +7,7 @@ import json
 import os
 
 from controller.errors import PointerError, StoreError
-from controller.store import TableStore
+from controller.store import REMOTE_SCHEMES, TableStore
 
 # The signing key without a flag on every command: where publishers keep it configured.
 ENV_SIGN_KEY_FILE = "LOOKUPCTL_SIGN_KEY_FILE"
@@ -94,6 +94,10 @@ def _publish(args: argparse.Namespace) -> int:
 
 def _versions(args: argparse.Namespace) -> int:
     key = signing_key(args)
+    if not str(args.store).startswith(REMOTE_SCHEMES) and not os.path.isdir(args.store):
+        # A typo'd path is not an empty store: say so, and fail, instead of "no versions" and 0.
+        raise StoreError(f"store {args.store} does not exist; check the path, or publish a table first: "
+                         f"lookupctl publish TABLE --store {args.store}")
     infos = TableStore(args.store, verify_key=key).versions(check=args.check)
     if args.json:
         print(json.dumps([i.to_dict() for i in infos], indent=2))

@@ -76,8 +76,6 @@ def test_sample_data_into_a_file_or_an_empty_folder(tmp_path: Path) -> None:
                      "--datasets", "okvqa").returncode == 0
 
 
-@pytest.mark.xfail(strict=True, reason="lookupctl/store.py (owned by the store items of issue 19) still prints "
-                   "'no versions in ...' with exit 0 for a store that does not exist")
 def test_versions_of_a_store_that_does_not_exist(tmp_path: Path) -> None:
     run = lookupctl("versions", "--store", str(tmp_path / "typo"))
     assert run.returncode != 0
