@@ -82,6 +82,11 @@ class StoreLockError(StoreError):
     """Another publisher held the store's publish lock for longer than the wait allowed."""
 
 
+class VersionExistsError(StoreError):
+    """A create-only write found the object already there: another publisher took the same version
+    id at the same moment (object stores publish without a lock). The publish takes another id."""
+
+
 class PointerError(StoreError):
     """The store's LATEST pointer holds something other than a version id (a path, binary)."""
 

@@ -13,8 +13,10 @@ from controller.errors import (
     PointerError,
     RollbackRefusedError,
     StoreError,
+    StoreLockError,
     StoreReadError,
     TableLoadError,
+    VersionExistsError,
 )
 from controller.rollback_record import MAX_RECORD_BYTES, ROLLBACK_FILE, RollbackRecord
 from controller.signing import SIG_SUFFIX, sign, verify
@@ -46,6 +48,10 @@ MAX_META_BYTES = 4096
 # Versions newer than LATEST whose signatures a forward-move check reads at most (planted files
 # must not make every poll read the whole store).
 MAX_NEWER_CHECKED = 20
+# Tries of a publish's id (a conflict means another publisher made the same id at once) and of the
+# LATEST swap (a conflict means another writer moved it first): each retry follows someone's success.
+ID_ATTEMPTS = 20
+CAS_ATTEMPTS = 100
 _validate_id = validate_id
 
 
@@ -386,9 +392,12 @@ class TableStore:
     def publish_report(
         self, table: Table, *, now: datetime | None = None, sign_key: bytes | None = None
     ) -> PublishReport:
-        """`publish`, also saying what LATEST named before and after. Publishes are serialised by
-        the store's lock and the id is taken inside it, so ids follow the order in which publishes
-        got the lock and the last publish to finish leaves LATEST on the newest version. The table
+        """`publish`, also saying what LATEST named before and after. On a directory, publishes are
+        serialised by the store's lock and the id is taken inside it, so ids follow the order in
+        which publishes got the lock and LATEST names each publish in turn. On S3 they run at once:
+        LATEST moves by compare-and-swap and only forward, so a publish overtaken by a newer id
+        before its swap ends superseded (`latest_after` names the newer one); either way LATEST
+        ends on the newest version and no publish is lost (docs/store.md). The table
         keeps the id it was built with (the one `lookupctl build` printed) when that id is a publish
         id newer than every version in the store; otherwise it gets a new one."""
         from controller.table import Table
@@ -399,23 +408,34 @@ class TableStore:
         except TableLoadError as e:
             raise StoreError(f"refusing to publish an invalid table: {e.problem}") from e
         with self._fs.publish_lock(self.lock_wait_s):
-            before = self._latest_or_none()
-            existing = self.version_ids()
-            clock = now or datetime.now(timezone.utc)
-            # Only publish ids order versions: a planted `zzzz.json` or a far-future stamp is
-            # ignored here, so it can never block a publish.
-            newest = newest_ordered([before, *existing], _wall_clock(now))
-            version_id, id_note = _choose_id(table, clock, newest, set(existing), _wall_clock(now))
-            published = table.with_version(version_id)
-            data = published.to_json_bytes()
-            if sign_key is not None:  # the signature first: LATEST never names an unsigned version
-                self._fs.write_new(f"{VERSIONS_DIR}/{version_id}.json{SIG_SUFFIX}", sign(sign_key, data))
-            meta = {"created_at": published.created_at, "sha256": published.sha256,
-                    "configs": len(published.all_knobs()), "bytes": len(data)}
-            self._fs.write_new(f"{VERSIONS_DIR}/{version_id}.json{META_SUFFIX}", json.dumps(meta).encode())
-            self._fs.write_new(f"{VERSIONS_DIR}/{version_id}.json", data)
-            self._move_latest(version_id)
-            after = self._latest_or_none()
+            # On S3 there is no lock: publishers that chose the same id race to create its files,
+            # and the losers (VersionExistsError) choose again.
+            for attempt in range(1, ID_ATTEMPTS + 1):
+                before = self._latest_or_none()
+                existing = self.version_ids()
+                clock = now or datetime.now(timezone.utc)
+                # Only publish ids order versions: a planted `zzzz.json` or a far-future stamp is
+                # ignored here, so it can never block a publish.
+                newest = newest_ordered([before, *existing], _wall_clock(now))
+                version_id, id_note = _choose_id(table, clock, newest, set(existing), _wall_clock(now))
+                published = table.with_version(version_id)
+                data = published.to_json_bytes()
+                rel = f"{VERSIONS_DIR}/{version_id}.json"
+                written: list[str] = []
+                try:
+                    if sign_key is not None:  # the signature first: LATEST never names an unsigned version
+                        self._write_new(written, rel + SIG_SUFFIX, sign(sign_key, data))
+                    meta = {"created_at": published.created_at, "sha256": published.sha256,
+                            "configs": len(published.all_knobs()), "bytes": len(data)}
+                    self._write_new(written, rel + META_SUFFIX, json.dumps(meta).encode())
+                    self._write_new(written, rel, data)
+                    break
+                except VersionExistsError:
+                    for done in written:
+                        self._remove(done)
+                    if attempt == ID_ATTEMPTS:
+                        raise
+            after = self._move_latest(version_id, forward_only=True)
         return PublishReport(published, before, after, table.version_id, id_note)
 
     def rollback(self, to: str, *, sign_key: bytes | None = None, now: datetime | None = None) -> str | None:
@@ -491,8 +511,29 @@ class TableStore:
         except PointerError:  # a bad pointer is replaced by the publish or the rollback
             return None
 
-    def _move_latest(self, version_id: str) -> None:
-        self._fs.write_atomic(LATEST, f"{version_id}\n".encode())
+    def _write_new(self, written: list[str], rel: str, data: bytes) -> None:
+        self._fs.write_new(rel, data)
+        written.append(rel)
+
+    def _move_latest(self, version_id: str, *, forward_only: bool = False) -> str:
+        """Point LATEST at `version_id` by compare-and-swap on the pointer (what LATEST held is read
+        after its tag, so a swap that succeeds replaced exactly what was read), trying again while
+        other writers move it meanwhile. `forward_only` (publish): when LATEST already names a publish
+        id at or after this one, this publish was superseded by a newer one and LATEST stays.
+        Returns what LATEST names afterwards."""
+        data = f"{version_id}\n".encode()
+        for _ in range(CAS_ATTEMPTS):
+            tag = self._fs.tag(LATEST)
+            current = self._latest_or_none()
+            if (forward_only and current is not None and current >= version_id
+                    and orders_versions(current, _wall_clock(None))):
+                return current
+            if self._fs.compare_and_swap(LATEST, tag, data):
+                return version_id
+        raise StoreLockError(
+            f"LATEST in {self.location} changed under each of {CAS_ATTEMPTS} tries to move it to {version_id}; "
+            "are many publishers writing at once? The version is written: move LATEST with `lookupctl rollback`"
+        )
 
 
 def _is_id(name: str) -> bool:

@@ -2,13 +2,17 @@
 
 Every read is bounded: only regular files (a FIFO or a device would block or never end), at most
 `max_bytes`, and within a timeout (a hung NFS mount or a stalled object-store GET must not stop the
-reader for good). Publishing is serialised by a lock, so that version ids are taken in order.
+reader for good). The `LATEST` pointer moves by compare-and-swap: `tag` names what the pointer
+holds now, and `compare_and_swap` writes only while it still holds that. A local directory makes
+that a real swap by serialising publishers with a lock; S3 does it on the server (`If-Match` on the
+pointer's ETag, `If-None-Match: *` to create it), so publishers there need no lock at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import stat
 import threading
@@ -17,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.errors import NotAFileError, StoreError, StoreLockError, StoreReadError
+from controller.errors import NotAFileError, StoreLockError, StoreReadError, VersionExistsError
 from controller.optional import require
 from controller.table_file import atomic_write
 
@@ -28,6 +32,10 @@ LOCK_NAME = ".publish.lock"
 MAX_STUCK_READS = 4
 _stuck = 0
 _stuck_lock = threading.Lock()
+# memory:// lives in this process only, so a process lock makes its compare-and-swap atomic.
+_in_process_cas = threading.Lock()
+# S3 answers a failed precondition with 412, a conditional write racing another with 409.
+_CONFLICT_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
 
 
 def call_with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:
@@ -105,8 +113,28 @@ class LocalFS:
     def write_new(self, rel: str, data: bytes) -> None:
         """Write a file that must not exist yet (a version file is never overwritten)."""
         if os.path.lexists(self.path(rel)):
-            raise StoreError(f"{rel} already exists in the store; version files are never overwritten")
+            raise VersionExistsError(f"{rel} already exists in the store; version files are never overwritten")
         atomic_write(Path(self.path(rel)), data)
+
+    def tag(self, rel: str) -> str | None:
+        """What the file is now (inode, mtime, size), or None when absent. A FIFO or a directory
+        has a tag too, so a publish can replace any bad LATEST."""
+        def stat_tag() -> str | None:
+            try:
+                st = os.lstat(self.path(rel))
+            except FileNotFoundError:
+                return None
+            return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}:{st.st_mode}"
+
+        return call_with_timeout(stat_tag, self.read_timeout_s, f"checking {rel}")
+
+    def compare_and_swap(self, rel: str, expected: str | None, data: bytes) -> bool:
+        """Replace the file (atomically, by rename) if its tag is still `expected`; False if it
+        changed. Atomic among writers that hold `publish_lock`, as publish and rollback do."""
+        if self.tag(rel) != expected:
+            return False
+        atomic_write(Path(self.path(rel)), data)
+        return True
 
     def list(self, rel: str) -> list[str]:
         def ls() -> list[str]:
@@ -147,7 +175,15 @@ class LocalFS:
 
 class FsspecFS:
     """Object storage through fsspec. One PUT of an object is atomic there, so `LATEST` needs no
-    rename (which object stores emulate with copy + delete)."""
+    rename (which object stores emulate with copy + delete).
+
+    How `LATEST` is swapped depends on the backend (`cas`):
+    - "etag" (s3://, through s3fs): conditional PUTs, checked by the server. No lock.
+    - "process" (memory://): the objects live in this process; a process lock suffices. No lock.
+    - "lock" (gs:// and the rest): no conditional overwrite through fsspec, so publishers take a
+      lock object created with a conditional write, and the swap is only as safe as that lock
+      (a publisher stalled past STALE_LOCK_S loses it).
+    """
 
     # A lock object older than this is taken to be left by a dead publisher.
     STALE_LOCK_S = 60.0
@@ -157,6 +193,8 @@ class FsspecFS:
         self.root = root.rstrip("/")
         self.fs, _ = fsspec.core.url_to_fs(self.root)
         self.read_timeout_s = read_timeout_s
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        self.cas = "etag" if "s3" in protocols else "process" if "memory" in protocols else "lock"
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -165,7 +203,7 @@ class FsspecFS:
         def get() -> bytes:
             path = self.path(rel)
             try:
-                info = self.fs.info(path)
+                info = self.fs.info(path, refresh=True)  # s3fs would answer from its listing cache
             except KeyError as e:  # some in-memory backends raise KeyError for a missing object
                 raise FileNotFoundError(path) from e
             if info.get("type") != "file":
@@ -180,14 +218,61 @@ class FsspecFS:
         self.fs.pipe_file(self.path(rel), data)
 
     def write_new(self, rel: str, data: bytes) -> None:
-        if self.fs.exists(self.path(rel)):
-            raise StoreError(f"{rel} already exists in the store; version files are never overwritten")
-        self.fs.pipe_file(self.path(rel), data)
+        path = self.path(rel)
+        exists = VersionExistsError(f"{rel} already exists in the store; version files are never overwritten")
+        if self.cas != "etag":  # memory://: one process; other backends: under the lock object
+            with _in_process_cas:
+                if self.fs.exists(path):
+                    raise exists
+                self.fs.pipe_file(path, data)
+            return
+        try:  # If-None-Match: * on S3: two publishers that chose the same id cannot both write it
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            raise exists from None
+        except OSError as e:
+            if _conflict(e):
+                raise exists from None
+            raise
+
+    def tag(self, rel: str) -> str | None:
+        """The object's ETag (S3), or a digest of its bytes (other backends); None when absent."""
+        def get() -> str | None:
+            path = self.path(rel)
+            try:
+                if self.cas == "etag":
+                    return str(self.fs.info(path, refresh=True)["ETag"])
+                return hashlib.sha256(bytes(self.fs.cat_file(path))).hexdigest()
+            except (FileNotFoundError, KeyError):
+                return None
+
+        return call_with_timeout(get, self.read_timeout_s, f"checking {rel}")
+
+    def compare_and_swap(self, rel: str, expected: str | None, data: bytes) -> bool:
+        """Write the object only if its tag is still `expected` (None: only if it does not exist);
+        False if another writer changed it first."""
+        path = self.path(rel)
+        if self.cas == "etag":
+            condition = {"mode": "create"} if expected is None else {"IfMatch": expected}
+            try:
+                self.fs.pipe_file(path, data, **condition)
+            except (FileExistsError, FileNotFoundError):  # created meanwhile / deleted meanwhile
+                return False
+            except OSError as e:
+                if _conflict(e):
+                    return False
+                raise
+            return True
+        with _in_process_cas:  # "lock" backends: the publish lock keeps other processes out
+            if self.tag(rel) != expected:
+                return False
+            self.fs.pipe_file(path, data)
+            return True
 
     def list(self, rel: str) -> list[str]:
         def ls() -> list[str]:
             try:
-                entries = self.fs.ls(self.path(rel), detail=False)
+                entries = self.fs.ls(self.path(rel), detail=False, refresh=True)  # never a cached listing
             except FileNotFoundError:
                 return []
             return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
@@ -196,9 +281,13 @@ class FsspecFS:
 
     @contextlib.contextmanager
     def publish_lock(self, wait_s: float) -> Iterator[None]:
-        """A lock object created with a conditional write ("xb": If-None-Match on S3 and GCS in
-        s3fs/gcsfs, exclusive create in memory://). Backends without conditional writes raise
-        here rather than publish unserialised."""
+        """Nothing where `compare_and_swap` is checked by the store itself (S3, memory://): a lock
+        object there is unsafe (one that outlives STALE_LOCK_S is broken while its holder still
+        writes). Elsewhere a lock object created with a conditional write ("xb": If-None-Match in
+        gcsfs); backends without conditional writes raise here rather than publish unserialised."""
+        if self.cas != "lock":
+            yield
+            return
         path = self.path(LOCK_NAME)
         deadline = time.monotonic() + wait_s
         while True:
@@ -227,3 +316,14 @@ class FsspecFS:
             stamp = float(self.fs.cat_file(path).split()[1])
             if time.time() - stamp > self.STALE_LOCK_S:
                 self.fs.rm_file(path)
+
+
+def _conflict(e: OSError) -> bool:
+    """Whether s3fs's error is S3's answer to a failed condition (it keeps botocore's error as the
+    cause): 412 PreconditionFailed, or 409 when two conditional writes raced."""
+    response = getattr(e.__cause__, "response", None)
+    if not isinstance(response, dict):
+        return False
+    error = response.get("Error") or {}
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return error.get("Code") in _CONFLICT_CODES or status in (409, 412)
