@@ -69,6 +69,20 @@ class TableLoadError(ControllerError):
         super().__init__(f"cannot load table {path}: {problem}")
 
 
+class TableLimitError(TableLoadError):
+    """A table is larger than the documented limits (controller/table_file.py, docs/serving.md):
+    refused before it is parsed, so that one huge file cannot cost the controller and every
+    router hundreds of MB and seconds of swap (issue 19, item 8)."""
+
+    def __init__(self, path: str, what: str, value: int, limit: int) -> None:
+        self.what, self.value, self.limit = what, value, limit
+        super().__init__(
+            path,
+            f"holds {value} {what}, more than the limit of {limit}; split it into smaller tables "
+            "(fewer datasets or knob values per build); limits: docs/serving.md, 'Table limits'",
+        )
+
+
 class StoreError(ControllerError):
     """A table store operation failed (unknown version, unreadable store, refused publish)."""
 

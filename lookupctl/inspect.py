@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from controller.datasets import check_dataset
 from controller.report import config_rows, table_summary_lines
 from controller.table import Table
 from lookupctl import add_flag
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     table = Table.load(args.table)
+    check_dataset(table, args.dataset)
     scope = table.scope(args.dataset)
     if args.json:
         print(json.dumps(table.summary(), indent=1))

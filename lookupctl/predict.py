@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 
+from controller.datasets import check_dataset
 from controller.errors import BudgetError
 from controller.table import Table
 from lookupctl import add_flag
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_flag(p, "table", required=True, help="table JSON (this project's or the reference format)")
     p.add_argument("--budgets", "--test_budgets", "--test-budgets", dest="budgets", nargs="+", required=True,
                    metavar="MS", help="latency budgets in milliseconds")
-    add_flag(p, "dataset", default=None, help="per-dataset scope (unknown -> global)")
+    add_flag(p, "dataset", default=None, help="per-dataset scope (an unknown name is an error)")
     add_flag(p, "tolerance", type=float, default=None, help="override the table's tolerance, in [0, 1]")
     add_flag(p, "json", action="store_true", help="one JSON object per budget")
     p.set_defaults(func=run)
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     table = Table.load(args.table)
+    check_dataset(table, args.dataset)  # an unknown name is an error, not a silent global answer
     budgets = [_budget(b) for b in args.budgets]
     decisions = [table.resolve(b, tolerance=args.tolerance, dataset=args.dataset) for b in budgets]
     if args.json:

@@ -8,7 +8,8 @@ from pathlib import Path
 from serving.errors import ServingConfigError
 
 HEADER = "Authorization"
-OPEN_PATHS = ("/healthz",)  # probes carry no key
+OPEN_PATHS = frozenset({"/healthz"})  # probes carry no key; exact paths under the app's route prefix
+SCHEME = "bearer"  # auth schemes are case-insensitive (RFC 7235 section 2.1)
 
 
 class ActiveKeys:
@@ -41,12 +42,18 @@ class ApiKeys:
         return cls(keys)
 
     def allows(self, header_value: str | None) -> bool:
-        if not header_value or not header_value.startswith("Bearer "):
+        scheme, _, token = (header_value or "").strip().partition(" ")
+        if scheme.lower() != SCHEME or not token.strip():
             return False
-        given = header_value[len("Bearer ") :].strip().encode("latin-1", "replace")
+        given = token.strip().encode("latin-1", "replace")
         # compare_digest against every key, no early exit: the time taken says nothing about keys.
         return sum(hmac.compare_digest(given, k) for k in self.keys) > 0
 
     @staticmethod
-    def is_open(path: str) -> bool:
-        return path.rstrip("/").endswith(OPEN_PATHS)
+    def is_open(path: str, root_path: str = "") -> bool:
+        """Whether `path` is a route that needs no key. `root_path` is the app's route prefix
+        (ASGI scope), which Serve keeps in `path` too: only `<prefix>/healthz` itself is open, not
+        every path that ends in it (`/v1/stats/healthz` or `/x/healthz` must carry a key)."""
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :]
+        return path in OPEN_PATHS

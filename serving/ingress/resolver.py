@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from controller import Table
+from controller.datasets import check_dataset
 from controller.decode_budget import resolve_total
+from controller.errors import UnknownDatasetError
 from controller.ladder import Rung, ladder
 from serving.config import ControllerSettings, FallbackSettings
+from serving.errors import BadInput
 from serving.ingress.answer import Answer
 
 log = logging.getLogger("ray.serve")
@@ -24,6 +27,35 @@ def fallback_answer(fallback: FallbackSettings, budget_ms: float, tolerance: flo
 
 async def await_response(response: Any) -> Any:
     return await response
+
+
+DATASET_FIELD = "dataset"  # the query parameter of /v1/knobs; headers.dataset on the other routes
+
+
+def unknown_dataset(e: UnknownDatasetError) -> BadInput:
+    """A 400 naming the datasets the served table knows (docs/serving.md, "Inputs")."""
+    listed = ", ".join(e.available) or "none: this table has the global scope only"
+    return BadInput(
+        DATASET_FIELD, e.name, "is not a dataset of the served table",
+        f"send one of: {listed}; or no dataset for the global scope (X-Dataset header, dataset query)",
+    )
+
+
+@dataclass(frozen=True)
+class Health:
+    """What /healthz says: ok only while answers come from a table."""
+
+    ok: bool
+    status: str  # "ok", or "no_table" while the fallback knobs answer
+    resolve_mode: str
+    table_version: str | None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"status": self.status, "resolve_mode": self.resolve_mode, "table_version": self.table_version}
+        if not self.ok:
+            out |= {"reason": self.reason, "answers": "fallback knobs (X-Fallback: true) until a table loads"}
+        return out
 
 
 class LocalTable:
@@ -124,6 +156,10 @@ class Resolver:
             table = self.local.table
             if table is None:
                 return fallback_answer(self.fallback, budget_ms, tolerance)
+            try:
+                check_dataset(table, dataset)
+            except UnknownDatasetError as e:
+                raise unknown_dataset(e) from None
             if max_new_tokens is not None:
                 d, decode = resolve_total(table, budget_ms, max_new_tokens, tolerance=tolerance, dataset=dataset)
                 return Answer(d, d.budget_ms, d.tolerance, covers="total", expected_decode_ms=decode,
@@ -133,11 +169,37 @@ class Resolver:
         response = self.controller.resolve.remote(budget_ms, tolerance, dataset)
         try:
             d = await asyncio.wait_for(await_response(response), timeout=self.settings.timeout_s)
+        except UnknownDatasetError as e:  # the controller's table does not know it: the client's error
+            raise unknown_dataset(e) from None
         except Exception as e:  # timeout, replica died, controller without a table: fall back
             response.cancel()
             log.debug("Router: controller did not answer (%s); fallback", e)
             return fallback_answer(self.fallback, budget_ms, tolerance)
         return Answer(d, d.budget_ms, d.tolerance)  # the controller's Decision, as Table.resolve made it
+
+    async def health(self) -> Health:
+        mode = self.settings.resolve_mode
+        if mode == "fixed":
+            return Health(True, "ok", mode, None)
+        if mode == "local":
+            table = self.local.table
+            if table is not None:
+                return Health(True, "ok", mode, table.version_id)
+            # /healthz needs no key: the error's kind only, never its text (store paths).
+            kind = (self.local.last_error or "").split(":", 1)[0]
+            why = "no table from the LookupController yet" + (f" (last sync failed: {kind})" if kind else "")
+            return Health(False, "no_table", mode, None, why[:200])
+        # remote: every answer is the controller's, so its table is what counts
+        response = self.controller.health.remote()
+        try:
+            got = await asyncio.wait_for(await_response(response), timeout=self.settings.timeout_s * 4)
+        except Exception as e:  # noqa: BLE001 - a controller that does not answer is the reason
+            response.cancel()
+            return Health(False, "no_table", mode, None, f"controller did not answer ({type(e).__name__})")
+        version, why = got
+        if version is None:
+            return Health(False, "no_table", mode, None, str(why)[:200])
+        return Health(True, "ok", mode, version)
 
     async def controller_status(self) -> dict[str, Any]:
         if self.controller is None:

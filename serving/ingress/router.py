@@ -40,7 +40,7 @@ async def _bad_input(_: Request, e: BadInput) -> JSONResponse:
 @api.middleware("http")
 async def _require_key(request: Request, call_next: Any) -> Any:
     keys = ActiveKeys.keys
-    if keys is not None and not ApiKeys.is_open(request.url.path):
+    if keys is not None and not ApiKeys.is_open(request.url.path, request.scope.get("root_path", "")):
         values = request.headers.getlist(HEADER)
         if len(values) != 1 or not keys.allows(values[0]):
             bad = BadInput(HEADER, None, "is missing or not a valid API key", f"send {HEADER}: Bearer <key>", 401)
@@ -219,10 +219,8 @@ class Router:
             return {"error": f"model engine stats unavailable ({type(e).__name__})"}
 
     @api.get("/healthz")
-    async def healthz(self) -> dict[str, Any]:
-        local = self.resolver.local.table
-        return {
-            "status": "ok",
-            "resolve_mode": self.config.controller.resolve_mode,
-            "table_version": local.version_id if local else None,
-        }
+    async def healthz(self) -> JSONResponse:
+        """200 "ok" only while answers come from a table; 503 "no_table" (with the reason) while the
+        router answers with the fallback knobs for lack of one, which it keeps doing meanwhile."""
+        health = await self.resolver.health()
+        return JSONResponse(health.to_dict(), status_code=200 if health.ok else 503)

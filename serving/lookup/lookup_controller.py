@@ -11,6 +11,7 @@ from typing import Any
 from ray import serve
 
 from controller import Table
+from controller.datasets import check_dataset
 from controller.decision import Decision
 from controller.signing import read_key_file
 from controller.store import TableStore
@@ -117,6 +118,18 @@ class LookupController:
         if self.watcher.table is None and not (self.model is not None and self.ranges is None):
             raise NoTableError(f"LookupController has never loaded a valid table: {self._why_no_table()}")
 
+    async def health(self) -> tuple[str | None, str | None]:
+        """(version served, None), or (None, why) without store paths: the router's /healthz in
+        remote mode, which needs no key. Cheap: no summary, no table bytes."""
+        if self.table is not None:
+            return self.table.version_id, None
+        rej = self.watcher.last_rejection
+        if self.model is not None and self.ranges is None:
+            return None, "waiting for the model's supported knob ranges"
+        if rej is not None:
+            return None, f"no valid table: {self.watcher.rejected} version(s) rejected, last {rej.version_id}"
+        return None, "no table in the store yet, or the store cannot be read (see /v1/stats)"
+
     def _why_no_table(self) -> str:
         rej = self.watcher.last_rejection
         return self.watcher.last_error or (f"{rej.version_id} rejected: {rej.reason}" if rej else "unknown")
@@ -207,6 +220,8 @@ class LookupController:
         # Validated one by one so that one bad budget cannot fail a whole batch.
         budget = validate_budget(budget_ms)
         tol = None if tolerance is None else validate_tolerance(tolerance)
+        if self.table is not None:  # an unknown dataset is the caller's error (UnknownDatasetError)
+            check_dataset(self.table, dataset)
         batched: Any = self._resolve_batch  # type: ignore[misc]  # serve.batch is annotated for one-list methods
         decision: Decision = await batched(budget, tol, dataset)
         return decision

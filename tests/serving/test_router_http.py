@@ -106,8 +106,9 @@ def test_dataset_and_tolerance_headers(app) -> None:
     expected = table.resolve(120, tolerance=0.2, dataset="textvqa")
     assert r.json()["scope"] == "textvqa" and r.json()["knobs"] == expected.knobs.as_dict()
     assert r.json()["tolerance"] == 0.2
-    unknown = _gen(c, {BUDGET: "120", "X-Dataset": "no_such_dataset"})
-    assert unknown.status_code == 200 and unknown.json()["scope"] == "global"
+    unknown = _gen(c, {BUDGET: "120", "X-Dataset": "no_such_dataset"})  # a 400, not a global answer
+    assert unknown.status_code == 400 and unknown.json()["error"]["field"] == "dataset"
+    assert "textvqa, vqav2" in unknown.json()["error"]["accepted"]
     for bad in ("2", "-0.1", "x", "nan"):
         r = _gen(c, {BUDGET: "120", "X-Latency-Tolerance": bad})
         assert r.status_code == 400 and r.json()["error"]["field"] == "X-Latency-Tolerance"
