@@ -191,7 +191,9 @@ class FsspecFS:
     def __init__(self, root: str, read_timeout_s: float) -> None:
         fsspec = require("fsspec", "store")
         self.root = root.rstrip("/")
-        self.fs, _ = fsspec.core.url_to_fs(self.root)
+        # No listings cache: s3fs keeps every listing for the life of the process and answers reads
+        # from it, so a version another process published after the listing was "not found".
+        self.fs, _ = fsspec.core.url_to_fs(self.root, use_listings_cache=False)
         self.read_timeout_s = read_timeout_s
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
         self.cas = "etag" if "s3" in protocols else "process" if "memory" in protocols else "lock"
@@ -203,7 +205,7 @@ class FsspecFS:
         def get() -> bytes:
             path = self.path(rel)
             try:
-                info = self.fs.info(path, refresh=True)  # s3fs would answer from its listing cache
+                info = self.fs.info(path)
             except KeyError as e:  # some in-memory backends raise KeyError for a missing object
                 raise FileNotFoundError(path) from e
             if info.get("type") != "file":
@@ -241,7 +243,7 @@ class FsspecFS:
             path = self.path(rel)
             try:
                 if self.cas == "etag":
-                    return str(self.fs.info(path, refresh=True)["ETag"])
+                    return str(self.fs.info(path)["ETag"])
                 return hashlib.sha256(bytes(self.fs.cat_file(path))).hexdigest()
             except (FileNotFoundError, KeyError):
                 return None
@@ -272,7 +274,7 @@ class FsspecFS:
     def list(self, rel: str) -> list[str]:
         def ls() -> list[str]:
             try:
-                entries = self.fs.ls(self.path(rel), detail=False, refresh=True)  # never a cached listing
+                entries = self.fs.ls(self.path(rel), detail=False)
             except FileNotFoundError:
                 return []
             return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)

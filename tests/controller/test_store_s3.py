@@ -46,6 +46,26 @@ def test_publish_load_and_list(s3_server: S3Server) -> None:
     assert f"{url.removeprefix('s3://')}/{LATEST}" in objects
 
 
+def test_a_reader_sees_what_another_process_published(s3_server: S3Server, tmp_path: Path) -> None:
+    """A controller lists the store, another process publishes, the controller loads the new
+    version. s3fs caches listings per process; a read answered from that cache said "not found"."""
+    url = s3_server.new_bucket("reader")
+    reader = TableStore(url)
+    reader.publish(synthetic_table())
+    assert len(reader.version_ids()) == 1  # a listing this process has seen
+    table_file = tmp_path / "t.json"
+    synthetic_table(latency_scale=1.3).save(table_file)
+    out = subprocess.run(
+        [sys.executable, "-c", PUBLISHER, url, str(table_file), "1"],
+        capture_output=True, text=True, timeout=120, check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    ).stdout
+    published = json.loads(out)["id"]
+    assert reader.latest_id() == published
+    assert reader.load().version_id == published
+    assert reader.version_ids()[-1] == published
+
+
 def test_pointer_compare_and_swap_is_checked_by_the_server(s3_server: S3Server) -> None:
     """The conditional PUTs the store relies on, answered by the endpoint itself."""
     fs = FsspecFS(s3_server.new_bucket("cas"), read_timeout_s=10)
