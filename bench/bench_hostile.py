@@ -1,7 +1,8 @@
 """Hostile clients and publishers: router memory under random unknown JSON keys, and concurrent
-publishes.
+publishes; with --store, a hostile store and hostile connections (issue 19 items 1-9).
 
     python -m bench.bench_hostile [--quick]
+    python -m bench.bench_hostile --store [--quick]
 
 Router RSS (from /proc, same machine) before and after N requests whose bodies carry a random
 100 kB key each (before the fix every key became a permanent counter key and metric tag). The
@@ -170,8 +171,185 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
 
 
+# --- the store section (issue 19) -------------------------------------------------------------------
+
+STORE_POLL_S = 0.3
+
+
+class _Case:
+    """One hostile act under load: requests failed while it lasted, the version served after it,
+    and how many rejections the controller counted for it."""
+
+    def __init__(self, base: str) -> None:
+        import httpx
+
+        self.base = base
+        self.http = httpx.Client(base_url=base, timeout=60)
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.http.get("/v1/stats").json())
+
+    def run(self, item: str, what: str, act: Any, until_pred: Any, limit_s: float = 60) -> dict[str, Any]:
+        from tests.support.load import LoadLoop
+        from tests.support.waiting import until
+
+        before = self.stats()["controller"]
+        with LoadLoop(f"{self.base}/v1/generate", (60.0, 120.0, 400.0), concurrency=4) as load:
+            act()
+            until(until_pred, what, limit_s=limit_s)
+            until(lambda: len(load.samples) >= 50, "50 requests under load")
+        after = self.stats()
+        failed = sum(s.status != 200 for s in load.samples)
+        lat = sorted(s.latency_s for s in load.samples)
+        return {
+            "name": f"{item}: {what}",
+            "value": failed,
+            "unit": "failed",
+            "baseline": len(load.samples),
+            "baseline_name": (
+                f"requests; served {after['table_version']}, rejected and counted "
+                f"+{after['controller']['reloads_rejected'] - before['reloads_rejected']}, "
+                f"p99 {lat[int(0.99 * (len(lat) - 1))] * 1000:.0f} ms"
+            ),
+            "goal": "0 failed",
+            "passed": failed == 0,
+        }
+
+
+def _lookupctl(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lookupctl", *argv], capture_output=True, text=True, timeout=300)
+
+
+def _slowloris(connections: int, wait_s: float, fast: bool, timeout_client_s: int) -> dict[str, Any]:
+    """The slowloris driver in its own Ray: HAProxy's client timeout is read where Serve starts."""
+    import os
+
+    from serving.local import free_port
+
+    env = {**os.environ, "RAY_SERVE_ENABLE_HA_PROXY": "1" if fast else "0",
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+    if fast:
+        env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] = str(timeout_client_s)
+    run_ = subprocess.run([sys.executable, "-m", "tests.e2e.slowloris_driver", str(connections), str(wait_s)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    line = next((x for x in run_.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"slowloris driver failed: {run_.stderr[-2000:]}")
+    return dict(json.loads(line[len("RESULT "):]))
+
+
+def run_store(quick: bool = False) -> dict[str, Any]:
+    from ray import serve
+
+    from controller.store import LATEST, TableStore
+    from serving.app import build_app_from_config
+    from serving.config import ServingConfig
+    from serving.local import free_port, local_serve
+    from tests.support.big_tables import big_table_bytes, plant_version
+    from tests.support.tables import synthetic_table
+
+    root = Path(tempfile.mkdtemp(prefix="bench-hostile-store-"))
+    store_dir = root / "store"
+    store = TableStore(str(store_dir))
+    first = store.publish(synthetic_table())
+    figures: list[dict[str, Any]] = []
+    notes: list[str] = []
+    port = free_port()
+    with local_serve(port, quiet=True):
+        config = ServingConfig.model_validate({
+            "controller": {"store": str(store_dir), "poll_interval_s": STORE_POLL_S},
+            "model": {"backend_options": {"latency_scale": 0.02}},
+        })
+        serve.run(build_app_from_config(config), name="hs", route_prefix="/hs")
+        case = _Case(f"http://127.0.0.1:{port}/hs")
+
+        def rejected_at_least(n: int) -> Any:
+            return lambda: case.stats()["controller"]["reloads_rejected"] >= n
+
+        served = [first.version_id]
+        hostile = {
+            "array nested 200,000 deep": b"[" * 200_000 + b"]" * 200_000,
+            "NaN and 1e400 in source": first.to_json_bytes().replace(
+                b'"source": {', b'"source": {"x": NaN, "y": 1e400,', 1),
+            "5,000-digit integer": b'{"format": ' + b"9" * 5000 + b"}",
+        }
+        for i, (what, data) in enumerate(hostile.items(), start=1):
+            vid = f"20990101T00000000000{i}Z-hostile"
+            n = case.stats()["controller"]["reloads_rejected"] + 1
+            figures.append(case.run("item 1", f"version file: {what}",
+                                    lambda v=vid, d=data: plant_version(store_dir, v, d), rejected_at_least(n)))
+        n = case.stats()["controller"]["reloads_rejected"] + 1
+        figures.append(case.run("item 1", "LATEST -> ../../etc/passwd",
+                                lambda: (store_dir / LATEST).write_text("../../etc/passwd\n"), rejected_at_least(n)))
+        out = _lookupctl("rollback", "--store", str(store_dir), "--to", first.version_id)
+        notes.append(f"item 6: lookupctl rollback --to {first.version_id} on a bad LATEST: exit {out.returncode}")
+        (store_dir / "versions" / "zzzz.json").touch()
+        (store_dir / "versions" / "99999999T999999999999Z-ffffffff.json").touch()
+        newer: list[Any] = []
+        figures.append(case.run("item 4", "publish after planted zzzz.json / 9999...json",
+                                lambda: newer.append(store.publish(synthetic_table(latency_scale=0.9))),
+                                lambda: newer and case.stats()["table_version"] == newer[0].version_id))
+        served.append(newer[0].version_id)
+        big = big_table_bytes(30, 3072, "21000101T000000000000Z-big")
+        rss_before = (_rss_mb(_router_pid("hs")), _rss_mb(_controller_pid("hs")))
+        n = case.stats()["controller"]["reloads_rejected"] + 1
+        figures.append(case.run("item 8", f"92,160 configs, 30 scopes, {len(big) / 1e6:.0f} MB planted",
+                                lambda: plant_version(store_dir, "21000101T000000000000Z-big", big),
+                                rejected_at_least(n)))
+        rss_after = (_rss_mb(_router_pid("hs")), _rss_mb(_controller_pid("hs")))
+        notes.append(f"item 8: RSS router {rss_before[0]:.0f} -> {rss_after[0]:.0f} MB, "
+                     f"controller {rss_before[1]:.0f} -> {rss_after[1]:.0f} MB")
+        (store_dir / LATEST).write_text(served[-1] + "\n")  # the operator's repair (the big one is refused anyway)
+        pruned = _lookupctl("prune", "--store", str(store_dir), "--keep", "1", "--json")
+        notes.append(f"item 7: lookupctl prune --keep 1: exit {pruned.returncode}, "
+                     f"served {case.stats()['table_version']}")
+        unknown = case.http.get("/v1/knobs", params={"budget_ms": 120, "dataset": "coco"})
+        notes.append(f"item 14: X-Dataset coco -> {unknown.status_code} "
+                     f"({unknown.json().get('error', {}).get('accepted', '')[:60]})")
+        health = case.http.get("/healthz")
+        notes.append(f"item 1: /healthz with a table -> {health.status_code} {health.json()['status']}")
+        serve.delete("hs")
+    conns = 300 if quick else 1500
+    fast = _slowloris(conns, 40, True, 10)
+    figures.append({
+        "name": f"item 9: {conns} half-sent connections, fast path (HAProxy, timeout client 10 s)",
+        "value": fast["opened"] - fast["closed_by_server"], "unit": "left open",
+        "baseline": conns, "baseline_name": (f"opened; all closed after {fast['seconds']} s, normal requests "
+                                             f"{fast['normal_ok']}/{fast['normal_sent']} ok"),
+        "goal": "0 left open within 10 s + 6 s", "passed": fast["closed_by_server"] == conns and fast["seconds"] <= 16
+        and fast["normal_ok"] == fast["normal_sent"],
+    })
+    default = _slowloris(conns, 20, False, 0)
+    figures.append({
+        "name": f"item 9: {conns} half-sent connections, Serve's default path (uvicorn)",
+        "value": default["opened"] - default["closed_by_server"], "unit": "left open",
+        "baseline": conns, "baseline_name": (f"opened; after {default['seconds']} s; normal requests "
+                                             f"{default['normal_ok']}/{default['normal_sent']} ok"),
+        "goal": None, "passed": None,  # uvicorn has no header-read timeout: docs/security.md
+    })
+    notes.append("items 2, 3, 5 (signing): tests/e2e/test_signed_store.py on a real Serve; not in this run")
+    return {"title": "Hostile store and connections (issue 19 items 1-9), under closed-loop load of 4 clients",
+            "figures": figures, "notes": notes}
+
+
+def _controller_pid(app: str) -> int:
+    title = f"ServeReplica:{app}:LookupController".encode()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if title in (proc / "cmdline").read_bytes():
+                    return int(proc.name)
+            except OSError:
+                continue
+    raise RuntimeError(f"no process titled {title.decode()}")
+
+
 def main() -> None:
-    cli_main(run, __doc__)
+    if "--store" in sys.argv:
+        sys.argv.remove("--store")
+        cli_main(run_store, __doc__)
+    else:
+        cli_main(run, __doc__)
 
 
 if __name__ == "__main__":
