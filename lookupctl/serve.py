@@ -15,6 +15,7 @@ import yaml
 from controller.errors import ControllerError
 from controller.optional import require
 from lookupctl import add_flag
+from serving.fast_path import path_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "deploy" / "serve_local.yaml"
@@ -34,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_flag(p, "address", default=None,
              help="Ray cluster: 'local' starts a new one even when another runs on this machine, 'auto' or "
              "HOST:PORT attaches to a running one (default: Ray's, which attaches to a local cluster if any)")
+    add_flag(p, "default_path", action="store_true",
+             help="Serve's default request path (Python proxy, actor calls) instead of its fast path (HAProxy "
+             "ingress, gRPC between deployments: serving/fast_path.py); applies to a Ray instance this starts")
     add_flag(p, "print_config", action="store_true",
              help="print the config that would run and exit (e.g. for `serve deploy`)")
     p.set_defaults(func=run)
@@ -79,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"serving {args.config} on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} "
               "(Ctrl-C stops it)", file=sys.stderr, flush=True)
         # Deploy paths in the config resolve against the project root (serving.app), not the file's folder.
-        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT)
+        # The fast path's settings are read by the Ray workers `serve run` starts (serving.fast_path).
+        env = {**os.environ, **path_env(not args.default_path, own_ports=True)}
+        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env)
         while True:
             try:
                 return proc.wait()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from serving.fast_path import path_env
 from serving.local import free_port
 
 pytestmark = pytest.mark.serve
@@ -62,6 +63,11 @@ def test_publish_and_worker_failure_on_two_nodes(tmp_path: Path) -> None:
     # Ray's token auth, with a token of this cluster's own shared by its nodes and its driver.
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # The nodes run Serve's fast path, as the deploy files do, with HAProxy ports of this cluster's
+    # own (the session's shared Serve holds others on this machine). The driver keeps Serve's
+    # defaults: it calls handles from plain threads, which the fast path's same-loop router refuses.
+    driver_env = dict(env)
+    env |= path_env(fast=True, own_ports=True)
     try:
         nodes.append(
             _start(
@@ -102,7 +108,7 @@ def test_publish_and_worker_failure_on_two_nodes(tmp_path: Path) -> None:
                 str(nodes[1].pid),
             ],
             cwd=ROOT,
-            env=env,
+            env=driver_env,
             capture_output=True,
             text=True,
             timeout=480,

@@ -1,0 +1,111 @@
+"""Serving overhead on the CPU: today's path, Serve's fast path, and a no-op app, in one run.
+
+    python -m bench.bench_overhead_paths [--quick]
+
+Three Ray instances one after another (Serve's path settings are read when Ray's workers start;
+serving.fast_path), zero-latency simulated model, clients on 127.0.0.1 with kept-alive connections:
+- default path: a no-op app, then the app (Serve's Python proxy -> Router -> actor call -> MoEModel)
+- fast path: a no-op app (the floor), the app (HAProxy -> Router -> gRPC -> MoEModel; design (a)),
+  and the replica-as-ingress prototype (design (b); bench/replica_ingress_proto.py).
+The order of the instances alternates over rounds so that machine noise hits both alike.
+Serving overhead = client time - the replica's arrival-to-first-token (bench/overhead_paths.py).
+Goal (issue 18): the app on the fast path within 1.3x of the no-op app on the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+GOAL_RATIO = 1.3
+
+
+def _child(path: str, apps: str, n: int, budgets: list[float], out: Path) -> dict[str, Any]:
+    from serving.local import free_port
+
+    cmd = [sys.executable, "-m", "bench.overhead_paths", "--path", path, "--apps", apps, "--port", str(free_port()),
+           "--n", str(n), "--budgets", ",".join(f"{b:g}" for b in budgets), "--n_each", "10", "--out", str(out)]
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
+    return dict(json.loads(out.read_text()))
+
+
+def _budgets() -> list[float]:
+    """Six budgets across the synthetic table's frontier (first-token ms), tight ones first: where
+    the overhead allowance decides which config fits."""
+    from tests.support.tables import synthetic_table
+
+    frontier = sorted({c.latency_ms for c in synthetic_table().frontier()})
+    picks = [frontier[round(i * (len(frontier) - 1) / 5)] for i in range(6)]
+    return [round(f + 6.0, 1) for f in picks]
+
+
+def _merge(rounds: list[dict[str, Any]], key: str, clients: int, field: str = "overhead_ms") -> dict[str, float]:
+    rows = [r[key][clients][field] for r in rounds if key in r]
+    return {"p50": round(statistics.median(x["p50"] for x in rows), 3),
+            "p99": round(statistics.median(x["p99"] for x in rows), 3)}
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    rounds, n = (1, 80) if quick else (2, 200)
+    budgets = _budgets()
+    work = Path(tempfile.mkdtemp(prefix="bench-paths-"))
+    got: dict[str, list[dict[str, Any]]] = {"default": [], "fast": []}
+    for r in range(rounds):
+        order = ("default", "fast") if r % 2 == 0 else ("fast", "default")
+        for path in order:
+            apps = "noop,app" if path == "default" else "noop,app,replica_ingress"
+            res = _child(path, apps, n, budgets, work / f"{path}_{r}.json")
+            # JSON keys are strings: index the client counts as ints again
+            got[path].append({k: ({int(c): v for c, v in d.items() if c.isdigit()} | {"accuracy": d.get("accuracy")})
+                              if isinstance(d, dict) else d for k, d in res.items()})
+    result: dict[str, Any] = {"rounds": rounds, "requests_per_client": n, "budgets_ms": budgets}
+    for path, key, label in (("default", "noop", "noop_default"), ("default", "app", "before"),
+                             ("fast", "noop", "noop"), ("fast", "app", "after_a"),
+                             ("fast", "replica_ingress", "after_b")):
+        result[label] = {f"clients_{c}": _merge(got[path], key, c) for c in (1, 8)}
+        accs = [r[key]["accuracy"]["mean_accuracy"] for r in got[path] if r.get(key, {}).get("accuracy")]
+        if accs:
+            result[label]["mean_accuracy"] = round(statistics.fmean(accs), 4)
+    floor = result["noop"]["clients_1"]["p50"]
+    result["ratio_after_a_to_noop_p50"] = round(result["after_a"]["clients_1"]["p50"] / floor, 2)
+    result["ratio_after_b_to_noop_p50"] = round(result["after_b"]["clients_1"]["p50"] / floor, 2)
+    return result
+
+
+def print_result(r: dict[str, Any]) -> None:
+    print(f"serving overhead (ms, client - replica first token), {r['rounds']} round(s), zero-latency model")
+    print(f"{'path':<34}{'1 client p50':>14}{'p99':>8}{'8 clients p50':>15}{'p99':>8}{'accuracy':>10}")
+    names = {"noop_default": "no-op app, Serve default path", "before": "app, Serve default path (before)",
+             "noop": "no-op app, fast path (floor)", "after_a": "app, fast path (design a)",
+             "after_b": "replica as ingress (design b)"}
+    for key, label in names.items():
+        v = r[key]
+        acc = v.get("mean_accuracy")
+        print(f"{label:<34}{v['clients_1']['p50']:>14.2f}{v['clients_1']['p99']:>8.2f}"
+              f"{v['clients_8']['p50']:>15.2f}{v['clients_8']['p99']:>8.2f}{'' if acc is None else f'{acc:.3f}':>10}")
+    ok = r["ratio_after_a_to_noop_p50"] <= GOAL_RATIO
+    print(f"design (a) / no-op p50: {r['ratio_after_a_to_noop_p50']}x (goal <= {GOAL_RATIO}x: "
+          f"{'met' if ok else 'NOT met'}); design (b) / no-op: {r['ratio_after_b_to_noop_p50']}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", help="also write the result here")
+    a = p.parse_args(argv)
+    r = run(a.quick)
+    print_result(r)
+    if a.json:
+        Path(a.json).write_text(json.dumps(r, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

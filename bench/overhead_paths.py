@@ -1,0 +1,189 @@
+"""The serving path's own cost, in one Ray instance started with one choice of Serve's path.
+
+Run as a child of bench/bench_overhead_paths.py (CPU) or bench/gpu_overhead.py (GPU): Serve's path
+settings are read when Ray's workers start (serving.fast_path), so each choice needs its own Ray.
+
+    python -m bench.overhead_paths --path fast|default --apps noop,app,replica_ingress --out FILE
+
+Apps, deployed one after another on the same Ray instance:
+- `noop`: one deployment that reads the body and answers a small JSON (the floor).
+- `app`: this project's app (Router -> MoEModel, with the LookupController), zero-latency model.
+- `replica_ingress`: design (b) of issue 18, measured as a prototype: the model replica is the HTTP
+  ingress and resolves the budget on its own copy of the table (the Router's LocalTable, long-polled
+  from the LookupController), then runs the call in-process. It serves /v1/generate only; see
+  docs/architecture.md for why it is not the design kept.
+
+Serving overhead of one request = the time the client waited - the replica's arrival-to-first-token
+time (`output.replica_first_token_ms`; 0 for the no-op app). With a zero-latency model every figure
+is the path's own cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+BODY = {"prompt": "What is shown in the image?", "max_new_tokens": 1}
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))] if s else float("nan")
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    return {"p50": round(statistics.median(xs), 3), "p99": round(pct(xs, 0.99), 3), "n": len(xs)}
+
+
+def _client_loop(url: str, headers: dict[str, str], n: int, warm: int, out: list[tuple[float, dict[str, Any]]],
+                 errors: list[str]) -> None:
+    import httpx
+
+    with httpx.Client(timeout=30) as c:  # one kept-alive connection, as an HTTP client library keeps it
+        for i in range(n + warm):
+            t0 = time.perf_counter()
+            try:
+                r = c.post(url, json=BODY, headers=headers)
+            except httpx.HTTPError as e:
+                errors.append(type(e).__name__)
+                continue
+            ms = (time.perf_counter() - t0) * 1000
+            if r.status_code != 200:
+                errors.append(str(r.status_code))
+                continue
+            if i >= warm:
+                out.append((ms, r.json()))
+
+
+def overhead(url: str, clients: int, n: int, budget_ms: float = 10_000.0) -> dict[str, Any]:
+    """`clients` closed-loop clients, `n` measured requests each; overhead per request."""
+    rows: list[tuple[float, dict[str, Any]]] = []
+    errors: list[str] = []
+    headers = {"X-Latency-Budget-Ms": f"{budget_ms:g}"}
+    threads = [threading.Thread(target=_client_loop, args=(url, headers, n, 20, rows, errors)) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    over = [ms - float((body.get("output") or {}).get("replica_first_token_ms") or 0.0) for ms, body in rows]
+    total = [ms for ms, _ in rows]
+    return {"overhead_ms": summary(over), "client_ms": summary(total), "errors": len(errors)}
+
+
+def accuracy(url: str, budgets: list[float], n_each: int) -> dict[str, Any]:
+    """Mean expected accuracy and feasible share of the knobs the path chose at each budget (one
+    client: the router's overhead allowance is what differs between paths)."""
+    import httpx
+
+    per: dict[str, dict[str, float]] = {}
+    with httpx.Client(timeout=30) as c:
+        for b in budgets:
+            accs, feasible = [], 0
+            for _ in range(n_each):
+                r = c.post(url, json=BODY, headers={"X-Latency-Budget-Ms": f"{b:g}"})
+                body = r.json()
+                accs.append(float(body.get("expected_accuracy") or 0.0))
+                feasible += body.get("feasible") is True
+            per[f"{b:g}"] = {"accuracy": round(statistics.fmean(accs), 4), "feasible": feasible / n_each}
+    return {"per_budget": per, "mean_accuracy": round(statistics.fmean(v["accuracy"] for v in per.values()), 4)}
+
+
+def wait_ready(url: str, timeout_s: float = 120.0) -> None:
+    import httpx
+
+    t0 = time.time()
+    while time.time() - t0 < timeout_s:
+        try:
+            if httpx.post(url, json=BODY, headers={"X-Latency-Budget-Ms": "10000"}, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not answering after {timeout_s:.0f} s")
+
+
+def noop_app() -> Any:
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    @serve.deployment(name="Noop", ray_actor_options={"num_cpus": 0})
+    class Noop:
+        async def __call__(self, request: Request) -> JSONResponse:
+            await request.body()
+            return JSONResponse({"ok": True})
+
+    return Noop.bind()
+
+
+def run(path: str, apps: list[str], config: dict[str, Any], port: int, n: int, budgets: list[float],
+        n_each: int, actor_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    from ray import serve
+
+    from bench.replica_ingress_proto import replica_ingress_app
+    from serving.app import build_app_from_config
+    from serving.config import ServingConfig
+    from serving.local import local_serve
+
+    out: dict[str, Any] = {"path": path}
+    with local_serve(port, num_cpus=4, quiet=True, fast_path=path == "fast"):
+        for name in apps:
+            if name == "noop":
+                app = noop_app()
+            elif name == "app":
+                app = build_app_from_config(ServingConfig.model_validate(config), actor_options=actor_options)
+            elif name == "replica_ingress":
+                app = replica_ingress_app(ServingConfig.model_validate(config), (actor_options or {}).get("MoEModel"))
+            else:
+                raise ValueError(f"app {name!r}: known are noop, app, replica_ingress")
+            t0 = time.time()
+            serve.run(app, name=name, route_prefix="/")
+            url = f"http://127.0.0.1:{port}/" + ("" if name == "noop" else "v1/generate")
+            wait_ready(url)
+            row: dict[str, Any] = {c: overhead(url, clients=c, n=n if c == 1 else max(10, n // 4))
+                                   for c in (1, 8)}
+            if name != "noop" and budgets:
+                row["accuracy"] = accuracy(url, budgets, n_each)
+            row["startup_s"] = round(time.time() - t0, 1)
+            out[name] = row
+            serve.delete(name)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--path", choices=("fast", "default"), required=True)
+    p.add_argument("--apps", default="noop,app")
+    p.add_argument("--config", help='a JSON file {"serving": ServingConfig, "actor_options": {"MoEModel": {...}}} '
+                   "(default: a synthetic table, zero-latency simulated model)")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--n", type=int, default=200, help="measured requests per client at 1 client")
+    p.add_argument("--budgets", default="", help="comma-separated budgets (ms) for the accuracy check")
+    p.add_argument("--n_each", type=int, default=20)
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    actor_options = None
+    if a.config:
+        given = json.loads(Path(a.config).read_text())
+        config, actor_options = given["serving"], given.get("actor_options")
+    else:
+        from controller.store import TableStore
+        from tests.support.tables import synthetic_table
+
+        store = tempfile.mkdtemp(prefix="bench-overhead-")
+        TableStore(store).publish(synthetic_table())
+        config = {"controller": {"store": store}, "model": {"backend_options": {"latency_scale": 0}}}
+    budgets = [float(b) for b in a.budgets.split(",") if b]
+    result = run(a.path, a.apps.split(","), config, a.port, a.n, budgets, a.n_each, actor_options)
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

