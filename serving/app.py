@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from ray.serve import Application
 
 from controller.store import REMOTE_SCHEMES, TableStore
-from serving.config import ServingConfig, load_config
+from serving.config import ModelSettings, ServingConfig, load_config
 from serving.ingress.router import Router
 from serving.lookup.lookup_controller import LookupController
 from serving.replica.model import MoEModel
@@ -86,7 +86,7 @@ def build_app_from_config(
 
     c = config.controller
     # The store too: a replica prepares (captures) the configs of the table being served.
-    model = place("MoEModel", MoEModel).options(num_replicas=n.get("MoEModel", 1)).bind(
+    model = place("MoEModel", MoEModel).options(**model_options(config.model, n.get("MoEModel", 1))).bind(
         config.model.model_dump(), config.fallback.knobs.model_dump(), c.store, c.poll_interval_s
     )
     # user_config too, so that a deploy file can move the store or pin a version without a redeploy.
@@ -103,6 +103,41 @@ def build_app_from_config(
     else:
         app = router.bind(controller, model, config.model_dump())
     return app
+
+
+# Import paths (Serve imports them in its controller and in every handle's router).
+BUDGET_ROUTER = "serving.replica.budget_router:BudgetAwareRequestRouter"
+ATTAINMENT_POLICY = "serving.replica.autoscaling:AttainmentPolicy"
+
+
+def model_options(model: ModelSettings, replicas: int) -> dict[str, Any]:
+    """MoEModel's deployment options: its request router (which replica takes a call) and either a
+    fixed replica count or autoscaling (serving.replica.autoscaling for the attainment policy)."""
+    from ray.serve.config import AutoscalingConfig, RequestRouterConfig
+
+    r = model.routing
+    routing: dict[str, Any] = {"request_routing_stats_period_s": r.stats_period_s}
+    if r.policy == "budget_aware":
+        routing |= {
+            "request_router_class": BUDGET_ROUTER,
+            "request_router_kwargs": {"stale_after_s": r.stale_after_s},
+            # A replica busy on its device thread still answers within this; past it Serve keeps
+            # the last stats (the router then ignores them once stale).
+            "request_routing_stats_timeout_s": max(1.0, 2 * r.stats_period_s),
+        }
+    router = RequestRouterConfig.model_validate(routing)
+    a = model.autoscaling
+    if a is None:
+        return {"num_replicas": replicas, "request_router_config": router}
+    scaling: dict[str, Any] = {
+        "min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+        "target_ongoing_requests": a.target_ongoing_requests,
+        "upscale_delay_s": a.upscale_delay_s, "downscale_delay_s": a.downscale_delay_s,
+        "metrics_interval_s": a.metrics_interval_s, "look_back_period_s": a.look_back_period_s,
+    }
+    if a.policy == "attainment":
+        scaling["policy"] = {"policy_function": ATTAINMENT_POLICY, "policy_kwargs": a.attainment.model_dump()}
+    return {"autoscaling_config": AutoscalingConfig.model_validate(scaling), "request_router_config": router}
 
 
 # No `from __future__ import annotations` in this module: Serve reads the builder's annotation at

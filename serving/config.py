@@ -154,6 +154,69 @@ class FallbackSettings(_Strict):
     expected_latency_ms: float | None = Field(default=None, ge=0)
 
 
+class AttainmentScaling(_Strict):
+    """Attainment-following autoscaling of MoEModel (serving.replica.attainment_scaling): Serve's
+    `policy_kwargs`. Serve's own min_replicas / max_replicas and delays apply on top."""
+
+    up_share: float = Field(default=0.05, gt=0, lt=1)
+    down_share: float = Field(default=0.01, ge=0, lt=1)
+    up_for_s: float = Field(default=10.0, ge=0, le=3600)
+    down_for_s: float = Field(default=120.0, ge=0, le=86_400)
+    # Fewer calls than this in the replicas' windows: no decision (a share of 3 calls is noise).
+    min_calls: int = Field(default=20, ge=1, le=1_000_000)
+    # How far back each replica counts its calls (record_autoscaling_stats).
+    window_s: float = Field(default=30.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _check(self) -> AttainmentScaling:
+        if self.down_share >= self.up_share:
+            raise ValueError(
+                f"model.autoscaling.attainment.down_share={self.down_share} must be below up_share={self.up_share} "
+                "(the gap is the hysteresis); e.g. up_share: 0.05, down_share: 0.01"
+            )
+        return self
+
+
+class RoutingSettings(_Strict):
+    """Which MoEModel replica serves a call. "budget_aware": where its first token meets its budget,
+    with knob affinity, least expected wait otherwise (serving.replica.budget_router). "default":
+    Serve's own power of two choices on queue length."""
+
+    policy: Literal["budget_aware", "default"] = "budget_aware"
+    # How often Serve polls each replica's routing stats; reports older than stale_after_periods of
+    # these are ignored (the router then routes as Serve does).
+    stats_period_s: float = Field(default=0.5, gt=0, le=60)
+    stale_after_periods: float = Field(default=4.0, ge=1, le=100)
+
+    @property
+    def stale_after_s(self) -> float:
+        return self.stats_period_s * self.stale_after_periods
+
+
+class AutoscalingSettings(_Strict):
+    """Serve autoscaling of MoEModel. Off (None in ModelSettings): a fixed replica count."""
+
+    min_replicas: int = Field(default=1, ge=1, le=1024)
+    max_replicas: int = Field(default=8, ge=1, le=1024)
+    # "attainment": scale on the share of calls that cannot meet their budget (policy below);
+    # "queue": Serve's default policy on ongoing requests per replica.
+    policy: Literal["attainment", "queue"] = "attainment"
+    target_ongoing_requests: float = Field(default=8.0, gt=0, le=10_000)
+    upscale_delay_s: float = Field(default=0.0, ge=0, le=3600)
+    downscale_delay_s: float = Field(default=0.0, ge=0, le=86_400)
+    metrics_interval_s: float = Field(default=1.0, gt=0, le=60)
+    look_back_period_s: float = Field(default=5.0, gt=0, le=3600)
+    attainment: AttainmentScaling = AttainmentScaling()
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoscalingSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"model.autoscaling.min_replicas={self.min_replicas} exceeds max_replicas={self.max_replicas}"
+            )
+        return self
+
+
 class ModelSettings(_Strict):
     backend: Literal["simulated", "torch"] = "simulated"
     backend_options: dict[str, Any] = Field(default_factory=dict)
@@ -171,6 +234,8 @@ class ModelSettings(_Strict):
     # backend call may cause among the requests arriving while it runs (serving.replica.dispatch
     # BlockingGuard); a longer config is passed over for a shorter one. None: no such limit.
     blocking_miss_budget: float | None = Field(default=None, gt=0, le=1)
+    routing: RoutingSettings = RoutingSettings()
+    autoscaling: AutoscalingSettings | None = None
 
 
 class LimitSettings(_Strict):

@@ -19,12 +19,14 @@ from controller.errors import KnobError
 from controller.knobs import Knobs
 from serving.config import ModelSettings
 from serving.errors import ServingConfigError
+from serving.replica.attainment_scaling import FlagWindow, unmeetable
 from serving.replica.backends.base import Backend, ModelOutput, ModelRequest
 from serving.replica.backends.registry import create_backend
 from serving.replica.deadline_gate import DeadlineGate
 from serving.replica.device import Device
 from serving.replica.dispatch import BlockingGuard, Choice, Waiting, call_ms, choose
 from serving.replica.engine_prep import EnginePreparer
+from serving.replica.placement import ReplicaView
 from serving.replica.replica_queue import ReplicaQueue
 from serving.replica.stream_sink import StreamSink
 from serving.wire import Dispatched, DispatchPlan, ModelCall, ModelResult, PlanError, PlanOption, StreamPiece
@@ -150,6 +152,11 @@ class MoEModel:
         # Streams: started; finished (all their tokens); cancelled (the client left: the replica
         # stopped at its next step); failed (the backend raised).
         self.stream_counts = {"started": 0, "finished": 0, "cancelled": 0, "failed": 0}
+        # For the budget-aware request router and the attainment autoscaler: the knob pairs this
+        # replica has queued or running, and its recent calls that could not meet their budget.
+        self._knob_calls: dict[str, int] = {}
+        scaling = self.settings.autoscaling
+        self.flags = FlagWindow(scaling.attainment.window_s if scaling is not None else 30.0)
 
     # -- the two doors: a whole answer, or a stream of pieces; one path behind them -------------
 
@@ -205,7 +212,12 @@ class MoEModel:
         return pending
 
     async def _run(self, pending: Pending) -> ModelResult:
-        self.queue.arrived(pending.token, pending.knobs.key, pending.expected_ms, pending.arrived)
+        key = pending.knobs.key
+        budget_ms = (pending.deadline - pending.arrived) * 1000 if math.isfinite(pending.deadline) else None
+        self.flags.add(pending.arrived, unmeetable(pending.expected_ms, budget_ms, self._backlog_ms(),
+                                                   self.queue.first_token_ratio()))
+        self.queue.arrived(pending.token, key, pending.expected_ms, pending.arrived)
+        self._knob_calls[key] = self._knob_calls.get(key, 0) + 1
         try:
             if self.gate is None:
                 handed = await self._batched(pending)
@@ -221,6 +233,9 @@ class MoEModel:
             return replace(result, replica_ms=(time.monotonic() - pending.arrived) * 1000)
         finally:
             self.queue.dropped(pending.token)  # no-op once its backend call started
+            left = self._knob_calls.pop(key, 1) - 1
+            if left > 0:
+                self._knob_calls[key] = left
 
     def _plan(self, plan: DispatchPlan, req: ModelRequest, checked_tier: str) -> DispatchPlan | None:
         """The request's plan, keeping only options this backend runs for this request; None (the
@@ -393,6 +408,24 @@ class MoEModel:
                            streamed=True)
 
     # -- what the replica publishes -------------------------------------------------------------
+
+    def _backlog_ms(self) -> float:
+        return self.queue.report(time.monotonic(), self.device.backlog_ms()).backlog_ms
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Polled by Serve every request_routing_stats_period_s for the budget-aware request router
+        (serving.replica.placement reads it): backlog, measured first-token ratio, knob pairs."""
+        report = self.queue.report(time.monotonic(), self.device.backlog_ms())
+        ratio = self.queue.first_token_ratio()
+        return ReplicaView(time.time(), report.backlog_ms, report.waiting + report.running,
+                           ratio if ratio is not None and math.isfinite(ratio) else None,
+                           frozenset(self._knob_calls)).to_stats()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Pushed to Serve's autoscaler (serving.replica.autoscaling): this replica's calls in the
+        window, and those that could not meet their budget on arrival."""
+        calls, flagged = self.flags.counts(time.monotonic())
+        return {"calls": float(calls), "unmeetable": float(flagged)}
 
     def dispatch_stats(self) -> dict[str, Any]:
         """Requests with a plan, those whose knobs changed at dispatch, those no option fitted,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.errors import KnobError
 from controller.knobs import TIER_CROP_RANGE, Knobs, vision_tokens
@@ -38,6 +38,10 @@ class SimulatedOptions(BaseModel):
     # Multiplies every duration on top of latency_scale: 1.3 simulates a model that got 30% slower
     # than its table (drift), for tests and benchmarks of live recalibration.
     slowdown: float = Field(default=1.0, gt=0, le=100)
+    # Per-replica slowdown on top of `slowdown`, keyed by the replica's rank in its deployment
+    # (Serve's ReplicaContext.rank: 0..n-1, kept by a replacement), e.g. {1: 2.0}: the second
+    # replica runs 2x slower (a weaker or busier GPU, for tests and benchmarks of replica choice).
+    slow_replica_ranks: dict[int, float] = Field(default_factory=dict, max_length=1024)
     # "in_table_latency": in table mode the table latency is the whole call (split into vision,
     # prefill and decode). "per_token": it is the first token (vision + prefill, the table's default
     # metric) and decode adds max_new_tokens x the table's decode ms/token, where the table has it.
@@ -47,6 +51,16 @@ class SimulatedOptions(BaseModel):
     # (which already holds the slowdown) does not feed back into the simulated model.
     ground_truth: Literal["request", "first_table"] = "request"
     seed: int = 0
+
+    @field_validator("slow_replica_ranks")
+    @classmethod
+    def _check_ranks(cls, v: dict[int, float]) -> dict[int, float]:
+        for rank, factor in v.items():
+            if rank < 0:
+                raise ValueError(f"slow_replica_ranks key {rank} is not a replica rank; ranks are 0, 1, 2, ...")
+            if not (math.isfinite(factor) and 0 < factor <= 100):
+                raise ValueError(f"slow_replica_ranks[{rank}]={factor} must be a factor in (0, 100], e.g. 2.0")
+        return v
     # Configs (Knobs.key, e.g. "high_8_16") this replica cannot run, as a torch replica whose graph
     # capture failed for them: refused per request, and reported so the router never picks them.
     disabled_configs: list[str] = Field(default_factory=list, max_length=1000)
@@ -71,6 +85,10 @@ class SimulatedBackend:
         # One device: one call at a time, as a GPU serialises its kernels (and the engine its calls).
         self._device = threading.Lock()
         self._truth: dict[Knobs, tuple[float, float | None]] = {}  # ground_truth "first_table"
+        self.rank = _replica_rank()
+        self.slowdown = self.options.slowdown * (
+            self.options.slow_replica_ranks.get(self.rank, 1.0) if self.rank is not None else 1.0
+        )
 
     def validate_knobs(self, knobs: Knobs) -> None:
         o = self.options
@@ -111,7 +129,7 @@ class SimulatedBackend:
         prefill = (tokens + o.prompt_tokens) * blocks * o.prefill_ms_per_token_block
         decode = request.max_new_tokens * blocks * o.decode_ms_per_token_block / o.num_blocks
         parts = {"vision": vision, "prefill": prefill, "decode": decode}
-        scaled = {k: v * o.latency_scale * o.slowdown for k, v in parts.items()}
+        scaled = {k: v * o.latency_scale * self.slowdown for k, v in parts.items()}
         scaled["total"] = sum(scaled.values())
         return scaled
 
@@ -125,7 +143,7 @@ class SimulatedBackend:
         o = self.options
         with self._rng_lock:
             noise = math.exp(self._rng.gauss(0.0, o.jitter_sigma)) if o.jitter_sigma > 0 else 1.0
-        factor = o.latency_scale * o.slowdown * noise
+        factor = o.latency_scale * self.slowdown * noise
         total = expected_ms * factor
         shape = self.timings_ms(knobs, request)
         if decode_ms_per_token is not None and o.decode == "per_token":
@@ -274,6 +292,18 @@ class SimulatedSession:
 
     def close(self) -> None:
         self._members.clear()
+
+
+def _replica_rank() -> int | None:
+    """This replica's rank in its deployment; None outside a Serve replica (tests, benchmarks)."""
+    try:
+        from ray import serve
+
+        rank = serve.get_replica_context().rank
+    except Exception:  # noqa: BLE001 - not in a replica, or Ray without ranks
+        return None
+    value = getattr(rank, "rank", rank)
+    return value if isinstance(value, int) else None
 
 
 def _fake_text(knobs: Knobs, request: ModelRequest) -> str:

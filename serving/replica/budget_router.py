@@ -1,0 +1,117 @@
+"""Serve's request router for MoEModel, budget-aware: the thin side-effect half of
+serving.replica.placement (this module reads Serve's replicas and the pending call, remembers what
+it sent, and hands Serve the ranking).
+
+Configured on the deployment (serving.app) with `RequestRouterConfig(request_router_class=...)`;
+Serve polls each replica's `record_routing_stats` every `request_routing_stats_period_s` and puts
+the dict on `RunningReplica.routing_stats`. Serve then tries the ranks in order, checking each
+replica's queue length against max_ongoing_requests, so a full replica is passed over by Serve
+itself. Nothing here may raise into Serve's routing loop: any failure falls back to Serve's own
+choice (power of two choices on queue length).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from typing import Any
+
+from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, RequestRouter, RunningReplica
+
+from serving.replica.placement import CallView, InFlight, Placement, place
+
+log = logging.getLogger("ray.serve")
+
+# A call this router never saw completed (e.g. the replica died) stops counting after this long.
+INFLIGHT_FORGET_S = 60.0
+MAX_INFLIGHT_PER_REPLICA = 4096
+
+
+class BudgetAwareRequestRouter(FIFOMixin, RequestRouter):
+    """Ranks replicas by serving.replica.placement.place; Serve's power of two choices where no
+    replica has a fresh report or the request is not a ModelCall."""
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        """`stale_after_s`: reports older than this are ignored (a few stats periods)."""
+        self.stale_after_s = float(kwargs.get("stale_after_s", 3.0))
+        self._sent: dict[ReplicaID, deque[tuple[str, InFlight]]] = {}
+        self.decisions: dict[str, int] = {}
+
+    def _state(self) -> None:
+        if not hasattr(self, "_sent"):  # Serve calls initialize_state, but not before every hook
+            self.initialize_state()
+
+    async def choose_replicas(
+        self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
+    ) -> list[list[RunningReplica]]:
+        self._state()
+        if pending_request is not None:
+            # Every pass ranks all replicas: when all are full, Serve should back off before the
+            # next pass instead of spinning (its locality mixin sets this; this router has none).
+            pending_request.routing_context.should_backoff = True
+        if not candidate_replicas:
+            return []
+        try:
+            placement = self._place(candidate_replicas, pending_request, time.time())
+        except Exception:  # noqa: BLE001 - a routing bug must not lose the request
+            log.exception("BudgetAwareRequestRouter: placement failed; routing as Serve does")
+            placement = Placement((), "stale")
+        self.decisions[placement.reason] = self.decisions.get(placement.reason, 0) + 1
+        if not placement.ranked:
+            return [_power_of_two(candidate_replicas)]
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        return [[by_id[i]] for i in placement.ranked if i in by_id]
+
+    def _place(self, replicas: list[RunningReplica], pending: PendingRequest | None, now: float) -> Placement:
+        call = _call_of(pending)
+        reports = {r.replica_id.unique_id: r.routing_stats for r in replicas}
+        inflight = {r.replica_id.unique_id: [f for _, f in self._sent.get(r.replica_id, ())] for r in replicas}
+        return place(reports, call, now, self.stale_after_s, inflight)
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
+        self._state()
+        try:
+            call = _call_of(pending_request)
+            if call is None:
+                return
+            now = time.time()
+            sent = self._sent.setdefault(replica_id, deque(maxlen=MAX_INFLIGHT_PER_REPLICA))
+            while sent and now - sent[0][1].sent_at > INFLIGHT_FORGET_S:
+                sent.popleft()
+            rid = pending_request.metadata.internal_request_id
+            sent.append((rid, InFlight(call.knobs, call.expected_ms or 0.0, now)))
+        except Exception:  # noqa: BLE001 - bookkeeping only
+            log.exception("BudgetAwareRequestRouter: on_request_routed failed")
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        self._state()
+        sent = self._sent.get(replica_id)
+        if sent:
+            for item in sent:
+                if item[0] == internal_request_id:
+                    sent.remove(item)
+                    break
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        """A replica that left (died, scaled down) takes its in-flight bookkeeping with it."""
+        super().update_replicas(replicas)
+        self._state()
+        alive = {r.replica_id for r in replicas}
+        for rid in [r for r in self._sent if r not in alive]:
+            del self._sent[rid]
+
+
+def _call_of(pending: PendingRequest | None) -> CallView | None:
+    """The ModelCall of a generate/generate_stream request (its first argument); None otherwise."""
+    if pending is None or not pending.args:
+        return None
+    return CallView.of(pending.args[0])
+
+
+def _power_of_two(candidates: list[RunningReplica]) -> list[RunningReplica]:
+    """Serve's default: two random replicas, one rank; Serve takes the shorter queue of the two."""
+    if len(candidates) <= 2:
+        return random.sample(candidates, len(candidates))
+    return random.sample(candidates, 2)
