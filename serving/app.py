@@ -11,6 +11,7 @@ from controller.store import REMOTE_SCHEMES, TableStore
 from serving.config import ModelSettings, ServingConfig, load_config
 from serving.ingress.router import Router
 from serving.lookup.lookup_controller import LookupController
+from serving.model_ingress import ModelIngress
 from serving.replica.model import MoEModel
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +86,8 @@ def build_app_from_config(
         return deployment.options(ray_actor_options={**(deployment.ray_actor_options or {}), **extra})
 
     c = config.controller
+    if config.topology == "model_ingress":
+        return _model_ingress_app(config, n, place)
     # The store too: a replica prepares (captures) the configs of the table being served.
     model = place("MoEModel", MoEModel).options(**model_options(config.model, n.get("MoEModel", 1))).bind(
         config.model.model_dump(), config.fallback.knobs.model_dump(), c.store, c.poll_interval_s
@@ -103,6 +106,22 @@ def build_app_from_config(
     else:
         app = router.bind(controller, model, config.model_dump())
     return app
+
+
+def _model_ingress_app(config: ServingConfig, n: dict[str, int], place: Any) -> Application:
+    """One hop: the MoEModel replicas are the HTTP ingress (serving.model_ingress). The controller
+    finds them by name (they hold its handle, so it cannot be bound to theirs)."""
+    c = config.controller
+    controller = None
+    if c.resolve_mode != "fixed":  # fixed: the overhead baseline, no controller deployment at all
+        controller = place("LookupController", LookupController).options(
+            user_config=c.user_config(), num_replicas=n.get("LookupController", 1)
+        ).bind(c.user_config(), None, "MoEModel")
+    options = model_options(config.model, n.get("MoEModel", 1))
+    return place("MoEModel", ModelIngress).options(**options).bind(  # type: ignore[no-any-return]
+        config.model.model_dump(), config.fallback.knobs.model_dump(), c.store, c.poll_interval_s, controller,
+        config.model_dump(),
+    )
 
 
 # Import paths (Serve imports them in its controller and in every handle's router).
@@ -133,7 +152,7 @@ def model_options(model: ModelSettings, replicas: int) -> dict[str, Any]:
         "min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
         "target_ongoing_requests": a.target_ongoing_requests,
         "upscale_delay_s": a.upscale_delay_s, "downscale_delay_s": a.downscale_delay_s,
-        "metrics_interval_s": a.metrics_interval_s, "look_back_period_s": a.look_back_period_s,
+        "look_back_period_s": a.look_back_period_s,
     }
     if a.policy == "attainment":
         scaling["policy"] = {"policy_function": ATTAINMENT_POLICY, "policy_kwargs": a.attainment.model_dump()}

@@ -204,7 +204,6 @@ class AutoscalingSettings(_Strict):
     target_ongoing_requests: float = Field(default=8.0, gt=0, le=10_000)
     upscale_delay_s: float = Field(default=0.0, ge=0, le=3600)
     downscale_delay_s: float = Field(default=0.0, ge=0, le=86_400)
-    metrics_interval_s: float = Field(default=1.0, gt=0, le=60)
     look_back_period_s: float = Field(default=5.0, gt=0, le=3600)
     attainment: AttainmentScaling = AttainmentScaling()
 
@@ -255,6 +254,11 @@ class AuthSettings(_Strict):
 
 
 class ServingConfig(_Strict):
+    # model_ingress: the model replica is the HTTP ingress and resolves budgets on its own table
+    # copy (one hop from HAProxy to the model: serving.model_ingress). router: a Router deployment
+    # in front calls MoEModel replicas through a handle, and Serve's request router picks the
+    # replica per call (two hops; docs/architecture.md, "Serving path").
+    topology: Literal["model_ingress", "router"] = "model_ingress"
     headers: HeaderNames = HeaderNames()
     budget: BudgetSettings = BudgetSettings(default_budget_ms=250.0)
     controller: ControllerSettings
