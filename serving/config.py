@@ -204,7 +204,8 @@ class AutoscalingSettings(_Strict):
     target_ongoing_requests: float = Field(default=8.0, gt=0, le=10_000)
     upscale_delay_s: float = Field(default=0.0, ge=0, le=3600)
     downscale_delay_s: float = Field(default=0.0, ge=0, le=86_400)
-    look_back_period_s: float = Field(default=5.0, gt=0, le=3600)
+    # Above Serve's metrics push interval (10 s by default), or Serve warns.
+    look_back_period_s: float = Field(default=30.0, gt=10, le=3600)
     attainment: AttainmentScaling = AttainmentScaling()
 
     @model_validator(mode="after")

@@ -210,7 +210,7 @@ def test_knob_affinity_fills_batches(serve_port: int, store: str) -> None:
 
 
 def test_attainment_autoscaling_adds_a_replica_that_gets_traffic(serve_port: int, store: str) -> None:
-    scaling = {"min_replicas": 1, "max_replicas": 2, "look_back_period_s": 1.0,
+    scaling = {"min_replicas": 1, "max_replicas": 2, "look_back_period_s": 12.0,
                "attainment": {"up_share": 0.2, "down_share": 0.01, "up_for_s": 0.0, "down_for_s": 3600.0,
                               "min_calls": 5, "window_s": 5.0}}
     name = "autoscaled"
