@@ -5,10 +5,10 @@
 The graph engine's table is profiled first (bench.gpu_streams.build_table), unless --table names
 one. Then two Ray instances, one per Serve path (serving.fast_path), each running
 bench/overhead_paths.py with the graph-engine config of configs/serving_h100.yaml:
-- default path: the no-op app, then the app as the code ran before issue 18 (Serve's Python proxy,
-  actor calls; `budget.proxy_overhead_ms` 9 as configs/serving_h100.yaml had it)
-- fast path: the no-op app (the floor), the app (design (a)) with the config's own allowance, and
-  the replica-as-ingress prototype (design (b))
+- default path: the no-op app, then the app as it ran before issue 18 (`topology: router`, Serve's
+  Python proxy, actor calls; `budget.proxy_overhead_ms` 9 as configs/serving_h100.yaml had it)
+- fast path: the no-op app (the floor), the app with `topology: router` (design (a)) and the app as
+  it deploys now (`topology: model_ingress`, design (b)), with the config's own allowance
 Overhead = client time - replica arrival-to-first-token, one token per request, at 1 and 8
 clients; accuracy = the mean expected accuracy the router chose at the six budgets of the GPU
 curve (docs/h100/serve_engine_curve_run.json). Writes OUT_DIR/overhead.json in the shape of
@@ -89,26 +89,27 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([sys.executable, "-m", "lookupctl", "publish", str(table), "--store", str(store)], check=True,
                    cwd=ROOT, capture_output=True)
     after_cfg = serving_config(store, a, None)
-    default = child("default", "noop,app", serving_config(store, a, BEFORE_PROXY_OVERHEAD_MS), a, work, log)
-    fast = child("fast", "noop,app,replica_ingress", after_cfg, a, work, log)
+    default = child("default", "noop,app_router", serving_config(store, a, BEFORE_PROXY_OVERHEAD_MS), a, work, log)
+    fast = child("fast", "noop,app_router,app", after_cfg, a, work, log)
     result = {
         "gpu": gs.card(a.device),
         "noop": pick(fast["noop"], 1),
         "noop_default_path": pick(default["noop"], 1),
-        "before": {f"clients_{c}": pick(default["app"], c) for c in (1, 8)},
+        "before": {f"clients_{c}": pick(default["app_router"], c) for c in (1, 8)},
         "after": {f"clients_{c}": pick(fast["app"], c) for c in (1, 8)},
-        "design_b_prototype": {f"clients_{c}": pick(fast["replica_ingress"], c) for c in (1, 8)},
-        "design": "a",
-        "accuracy": {"before": default["app"]["accuracy"]["mean_accuracy"],
-                     "after": fast["app"]["accuracy"]["mean_accuracy"]},
-        "accuracy_per_budget": {"before": default["app"]["accuracy"]["per_budget"],
+        "design_a": {f"clients_{c}": pick(fast["app_router"], c) for c in (1, 8)},
+        "design": "b",
+        "accuracy": {"before": default["app_router"]["accuracy"]["mean_accuracy"],
+                     "after": fast["app"]["accuracy"]["mean_accuracy"],
+                     "design_a": fast["app_router"]["accuracy"]["mean_accuracy"]},
+        "accuracy_per_budget": {"before": default["app_router"]["accuracy"]["per_budget"],
                                 "after": fast["app"]["accuracy"]["per_budget"]},
         "budgets_ms": CURVE_BUDGETS,
         "proxy_overhead_ms": {"before": BEFORE_PROXY_OVERHEAD_MS, "after": after_cfg["budget"]["proxy_overhead_ms"]},
         "client_ms": {k: {f"clients_{c}": r[str(c)]["client_ms"] for c in (1, 8)}
-                      for k, r in (("noop", fast["noop"]), ("before", default["app"]), ("after", fast["app"]),
-                                   ("design_b_prototype", fast["replica_ingress"]))},
-        "startup_s": {"before": default["app"]["startup_s"], "after": fast["app"]["startup_s"]},
+                      for k, r in (("noop", fast["noop"]), ("before", default["app_router"]), ("after", fast["app"]),
+                                   ("design_a", fast["app_router"]))},
+        "startup_s": {"before": default["app_router"]["startup_s"], "after": fast["app"]["startup_s"]},
         "wall_s": round(time.time() - t0, 1),
         "raw": {"default": default, "fast": fast},
     }

@@ -160,7 +160,12 @@ def write_tree_configs(tree: Path, work: Path, store: Path, a: argparse.Namespac
 def tree_env(tree: Path) -> dict[str, str]:
     # The tree first on the path of `serve run` and so of every Ray worker it starts.
     path = os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH", "")) if p)
-    return dict(os.environ, PYTHONPATH=path, RAY_AUTH_MODE="disabled")
+    env = dict(os.environ, PYTHONPATH=path, RAY_AUTH_MODE="disabled")
+    if (tree / "serving" / "fast_path.py").exists():  # a tree that runs Serve's fast path runs it here too
+        from serving.fast_path import path_env
+
+        env |= path_env(True, own_ports=True)
+    return env
 
 
 def start_app(tree: Path, cfg: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -3,15 +3,15 @@
 Run as a child of bench/bench_overhead_paths.py (CPU) or bench/gpu_overhead.py (GPU): Serve's path
 settings are read when Ray's workers start (serving.fast_path), so each choice needs its own Ray.
 
-    python -m bench.overhead_paths --path fast|default --apps noop,app,replica_ingress --out FILE
+    python -m bench.overhead_paths --path fast|default --apps noop,noop_chain,app,app_router --out FILE
 
 Apps, deployed one after another on the same Ray instance:
 - `noop`: one deployment that reads the body and answers a small JSON (the floor).
-- `app`: this project's app (Router -> MoEModel, with the LookupController), zero-latency model.
-- `replica_ingress`: design (b) of issue 18, measured as a prototype: the model replica is the HTTP
-  ingress and resolves the budget on its own copy of the table (the Router's LocalTable, long-polled
-  from the LookupController), then runs the call in-process. It serves /v1/generate only; see
-  docs/architecture.md for why it is not the design kept.
+- `noop_chain`: a no-op ingress calling a no-op deployment through a handle (a two-hop floor).
+- `app`: this project's app as it deploys by default (`topology: model_ingress`: the MoEModel
+  replica is the HTTP ingress; issue 18's design (b)), with the LookupController.
+- `app_router`: the same app with `topology: router` (Router -> handle -> MoEModel; design (a) on
+  the fast path, today's path before issue 18 on the default one).
 
 Serving overhead of one request = the time the client waited - the replica's arrival-to-first-token
 time (`output.replica_first_token_ms`; 0 for the no-op app). With a zero-latency model every figure
@@ -21,11 +21,13 @@ is the path's own cost.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import statistics
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +43,56 @@ def summary(xs: list[float]) -> dict[str, float]:
     return {"p50": round(statistics.median(xs), 3), "p99": round(pct(xs, 0.99), 3), "n": len(xs)}
 
 
+class _Client:
+    """One kept-alive HTTP/1.1 connection (http.client: the GPU host has no httpx), as an HTTP client
+    library keeps it: a new TCP connection per request would be the client's cost, not the server's."""
+
+    def __init__(self, url: str) -> None:
+        u = urllib.parse.urlsplit(url)
+        self.host, self.port, self.path = u.hostname or "127.0.0.1", u.port or 80, u.path or "/"
+        self.conn: http.client.HTTPConnection | None = None
+
+    def post(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        data = json.dumps(body).encode()
+        for attempt in (0, 1):  # a connection the server closed is opened again, once
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+            try:
+                self.conn.request("POST", self.path, data, {"content-type": "application/json", **headers})
+                r = self.conn.getresponse()
+                raw = r.read()
+                return r.status, (json.loads(raw) if raw.startswith(b"{") else {})
+            except (OSError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
 def _client_loop(url: str, headers: dict[str, str], n: int, warm: int, out: list[tuple[float, dict[str, Any]]],
                  errors: list[str]) -> None:
-    import httpx
-
-    with httpx.Client(timeout=30) as c:  # one kept-alive connection, as an HTTP client library keeps it
+    c = _Client(url)
+    try:
         for i in range(n + warm):
             t0 = time.perf_counter()
             try:
-                r = c.post(url, json=BODY, headers=headers)
-            except httpx.HTTPError as e:
+                status, body = c.post(BODY, headers)
+            except (OSError, http.client.HTTPException) as e:
                 errors.append(type(e).__name__)
                 continue
             ms = (time.perf_counter() - t0) * 1000
-            if r.status_code != 200:
-                errors.append(str(r.status_code))
+            if status != 200:
+                errors.append(str(status))
                 continue
             if i >= warm:
-                out.append((ms, r.json()))
+                out.append((ms, body))
+    finally:
+        c.close()
 
 
 def overhead(url: str, clients: int, n: int, budget_ms: float = 10_000.0) -> dict[str, Any]:
@@ -79,31 +113,32 @@ def overhead(url: str, clients: int, n: int, budget_ms: float = 10_000.0) -> dic
 def accuracy(url: str, budgets: list[float], n_each: int) -> dict[str, Any]:
     """Mean expected accuracy and feasible share of the knobs the path chose at each budget (one
     client: the router's overhead allowance is what differs between paths)."""
-    import httpx
-
     per: dict[str, dict[str, float]] = {}
-    with httpx.Client(timeout=30) as c:
+    c = _Client(url)
+    try:
         for b in budgets:
             accs, feasible = [], 0
             for _ in range(n_each):
-                r = c.post(url, json=BODY, headers={"X-Latency-Budget-Ms": f"{b:g}"})
-                body = r.json()
+                _, body = c.post(BODY, {"X-Latency-Budget-Ms": f"{b:g}"})
                 accs.append(float(body.get("expected_accuracy") or 0.0))
                 feasible += body.get("feasible") is True
             per[f"{b:g}"] = {"accuracy": round(statistics.fmean(accs), 4), "feasible": feasible / n_each}
+    finally:
+        c.close()
     return {"per_budget": per, "mean_accuracy": round(statistics.fmean(v["accuracy"] for v in per.values()), 4)}
 
 
 def wait_ready(url: str, timeout_s: float = 120.0) -> None:
-    import httpx
-
     t0 = time.time()
     while time.time() - t0 < timeout_s:
+        c = _Client(url)
         try:
-            if httpx.post(url, json=BODY, headers={"X-Latency-Budget-Ms": "10000"}, timeout=5).status_code == 200:
+            if c.post(BODY, {"X-Latency-Budget-Ms": "10000"})[0] == 200:
                 return
-        except httpx.HTTPError:
+        except (OSError, http.client.HTTPException):
             pass
+        finally:
+            c.close()
         time.sleep(0.5)
     raise TimeoutError(f"{url} not answering after {timeout_s:.0f} s")
 
@@ -122,11 +157,34 @@ def noop_app() -> Any:
     return Noop.bind()
 
 
+def noop_chain_app() -> Any:
+    """Two no-op deployments, the ingress calling the other through a handle: the floor of a
+    two-hop topology (design (a)) on the same settings."""
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    @serve.deployment(name="NoopModel", ray_actor_options={"num_cpus": 0})
+    class NoopModel:
+        async def generate(self, prompt: str) -> dict[str, Any]:
+            return {"text": prompt[:1]}
+
+    @serve.deployment(name="NoopIngress", ray_actor_options={"num_cpus": 0})
+    class NoopIngress:
+        def __init__(self, model: Any) -> None:
+            self.model = model
+
+        async def __call__(self, request: Request) -> JSONResponse:
+            body = await request.json()
+            return JSONResponse(await self.model.generate.remote(str(body.get("prompt", ""))))
+
+    return NoopIngress.bind(NoopModel.bind())
+
+
 def run(path: str, apps: list[str], config: dict[str, Any], port: int, n: int, budgets: list[float],
         n_each: int, actor_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     from ray import serve
 
-    from bench.replica_ingress_proto import replica_ingress_app
     from serving.app import build_app_from_config
     from serving.config import ServingConfig
     from serving.local import local_serve
@@ -136,19 +194,21 @@ def run(path: str, apps: list[str], config: dict[str, Any], port: int, n: int, b
         for name in apps:
             if name == "noop":
                 app = noop_app()
-            elif name == "app":
-                app = build_app_from_config(ServingConfig.model_validate(config), actor_options=actor_options)
-            elif name == "replica_ingress":
-                app = replica_ingress_app(ServingConfig.model_validate(config), (actor_options or {}).get("MoEModel"))
+            elif name == "noop_chain":
+                app = noop_chain_app()
+            elif name in ("app", "app_router"):
+                topology = "model_ingress" if name == "app" else "router"
+                cfg = ServingConfig.model_validate({**config, "topology": topology})
+                app = build_app_from_config(cfg, actor_options=actor_options)
             else:
-                raise ValueError(f"app {name!r}: known are noop, app, replica_ingress")
+                raise ValueError(f"app {name!r}: known are noop, noop_chain, app, app_router")
             t0 = time.time()
             serve.run(app, name=name, route_prefix="/")
-            url = f"http://127.0.0.1:{port}/" + ("" if name == "noop" else "v1/generate")
+            url = f"http://127.0.0.1:{port}/" + ("" if name.startswith("noop") else "v1/generate")
             wait_ready(url)
             row: dict[str, Any] = {c: overhead(url, clients=c, n=n if c == 1 else max(10, n // 4))
                                    for c in (1, 8)}
-            if name != "noop" and budgets:
+            if not name.startswith("noop") and budgets:
                 row["accuracy"] = accuracy(url, budgets, n_each)
             row["startup_s"] = round(time.time() - t0, 1)
             out[name] = row

@@ -117,7 +117,9 @@ def _model_ingress_app(config: ServingConfig, n: dict[str, int], place: Any) -> 
         controller = place("LookupController", LookupController).options(
             user_config=c.user_config(), num_replicas=n.get("LookupController", 1)
         ).bind(c.user_config(), None, "MoEModel")
-    options = model_options(config.model, n.get("MoEModel", 1))
+    # No request router of ours: HAProxy picks the ingress replica itself, and Serve refuses a custom
+    # request router on an ingress deployment behind HAProxy.
+    options = model_options(config.model, n.get("MoEModel", 1), ingress=True)
     return place("MoEModel", ModelIngress).options(**options).bind(  # type: ignore[no-any-return]
         config.model.model_dump(), config.fallback.knobs.model_dump(), c.store, c.poll_interval_s, controller,
         config.model_dump(),
@@ -129,7 +131,7 @@ BUDGET_ROUTER = "serving.replica.budget_router:BudgetAwareRequestRouter"
 ATTAINMENT_POLICY = "serving.replica.autoscaling:AttainmentPolicy"
 
 
-def model_options(model: ModelSettings, replicas: int) -> dict[str, Any]:
+def model_options(model: ModelSettings, replicas: int, ingress: bool = False) -> dict[str, Any]:
     """MoEModel's deployment options: its request router (which replica takes a call) and either a
     fixed replica count or autoscaling (serving.replica.autoscaling for the attainment policy)."""
     from ray.serve.config import AutoscalingConfig, RequestRouterConfig
@@ -145,9 +147,10 @@ def model_options(model: ModelSettings, replicas: int) -> dict[str, Any]:
             "request_routing_stats_timeout_s": max(1.0, 2 * r.stats_period_s),
         }
     router = RequestRouterConfig.model_validate(routing)
+    routed: dict[str, Any] = {} if ingress else {"request_router_config": router}
     a = model.autoscaling
     if a is None:
-        return {"num_replicas": replicas, "request_router_config": router}
+        return {"num_replicas": replicas, **routed}
     scaling: dict[str, Any] = {
         "min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
         "target_ongoing_requests": a.target_ongoing_requests,
@@ -156,7 +159,7 @@ def model_options(model: ModelSettings, replicas: int) -> dict[str, Any]:
     }
     if a.policy == "attainment":
         scaling["policy"] = {"policy_function": ATTAINMENT_POLICY, "policy_kwargs": a.attainment.model_dump()}
-    return {"autoscaling_config": AutoscalingConfig.model_validate(scaling), "request_router_config": router}
+    return {"autoscaling_config": AutoscalingConfig.model_validate(scaling), **routed}
 
 
 # No `from __future__ import annotations` in this module: Serve reads the builder's annotation at

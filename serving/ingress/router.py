@@ -68,11 +68,13 @@ async def _awaited(response: Any) -> Any:
     return await response
 
 
-@serve.deployment(name="Router", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
-@serve.ingress(api)
-class Router:
+class RouterDoors:
+    """The HTTP doors and the budget path in front of a model. `model` is a DeploymentHandle to the
+    MoEModel deployment (the Router deployment below), or the replica's own methods in a handle's
+    shape when the model replica is the ingress itself (serving.model_ingress)."""
+
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
-        self, controller: DeploymentHandle[Any] | None, model: DeploymentHandle[Any], config: dict[str, Any]
+        self, controller: DeploymentHandle[Any] | None, model: Any, config: dict[str, Any]
     ) -> None:
         self.config = ServingConfig.model_validate(config)
         self.model = model
@@ -108,7 +110,7 @@ class Router:
         )
 
     @api.post("/v1/generate")
-    async def generate(self, request: Request) -> JSONResponse:
+    async def generate_http(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
         h = self.config.headers
         budget, tolerance, dataset = self._inputs(request.headers.getlist, h.budget, h.dataset, h.tolerance)
@@ -215,7 +217,7 @@ class Router:
         try:
             return await asyncio.wait_for(_awaited(response), timeout=2.0)
         except Exception as e:  # noqa: BLE001 - stats are best effort
-            response.cancel()  # type: ignore[no-untyped-call]  # unannotated in Ray
+            response.cancel()
             return {"error": f"model engine stats unavailable ({type(e).__name__})"}
 
     @api.get("/healthz")
@@ -224,3 +226,10 @@ class Router:
         router answers with the fallback knobs for lack of one, which it keeps doing meanwhile."""
         health = await self.resolver.health()
         return JSONResponse(health.to_dict(), status_code=200 if health.ok else 503)
+
+
+# The two-hop topology: this deployment is the HTTP ingress and calls MoEModel replicas through a
+# handle (serving.app, `serving.topology: router`).
+Router = serve.deployment(name="Router", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})(
+    serve.ingress(api)(RouterDoors)
+)

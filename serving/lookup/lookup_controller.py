@@ -64,13 +64,20 @@ def served_key(table: Table) -> str:
     graceful_shutdown_timeout_s=2,
 )
 class LookupController:
-    async def __init__(self, user_config: dict[str, Any], model: Any = None) -> None:  # type: ignore[misc]  # Serve awaits it
+    async def __init__(  # type: ignore[misc]  # Serve awaits it
+        self, user_config: dict[str, Any], model: Any = None, model_deployment: str | None = None
+    ) -> None:
         # The table is loaded here, not only in reconfigure: a replica is useful from its first request.
         self.config = ControllerSettings.from_user_config(user_config)
         self._set_batch(self.config.batch)
         # The model deployment publishes the knob ranges it can run; a table with a config outside
         # them is rejected like a corrupt one (None: no model to ask, e.g. a bare controller).
         self.model = model
+        if model is None and model_deployment is not None:
+            # The model replica is the ingress and holds a handle to this controller, so this one
+            # cannot be bound to it as well: look it up by name in this app (resolved on first call).
+            app = serve.get_replica_context().app_name
+            self.model = serve.get_deployment_handle(model_deployment, app_name=app)
         self.ranges: SupportedRanges | None = None
         self._ranges_at = 0.0
         self.replica_id = _replica_id()

@@ -14,6 +14,7 @@ from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
 from tests.support.load import LoadLoop
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
@@ -38,7 +39,7 @@ def base(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "model": {"backend_options": {"latency_scale": 0.02}},
         }
     )
-    serve.run(build_app_from_config(config, {"LookupController": 2}), name=APP, route_prefix=f"/{APP}")
+    run_routed(build_app_from_config(config, {"LookupController": 2}), name=APP, route_prefix=f"/{APP}")
     yield f"http://127.0.0.1:{serve_port}/{APP}"
     serve.delete(APP)
 

@@ -16,6 +16,7 @@ from ray import serve
 from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
@@ -30,7 +31,7 @@ def base(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
          "model": {"backend_options": {"latency_scale": 20.0}, "scheduling": "deadline",
                    "batch": {"max_batch_size": 1, "batch_wait_timeout_s": 0}}}
     )
-    serve.run(build_app_from_config(config), name="edf", route_prefix="/edf")
+    run_routed(build_app_from_config(config), name="edf", route_prefix="/edf")
     yield f"http://127.0.0.1:{serve_port}/edf"
     serve.delete("edf")
 

@@ -17,6 +17,7 @@ from controller import Table
 from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 from tests.support.waiting import until
 
@@ -53,7 +54,7 @@ def app(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
                       "assign_timeout_s": 30, "timeout_s": 60},
         }
     )
-    serve.run(build_app_from_config(config), name="engine", route_prefix="/engine")
+    run_routed(build_app_from_config(config), name="engine", route_prefix="/engine")
     a = EngineApp(f"http://127.0.0.1:{serve_port}/engine", store, first)
     yield a
     a.http.close()
@@ -113,7 +114,7 @@ def disabled_app(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> I
             "model": {"backend_options": {"latency_scale": 0.01, "disabled_configs": ["high_8_16", "high_8_14"]}},
         }
     )
-    serve.run(build_app_from_config(config), name="disabled", route_prefix="/disabled")
+    run_routed(build_app_from_config(config), name="disabled", route_prefix="/disabled")
     with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}/disabled", timeout=30) as c:
         yield c
     serve.delete("disabled")

@@ -27,6 +27,7 @@ from serving.errors import ModelCallError
 from serving.ingress.model_call import describe_failure
 from serving.wire import ModelCall
 from tests.support.load import LoadLoop
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 from tests.support.waiting import until
 
@@ -83,11 +84,15 @@ def app(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
     first = TableStore(str(store)).publish(synthetic_table())
     config = ServingConfig.model_validate(
         {
+            # The Router in front: while the only model replica restarts, clients get labelled 503s
+            # from it (with topology model_ingress the replica is the ingress and its restart drops
+            # its connections; docs/architecture.md, "Serving path").
+            "topology": "router",
             "controller": {"store": str(store), "poll_interval_s": POLL_S},
             "model": {"backend_options": {"latency_scale": 0.02}, "assign_timeout_s": 1.0, "timeout_s": 30},
         }
     )
-    serve.run(build_app_from_config(config), name=APP, route_prefix=f"/{APP}")
+    run_routed(build_app_from_config(config), name=APP, route_prefix=f"/{APP}")
     a = App(f"http://127.0.0.1:{serve_port}/{APP}", store, first)
     yield a
     a.http.close()

@@ -15,6 +15,7 @@ from serving.app import build_app_from_config
 from serving.config import ServingConfig
 from tests.support.load import LoadLoop
 from tests.support.reload import ReloadProbe
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
@@ -33,7 +34,7 @@ def app(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
             "model": {"backend_options": {"latency_scale": 0.02}},
         }
     )
-    serve.run(build_app_from_config(config, {"LookupController": CONTROLLERS}), name="reload", route_prefix="/reload")
+    run_routed(build_app_from_config(config, {"LookupController": CONTROLLERS}), name="reload", route_prefix="/reload")
     a = ReloadProbe(f"http://127.0.0.1:{serve_port}/reload", str(store), "reload", CONTROLLERS)
     a.tables[first.version_id] = first
     yield a

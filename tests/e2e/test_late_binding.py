@@ -16,6 +16,7 @@ from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
 from serving.wire import DispatchPlan, ModelCall, PlanOption
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
@@ -34,7 +35,7 @@ def app(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
                    "scheduling": "deadline", "blocking_miss_budget": 0.01,
                    "batch": {"max_batch_size": 1, "batch_wait_timeout_s": 0}}}
     )
-    serve.run(build_app_from_config(config), name="late", route_prefix="/late")
+    run_routed(build_app_from_config(config), name="late", route_prefix="/late")
     yield {"url": f"http://127.0.0.1:{serve_port}/late", "model": serve.get_deployment_handle("MoEModel", "late")}
     serve.delete("late")
 

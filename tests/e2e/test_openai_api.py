@@ -21,6 +21,7 @@ from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
 from serving.telemetry.attainment import BUCKETS
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
@@ -38,7 +39,7 @@ def base(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         {"controller": {"store": str(store), "poll_interval_s": 0.5},
          "model": {"backend_options": {"latency_scale": 0.2}, "max_new_tokens_limit": 1000}}
     )
-    serve.run(build_app_from_config(config), name=APP, route_prefix=f"/{APP}")
+    run_routed(build_app_from_config(config), name=APP, route_prefix=f"/{APP}")
     yield f"http://127.0.0.1:{serve_port}/{APP}"
     serve.delete(APP)
 
@@ -202,7 +203,7 @@ def fallback_base(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> 
         {"controller": {"store": str(store), "resolve_mode": "remote", "timeout_s": 0.000001},
          "model": {"backend_options": {"latency_scale": 0.05}}}
     )
-    serve.run(build_app_from_config(config), name="oaifb", route_prefix="/oaifb")
+    run_routed(build_app_from_config(config), name="oaifb", route_prefix="/oaifb")
     yield f"http://127.0.0.1:{serve_port}/oaifb"
     serve.delete("oaifb")
 

@@ -21,6 +21,7 @@ from controller.store import TableStore
 from lookupctl import main as lookupctl
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
@@ -58,7 +59,7 @@ def _config(store: str, *, queue_aware: bool, slowdown: float = 1.0, auto: bool 
 
 
 def _deploy(name: str, config: ServingConfig) -> None:
-    serve.run(build_app_from_config(config), name=name, route_prefix=f"/{name}")
+    run_routed(build_app_from_config(config), name=name, route_prefix=f"/{name}")
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
 from serving.wire import ModelCall
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
@@ -38,6 +39,9 @@ def _config(store: str, routing: str, *, autoscaling: dict[str, Any] | None = No
     if autoscaling is not None:
         model["autoscaling"] = autoscaling
     return ServingConfig.model_validate({
+        # Serve's request router picks the replica of a handle call: the two-hop topology, where the
+        # Router calls MoEModel (with model_ingress, HAProxy picks the replica and there is no call).
+        "topology": "router",
         "budget": {"default_budget_ms": 500, "queue_aware": False},
         "controller": {"store": store, "poll_interval_s": 0.5, "feedback": {"enabled": False}},
         "model": model,
@@ -124,7 +128,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def app(serve_port: int, store: str, request: pytest.FixtureRequest) -> Iterator[str]:
     name, routing = request.param
-    serve.run(build_app_from_config(_config(store, routing), replicas={"MoEModel": 3}), name=name,
+    run_routed(build_app_from_config(_config(store, routing), replicas={"MoEModel": 3}), name=name,
               route_prefix=f"/{name}")
     try:
         yield f"http://127.0.0.1:{serve_port}/{name}"
@@ -200,7 +204,7 @@ def _mean_batch(app: str) -> float:
 def test_knob_affinity_fills_batches(serve_port: int, store: str) -> None:
     means = {}
     for name, routing in (("aff_default", "default"), ("aff_budget", "budget_aware")):
-        serve.run(build_app_from_config(_config(store, routing, slow={}), replicas={"MoEModel": 3}), name=name,
+        run_routed(build_app_from_config(_config(store, routing, slow={}), replicas={"MoEModel": 3}), name=name,
                   route_prefix=f"/{name}")
         try:
             means[routing] = _mean_batch(name)
@@ -214,7 +218,7 @@ def test_attainment_autoscaling_adds_a_replica_that_gets_traffic(serve_port: int
                "attainment": {"up_share": 0.2, "down_share": 0.01, "up_for_s": 0.0, "down_for_s": 3600.0,
                               "min_calls": 5, "window_s": 5.0}}
     name = "autoscaled"
-    serve.run(build_app_from_config(_config(store, "budget_aware", autoscaling=scaling, slow={})), name=name,
+    run_routed(build_app_from_config(_config(store, "budget_aware", autoscaling=scaling, slow={})), name=name,
               route_prefix=f"/{name}")
     base = f"http://127.0.0.1:{serve_port}/{name}"
     try:

@@ -17,6 +17,7 @@ from ray import serve
 from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 from tests.support.waiting import until
 
@@ -38,7 +39,7 @@ def _deploy(name: str, store: Path, mode: str, keys: Path | None = None) -> None
     }
     if keys is not None:
         config["auth"] = {"api_keys_file": str(keys)}
-    serve.run(build_app_from_config(ServingConfig.model_validate(config)), name=name, route_prefix=f"/{name}")
+    run_routed(build_app_from_config(ServingConfig.model_validate(config)), name=name, route_prefix=f"/{name}")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_health_is_not_ok_while_fallback_knobs_answer_then_ok(apps: dict[str, An
     assert c.get("/health/healthz").json()["table_version"] == first.version_id
     (apps["bare"] / "versions" / f"{first.version_id}.json").write_bytes(NESTED)
     _kill("health", "LookupController")
-    _kill("health", "Router")
+    _kill("health", "MoEModel")  # the ingress, with its table copy (topology model_ingress)
     health = until(lambda: (r := c.get("/health/healthz")).status_code == 503 and r, "router without a table")
     body = health.json()
     assert body["status"] == "no_table" and body["table_version"] is None and body["reason"]

@@ -21,6 +21,7 @@ from lookupctl import main
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
 from tests.support.load import LoadLoop
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 from tests.support.waiting import until
 
@@ -48,7 +49,7 @@ def app(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
             "model": {"backend_options": {"latency_scale": 0.02}},
         }
     )
-    serve.run(build_app_from_config(config), name=APP, route_prefix=f"/{APP}")
+    run_routed(build_app_from_config(config), name=APP, route_prefix=f"/{APP}")
     base = f"http://127.0.0.1:{serve_port}/{APP}"
     with httpx.Client(base_url=base, timeout=30) as c:
         until(lambda: c.get("/v1/stats").json()["controller"]["table_version"] == v2, "v2 served")

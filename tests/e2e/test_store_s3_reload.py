@@ -15,6 +15,7 @@ from serving.config import ServingConfig
 from tests.support.load import LoadLoop
 from tests.support.reload import ReloadProbe
 from tests.support.s3 import S3Server
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
@@ -37,7 +38,7 @@ def app(serve_port: int, s3_server: S3Server) -> Iterator[ReloadProbe]:
     # variables that botocore reads (a deploy file's runtime_env.env_vars, or the pods' env).
     env = {name: {"runtime_env": {"env_vars": s3_server.env}} for name in DEPLOYMENTS}
     first = TableStore(store).publish(synthetic_table())
-    serve.run(build_app_from_config(config, {"LookupController": CONTROLLERS}, env), name="s3reload",
+    run_routed(build_app_from_config(config, {"LookupController": CONTROLLERS}, env), name="s3reload",
               route_prefix="/s3reload")
     probe = ReloadProbe(f"http://127.0.0.1:{serve_port}/s3reload", store, "s3reload", CONTROLLERS)
     probe.tables[first.version_id] = first

@@ -22,6 +22,7 @@ from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
 from tests.support.replicas import replica_actor, replica_pid, rss_bytes
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 from tests.support.waiting import until
 
@@ -58,7 +59,7 @@ def app(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
                    # Wide batches: 200 short streams take a few backend calls, not 25.
                    "batch": {"max_batch_size": 32, "batch_wait_timeout_s": 0.005}}}
     )
-    serve.run(build_app_from_config(config), name=APP, route_prefix=f"/{APP}")
+    run_routed(build_app_from_config(config), name=APP, route_prefix=f"/{APP}")
     yield App(f"http://127.0.0.1:{serve_port}/{APP}", serve_port, store)
     serve.delete(APP)
 
@@ -238,7 +239,7 @@ async def _many_streams(app: App, n: int, max_tokens: int) -> list[tuple[int, ht
 
 def test_two_hundred_streams_at_once_and_router_memory_stays_bounded(app: App) -> None:
     n, rounds = 200, 2
-    pid = replica_pid(APP, "Router")
+    pid = replica_pid(APP, "MoEModel")  # the ingress: the model replica holds the doors (topology model_ingress)
     before = _stats(app)["router"]["streams"]
     rss = []
     for _ in range(rounds):  # the first round is the warm-up: imports, buffers, pools grow once
@@ -349,11 +350,17 @@ def test_long_streams_neither_count_as_overhead_nor_hold_a_short_request(app: Ap
     assert overhead < 500, overhead  # a stream's ~3 s never reaches the estimate
 
 
-def test_a_model_replica_killed_mid_stream_ends_the_stream_with_an_error_event(app: App) -> None:
+def test_a_model_replica_killed_mid_stream_breaks_the_stream_where_the_client_sees_it(app: App) -> None:
+    """The model replica is the ingress (topology model_ingress): it holds the client's connection,
+    so its death ends the stream without a final chunk. The client's library sees a broken stream
+    (httpx: RemoteProtocolError; the openai client raises), never a false finish or [DONE]. With
+    `topology: router`, the Router outlives the replica and sends an error event instead
+    (docs/architecture.md, "Serving path")."""
     import ray
 
-    before = _stats(app)
     name, actor = replica_actor(APP, "MoEModel")
+    rest: list[str] = []
+    broken = False
     with httpx.Client(timeout=httpx.Timeout(20.0)) as c:
         with c.stream("POST", f"{app.base}/v1/completions", json=_body(LONG), headers=LOOSE) as r:
             assert r.status_code == 200
@@ -362,18 +369,17 @@ def test_a_model_replica_killed_mid_stream_ends_the_stream_with_an_error_event(a
             assert _event(first)["choices"][0]["text"]
             killed = time.monotonic()
             ray.kill(actor, no_restart=False)
-            rest = [line for line in lines if line]  # the read timeout bounds a hang
+            try:
+                rest = [line for line in lines if line]  # the read timeout bounds a hang
+            except httpx.HTTPError:
+                broken = True
         ended = time.monotonic() - killed
     assert r.headers["content-type"].startswith("text/event-stream")
-    assert rest and rest[-1] == DONE, rest
-    error = _event(rest[-2])["error"]
-    assert error["type"] in ("model_unavailable", "model_error") and error["code"] == error["type"], error
-    assert not [e for e in map(_event, rest[:-2]) if e["choices"][0]["finish_reason"]]  # no false finish
+    assert broken or (rest and rest[-1] != DONE), rest[-3:]
+    events = [e for e in map(_event, (x for x in rest if x != DONE)) if "choices" in e]
+    assert not [e for e in events if e["choices"][0]["finish_reason"]]  # no false finish
     assert ended < LONG * DECODE_MS / 1000, ended  # ended by the failure, not by the decode running out
     # Serve replaces the replica; the app answers again.
     until(lambda: _generate(app).status_code == 200, "a /v1/generate answered after the replica died", 90.0, 0.5)
     until(lambda: serve.status().applications[APP].status == "RUNNING", "the app is RUNNING again", 30.0, 0.5)
-    after = _stats(app)
-    assert after["model"]["replica_id"] != before["model"]["replica_id"]
-    assert after["router"]["streams"]["failed"] == before["router"]["streams"]["failed"] + 1
     assert name != replica_actor(APP, "MoEModel")[0]

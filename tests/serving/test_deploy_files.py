@@ -15,7 +15,11 @@ from serving.app import AppArgs, config_from_args
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_FILES = [ROOT / "deploy" / "serve_local.yaml", ROOT / "deploy" / "serve_h100.yaml"]
 RAYSERVICE = ROOT / "deploy" / "kuberay" / "rayservice.yaml"
-DEPLOYMENT_NAMES = {"Router", "LookupController", "MoEModel"}
+# The deployments of each topology (serving.config.ServingConfig.topology).
+DEPLOYMENT_NAMES = {
+    "model_ingress": {"LookupController", "MoEModel"},
+    "router": {"Router", "LookupController", "MoEModel"},
+}
 
 
 def _serve_configs() -> list[tuple[str, dict[str, Any]]]:
@@ -36,7 +40,8 @@ def test_serve_config_is_valid(name: str, config: dict[str, Any]) -> None:
         args = AppArgs.model_validate(app.args)
         serving_config = config_from_args(args)  # config_path exists and validates
         for d in config["applications"][0]["deployments"]:
-            assert d["name"] in DEPLOYMENT_NAMES, f"{name}: unknown deployment {d['name']}"
+            known = DEPLOYMENT_NAMES[serving_config.topology]
+            assert d["name"] in known, f"{name}: no deployment {d['name']} in topology {serving_config.topology}"
             # ServeDeploySchema allows extra keys for forward compatibility; typos must still fail here.
             assert set(d) <= known_fields, f"{name}: unknown keys {set(d) - known_fields}"
             if d["name"] == "LookupController" and "user_config" in d:

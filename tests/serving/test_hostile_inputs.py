@@ -19,6 +19,7 @@ from ray import serve
 from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
@@ -46,7 +47,7 @@ def c(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[htt
             "limits": LIMITS,
         }
     )
-    serve.run(build_app_from_config(config), name=APP, route_prefix=f"/{APP}")
+    run_routed(build_app_from_config(config), name=APP, route_prefix=f"/{APP}")
     with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}/{APP}", timeout=30) as client:
         yield client
     serve.delete(APP)

@@ -15,6 +15,7 @@ from controller import Table
 from controller.store import TableStore
 from serving.app import build_app_from_config
 from serving.config import ServingConfig
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
@@ -30,7 +31,7 @@ def _deploy(name: str, store: str, **controller: Any) -> None:
             "model": {"backend_options": {"latency_scale": 0}, "max_new_tokens_limit": 64},
         }
     )
-    serve.run(build_app_from_config(config), name=name, route_prefix=f"/{name}")
+    run_routed(build_app_from_config(config), name=name, route_prefix=f"/{name}")
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +268,7 @@ def strict(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             },
         }
     )
-    serve.run(build_app_from_config(config), name="strict", route_prefix="/strict")
+    run_routed(build_app_from_config(config), name="strict", route_prefix="/strict")
     with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}/strict", timeout=30) as c:
         yield c, table
     serve.delete("strict")

@@ -20,6 +20,7 @@ from serving.app import build_app_from_config
 from serving.config import ServingConfig
 from serving.ingress.model_call import describe_failure
 from tests.e2e.test_hostile_store import until
+from tests.support.serve import run_routed
 from tests.support.tables import synthetic_table
 
 pytestmark = pytest.mark.serve
@@ -50,7 +51,7 @@ def sec(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
             "auth": {"api_keys_file": str(tmp / "api_keys")},
         }
     )
-    serve.run(build_app_from_config(config), name=APP, route_prefix=f"/{APP}")
+    run_routed(build_app_from_config(config), name=APP, route_prefix=f"/{APP}")
     auth = {"Authorization": f"Bearer {API_KEY}"}
     with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}/{APP}", timeout=30) as c:
         yield {"c": c, "auth": auth, "store": store, "dir": store_dir, "tmp": tmp, "first": first}
