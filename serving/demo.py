@@ -69,7 +69,7 @@ def main() -> int:
     from controller.store import TableStore
     from serving.app import build_app_from_config
     from serving.config import load_config
-    from serving.local import free_port, import_ray_quietly, local_serve
+    from serving.local import free_port, import_ray_quietly, local_serve, wait_until_routed
 
     import_ray_quietly()
     store_dir = Path(tempfile.mkdtemp(prefix="lookup-demo-store-"))
@@ -87,6 +87,7 @@ def main() -> int:
     with local_serve(port, num_cpus=4, quiet=True):
         started = time.perf_counter()
         serve.run(build_app_from_config(config), name="moe", route_prefix="/")
+        wait_until_routed(port)
         print(f"Serve app up on http://127.0.0.1:{port} in {time.perf_counter() - started:.1f} s")
         if model.get("latency_source") == "table":
             print(

@@ -36,6 +36,10 @@ FAST_PATH_ENV: Mapping[str, str] = {
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
 }
 
+# Settings of the fast path that an environment may choose itself; the two switches above them are
+# what the path is, and are always set.
+TUNABLES = ("RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S")
+
 # Serve's defaults, to measure today's path in the same run (the overhead benchmark's "before").
 DEFAULT_PATH_ENV: Mapping[str, str] = {
     "RAY_SERVE_ENABLE_HA_PROXY": "0",
@@ -48,6 +52,9 @@ def path_env(fast: bool, own_ports: bool = False) -> dict[str, str]:
     default they are 8404 and 9101 machine-wide, so a second Ray with HAProxy on the same machine, a
     test run beside a demo or a second test cluster, would fail to bind them)."""
     env = dict(FAST_PATH_ENV if fast else DEFAULT_PATH_ENV)
+    for name in TUNABLES:  # a value set where we start (a test's short timeout, an operator's) is kept
+        if fast and name in os.environ:
+            env[name] = os.environ[name]
     if fast and own_ports:
         env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(_free_port())
         env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(_free_port())

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
+import time
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -70,3 +74,27 @@ def _ray_and_serve(ray: Any, serve: Any, http_port: int, num_cpus: int, quiet: b
         finally:
             ray.shutdown()
 
+
+
+def wait_until_routed(http_port: int, route_prefix: str = "/", timeout_s: float = 30.0) -> None:
+    """Return once the HTTP ingress routes `route_prefix` to our app (its /healthz answers JSON with
+    a status, 200 or 503). On Serve's fast path HAProxy learns a new route a moment after
+    `serve.run` returns (it reloads its config in the background); a request in between gets
+    HAProxy's own 404 or 503. TimeoutError after `timeout_s`."""
+    url = f"http://127.0.0.1:{http_port}{route_prefix.rstrip('/')}/healthz"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5.0) as r:
+                body = r.read()
+        except urllib.error.HTTPError as e:  # 503 no_table is ours too; HAProxy's 404/503 are not JSON
+            body = e.read()
+        except OSError:
+            body = b""
+        try:
+            if isinstance(json.loads(body), dict) and "status" in json.loads(body):
+                return
+        except ValueError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"the HTTP ingress did not route {route_prefix} within {timeout_s:g} s")

@@ -66,7 +66,7 @@ def test_publish_and_worker_failure_on_two_nodes(tmp_path: Path) -> None:
     # The nodes run Serve's fast path, as the deploy files do, with HAProxy ports of this cluster's
     # own (the session's shared Serve holds others on this machine). The driver keeps Serve's
     # defaults: it calls handles from plain threads, which the fast path's same-loop router refuses.
-    driver_env = dict(env)
+    driver_env = env | path_env(fast=False)  # this session's own Serve set the fast path in os.environ
     env |= path_env(fast=True, own_ports=True)
     try:
         nodes.append(

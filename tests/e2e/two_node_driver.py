@@ -132,12 +132,19 @@ def main(address: str, store_dir: str, http_port: int, worker_pid: int) -> int:
         probes: list[tuple[int, str | None]] = []
 
         def probe_until_restarted() -> bool:
-            r = http.post("/v1/generate", json={"prompt": "probe"})
-            probes.append((r.status_code, r.headers.get("X-Error-Type")))
+            try:
+                r = http.post("/v1/generate", json={"prompt": "probe"})
+                probes.append((r.status_code, r.headers.get("X-Error-Type")))
+            except httpx.HTTPError:  # its request was in flight on the killed replica (below)
+                probes.append((0, None))
             return len(_worker_replica_pids(worker_pid)) == 2
 
         _until(probe_until_restarted, "worker replicas restarted")
-        unlabelled = [p for p in probes if p[0] != 200 and p[1] not in ModelCallError.KINDS]
+        # The model replicas are the HTTP ingress (topology model_ingress): requests in flight on the
+        # killed one lose their connection (0) or get HAProxy's 502/503; every other failure is one
+        # of ours, labelled. A handful at most: HAProxy stops sending to a dead server at once.
+        dropped = {0, 502, 503}
+        unlabelled = [p for p in probes if p[0] not in (200, *dropped) and p[1] not in ModelCallError.KINDS]
         assert not unlabelled, unlabelled[:3]
         _until(
             lambda: (
@@ -150,10 +157,13 @@ def main(address: str, store_dir: str, http_port: int, worker_pid: int) -> int:
         time.sleep(1.0)
     statuses = [s.status for s in load.samples]
     bad = [s for s in load.samples if s.status not in (200, 503)]
-    assert not bad, bad[:3]
+    # At most the requests in flight on the killed replica when it died (4 clients) plus a few a
+    # kept-alive connection to it carried before HAProxy marked it down.
+    assert len(bad) + sum(p[0] in (0, 502) for p in probes) <= 12, bad[:3]
     after = load.samples[-20:]
     assert after and all(s.status == 200 for s in after), after
-    print(f"worker replicas killed under load: {len(statuses)} requests, {statuses.count(503)} x 503, then recovery")
+    print(f"worker replicas killed under load: {len(statuses)} requests, {statuses.count(503)} x 503, "
+          f"{len(bad)} dropped with the replica, then recovery")
     serve.delete(APP)
     return 0
 
