@@ -78,7 +78,32 @@ def run(quick: bool = False) -> dict[str, Any]:
     floor = result["noop"]["clients_1"]["p50"]
     result["ratio_after_a_to_noop_p50"] = round(result["after_a"]["clients_1"]["p50"] / floor, 2)
     result["ratio_after_b_to_noop_p50"] = round(result["after_b"]["clients_1"]["p50"] / floor, 2)
+    result["title"] = "serving overhead by path (issue 18): client - replica first token, zero-latency model"
+    result["figures"] = _figures(result)
     return result
+
+
+def _figures(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """bench/report.py's shape: each path's overhead beside its baseline from the same run."""
+    out: list[dict[str, Any]] = []
+    for c in (1, 8):
+        k = f"clients_{c}"
+        for label, key in (("before: Router + MoEModel, Serve default path", "before"),
+                           ("design (a): Router + MoEModel, fast path", "after_a"),
+                           ("as deployed, design (b): MoEModel as ingress, fast path", "after_b")):
+            v = r[key][k]
+            out.append({"name": f"{label}, {c} client(s), p50 / p99", "value": f"{v['p50']:.2f} / {v['p99']:.2f}",
+                        "unit": "ms", "baseline": f"{r['noop'][k]['p50']:.2f} / {r['noop'][k]['p99']:.2f}",
+                        "baseline_name": "no-op app, fast path", "passed": None})
+    ratio = r["ratio_after_b_to_noop_p50"]
+    out.append({"name": "as deployed / no-op, 1 client p50", "value": ratio, "unit": "x", "baseline": 1.0,
+                "baseline_name": "no-op app", "goal": f"<= {GOAL_RATIO}x", "passed": ratio <= GOAL_RATIO})
+    accs = [r[k].get("mean_accuracy") for k in ("before", "after_b")]
+    if None not in accs:
+        out.append({"name": "mean expected accuracy at six budgets (frontier + 6 ms)", "value": accs[1],
+                    "baseline": accs[0], "baseline_name": "before", "goal": ">= before",
+                    "passed": accs[1] >= accs[0]})
+    return out
 
 
 def print_result(r: dict[str, Any]) -> None:
