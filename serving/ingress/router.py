@@ -37,17 +37,32 @@ async def _bad_input(_: Request, e: BadInput) -> JSONResponse:
     return JSONResponse(e.to_dict(), status_code=e.status)
 
 
-@api.middleware("http")
-async def _require_key(request: Request, call_next: Any) -> Any:
-    keys = ActiveKeys.keys
-    if keys is not None and not ApiKeys.is_open(request.url.path, request.scope.get("root_path", "")):
-        values = request.headers.getlist(HEADER)
-        if len(values) != 1 or not keys.allows(values[0]):
-            bad = BadInput(HEADER, None, "is missing or not a valid API key", f"send {HEADER}: Bearer <key>", 401)
-            response = await _bad_input(request, bad)
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response
-    return await call_next(request)
+class RequireKey:
+    """API keys, as plain ASGI middleware. Starlette's `@app.middleware("http")` (BaseHTTPMiddleware)
+    runs every request, streams included, through an extra task and memory stream: a cost on each
+    request of the hot path, and a stream's client disconnect reaches the route later."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        keys = ActiveKeys.keys
+        if keys is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        if not ApiKeys.is_open(request.url.path, scope.get("root_path", "")):
+            values = request.headers.getlist(HEADER)
+            if len(values) != 1 or not keys.allows(values[0]):
+                bad = BadInput(HEADER, None, "is missing or not a valid API key", f"send {HEADER}: Bearer <key>", 401)
+                response = await _bad_input(request, bad)
+                response.headers["WWW-Authenticate"] = "Bearer"
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(RequireKey)
 
 
 @api.exception_handler(RequestValidationError)
