@@ -115,6 +115,12 @@ def overhead(url: str, clients: int, n: int, budget_ms: float = 10_000.0) -> dic
         out["replica_after_first_token_ms"] = summary(
             [float(o.get("replica_ms") or 0.0) - float(o.get("replica_first_token_ms") or 0.0) for o in outputs])
         out["batch_size"] = summary([float(o.get("batch_size") or 1) for o in outputs])
+    timed = [(ms, float(t["total"])) for ms, body in rows
+             if isinstance(t := body.get("timings_ms"), dict) and "total" in t]
+    if timed:
+        # Where the overhead is: before the doors' clock starts (ingress, Serve, the replica's loop)
+        # or inside it (the doors' own path).
+        out["before_doors_ms"] = summary([ms - total for ms, total in timed])
     return out
 
 
