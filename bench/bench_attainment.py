@@ -183,7 +183,7 @@ def run(quick: bool = False, per_point: int | None = None, curves_wanted: tuple[
 
     from controller.store import TableStore
     from serving.app import build_app_from_config
-    from serving.local import free_port, local_serve
+    from serving.local import free_port, local_serve, run_routed
 
     # per point (4 curves x 4 loads): 40 keeps the run within make bench's 240 s; a quiet host can
     # afford more (--requests), which a 99% goal needs to mean much (40 allows no miss at all).
@@ -196,7 +196,8 @@ def run(quick: bool = False, per_point: int | None = None, curves_wanted: tuple[
     # Logical CPUs for Ray's placement only: the simulated replicas sleep, they do not compute.
     with local_serve(port, num_cpus=8, quiet=True):
         base = f"http://127.0.0.1:{port}"
-        serve.run(build_app_from_config(_config(stores["base"], queue_aware=False)), name="a0", route_prefix="/a0")
+        run_routed(build_app_from_config(_config(stores["base"], queue_aware=False)), http_port=port, name="a0",
+                   route_prefix="/a0")
         static_url = f"{base}/a0"
         asyncio.run(closed_loop(static_url, BUDGETS, concurrency=2, requests=20))  # warm-up
         # What the router cannot see: proxy + client time around it (client latency - router total).
@@ -218,8 +219,8 @@ def run(quick: bool = False, per_point: int | None = None, curves_wanted: tuple[
         urls = {"static table": static_url}
         for i, (name, config) in enumerate(apps.items(), start=1):
             two = name in (DEADLINE_2, "static table, 2 replicas")
-            serve.run(build_app_from_config(config, replicas={"MoEModel": 2} if two else None), name=f"a{i}",
-                      route_prefix=f"/a{i}")
+            run_routed(build_app_from_config(config, replicas={"MoEModel": 2} if two else None), http_port=port,
+                       name=f"a{i}", route_prefix=f"/a{i}")
             urls[name] = f"{base}/a{i}"
             asyncio.run(closed_loop(urls[name], BUDGETS, concurrency=2, requests=20))
         cap = summarize(asyncio.run(closed_loop(static_url, BUDGETS, concurrency=8, requests=requests)))

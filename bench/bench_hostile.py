@@ -1,10 +1,10 @@
-"""Hostile clients and publishers: router memory under random unknown JSON keys, and concurrent
+"""Hostile clients and publishers: ingress memory under random unknown JSON keys, and concurrent
 publishes; with --store, a hostile store and hostile connections (issue 19 items 1-9).
 
     python -m bench.bench_hostile [--quick]
     python -m bench.bench_hostile --store [--quick]
 
-Router RSS (from /proc, same machine) before and after N requests whose bodies carry a random
+Ingress (MoEModel replica) RSS (from /proc, same machine) before and after N requests whose bodies carry a random
 100 kB key each (before the fix every key became a permanent counter key and metric tag). The
 baseline is the RSS before, after a warm-up of the same requests. Concurrent publishes: P processes
 x R rounds into one store; lost = publishes whose version LATEST skipped over.
@@ -22,7 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import cli_main
-from tests.support.publisher import PUBLISHER
+from tests.support.publisher import run_publishers
+from tests.support.replicas import replica_pid
+
+# The HTTP ingress: the model replica holds the doors (topology model_ingress, the default).
+INGRESS = "MoEModel"
 
 KEY_CHARS = 100_000
 
@@ -32,19 +36,6 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def _router_pid(app: str) -> int:
-    """Ray titles a replica's process `ray::ServeReplica:<app>:<deployment>`."""
-    title = f"ServeReplica:{app}:Router".encode()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if title in (proc / "cmdline").read_bytes():
-                    return int(proc.name)
-            except OSError:
-                continue
-    raise RuntimeError(f"no process titled {title.decode()}")
 
 
 def _unknown_keys(url: str, n: int, seed: int) -> int:
@@ -82,15 +73,7 @@ def _concurrent_publishes(publishers: int, rounds: int) -> tuple[int, int]:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-publish-"))
     synthetic_table().save(tmp / "t.json")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", PUBLISHER, str(tmp / "store"), str(tmp / "t.json"), str(rounds)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(publishers)
-    ]
-    reports = [json.loads(line) for p in procs for line in p.communicate(timeout=600)[0].splitlines()]
+    reports = run_publishers(str(tmp / "store"), str(tmp / "t.json"), publishers, rounds)
     store = TableStore(str(tmp / "store"))
     ids = store.version_ids()
     lost = sum(r["after"] != r["id"] for r in reports) + (store.latest_id() != ids[-1])
@@ -103,7 +86,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     from controller.store import TableStore
     from serving.app import build_app_from_config
     from serving.config import ServingConfig
-    from serving.local import free_port, local_serve
+    from serving.local import free_port, local_serve, run_routed
     from tests.support.tables import synthetic_table
 
     n = 300 if quick else 1000
@@ -114,9 +97,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         config = ServingConfig.model_validate(
             {"controller": {"store": store_dir}, "model": {"backend_options": {"latency_scale": 0}}}
         )
-        serve.run(build_app_from_config(config), name="hostile", route_prefix="/h")
+        run_routed(build_app_from_config(config), http_port=port, name="hostile", route_prefix="/h")
         url = f"http://127.0.0.1:{port}/h/v1/generate"
-        pid = _router_pid("hostile")
+        pid = replica_pid("hostile", INGRESS)
         _unknown_keys(url, 200, seed=1)  # warm-up: allocator and caches settle first
         before = _rss_mb(pid)
         refused = _unknown_keys(url, n, seed=2)
@@ -131,11 +114,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         "4 publishers x 10)",
         "figures": [
             {
-                "name": f"router RSS after {n} random-key requests",
+                "name": f"ingress RSS after {n} random-key requests",
                 "value": round(after, 1),
                 "unit": "MB",
                 "baseline": round(before, 1),
-                "baseline_name": "router RSS before them (after 200 warm-up), same run",
+                "baseline_name": "ingress RSS before them (after 200 warm-up), same run",
                 "goal": "within 5% of before",
                 "passed": abs(growth) <= 5,
             },
@@ -149,11 +132,11 @@ def run(quick: bool = False) -> dict[str, Any]:
                 "passed": refused == n,
             },
             {
-                "name": "router RSS after 16 x 50 MB bodies from 8 clients",
+                "name": "ingress RSS after 16 x 50 MB bodies from 8 clients",
                 "value": round(after_big, 1),
                 "unit": "MB",
                 "baseline": round(after, 1),
-                "baseline_name": "router RSS before them, same run (2.1 GB before the limits)",
+                "baseline_name": "ingress RSS before them, same run (2.1 GB before the limits)",
                 "goal": "every body refused with 413; RSS < 2 x before",
                 "passed": codes == {413} and after_big < 2 * after,
             },
@@ -244,7 +227,7 @@ def run_store(quick: bool = False) -> dict[str, Any]:
     from controller.store import LATEST, TableStore
     from serving.app import build_app_from_config
     from serving.config import ServingConfig
-    from serving.local import free_port, local_serve
+    from serving.local import free_port, local_serve, run_routed
     from tests.support.big_tables import big_table_bytes, plant_version
     from tests.support.tables import synthetic_table
 
@@ -260,7 +243,7 @@ def run_store(quick: bool = False) -> dict[str, Any]:
             "controller": {"store": str(store_dir), "poll_interval_s": STORE_POLL_S},
             "model": {"backend_options": {"latency_scale": 0.02}},
         })
-        serve.run(build_app_from_config(config), name="hs", route_prefix="/hs")
+        run_routed(build_app_from_config(config), http_port=port, name="hs", route_prefix="/hs")
         case = _Case(f"http://127.0.0.1:{port}/hs")
 
         def rejected_at_least(n: int) -> Any:
@@ -291,13 +274,13 @@ def run_store(quick: bool = False) -> dict[str, Any]:
                                 lambda: newer and case.stats()["table_version"] == newer[0].version_id))
         served.append(newer[0].version_id)
         big = big_table_bytes(30, 3072, "21000101T000000000000Z-big")
-        rss_before = (_rss_mb(_router_pid("hs")), _rss_mb(_controller_pid("hs")))
+        rss_before = (_rss_mb(replica_pid("hs", INGRESS)), _rss_mb(replica_pid("hs", "LookupController")))
         n = case.stats()["controller"]["reloads_rejected"] + 1
         figures.append(case.run("item 8", f"92,160 configs, 30 scopes, {len(big) / 1e6:.0f} MB planted",
                                 lambda: plant_version(store_dir, "21000101T000000000000Z-big", big),
                                 rejected_at_least(n)))
-        rss_after = (_rss_mb(_router_pid("hs")), _rss_mb(_controller_pid("hs")))
-        notes.append(f"item 8: RSS router {rss_before[0]:.0f} -> {rss_after[0]:.0f} MB, "
+        rss_after = (_rss_mb(replica_pid("hs", INGRESS)), _rss_mb(replica_pid("hs", "LookupController")))
+        notes.append(f"item 8: RSS ingress (MoEModel) {rss_before[0]:.0f} -> {rss_after[0]:.0f} MB, "
                      f"controller {rss_before[1]:.0f} -> {rss_after[1]:.0f} MB")
         (store_dir / LATEST).write_text(served[-1] + "\n")  # the operator's repair (the big one is refused anyway)
         pruned = _lookupctl("prune", "--store", str(store_dir), "--keep", "1", "--json")
@@ -330,18 +313,6 @@ def run_store(quick: bool = False) -> dict[str, Any]:
     notes.append("items 2, 3, 5 (signing): tests/e2e/test_signed_store.py on a real Serve; not in this run")
     return {"title": "Hostile store and connections (issue 19 items 1-9), under closed-loop load of 4 clients",
             "figures": figures, "notes": notes}
-
-
-def _controller_pid(app: str) -> int:
-    title = f"ServeReplica:{app}:LookupController".encode()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if title in (proc / "cmdline").read_bytes():
-                    return int(proc.name)
-            except OSError:
-                continue
-    raise RuntimeError(f"no process titled {title.decode()}")
 
 
 def main() -> None:

@@ -21,12 +21,11 @@ CONTROLLERS = 2
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from ray import serve
 
     from controller.store import TableStore
     from serving.app import build_app_from_config
     from serving.config import ServingConfig
-    from serving.local import free_port, local_serve
+    from serving.local import free_port, local_serve, run_routed
     from tests.support.load import LoadLoop
     from tests.support.reload import ReloadProbe
     from tests.support.tables import synthetic_table
@@ -49,7 +48,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                 "model": {"backend_options": {"latency_scale": 0.02}},
             }
         )
-        serve.run(build_app_from_config(config, {"LookupController": CONTROLLERS}), name="reload", route_prefix="/r")
+        run_routed(build_app_from_config(config, {"LookupController": CONTROLLERS}), http_port=port, name="reload",
+                   route_prefix="/r")
         base = f"http://127.0.0.1:{port}/r"
         probe = ReloadProbe(base, store_dir, "reload", CONTROLLERS)
         with LoadLoop(f"{base}/v1/generate", (60.0, 120.0, 400.0), concurrency=8) as load:

@@ -59,12 +59,11 @@ def _resolve_stats(url: str) -> dict[str, float]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from ray import serve
 
     from controller.store import TableStore
     from serving.app import build_app_from_config
     from serving.config import ServingConfig
-    from serving.local import free_port, local_serve
+    from serving.local import free_port, local_serve, run_routed
     from tests.support.tables import synthetic_table
 
     rounds, seconds = (2, 4.0) if quick else (5, 6.0)
@@ -80,7 +79,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                     "model": {"backend_options": {"latency_scale": 0}},
                 }
             )
-            serve.run(build_app_from_config(config), name=mode, route_prefix=f"/{mode}")
+            run_routed(build_app_from_config(config), http_port=port, name=mode, route_prefix=f"/{mode}")
         order = list(MODES)
         for r in range(rounds):
             # Rotate the order each round so no mode always runs first (or right after another).

@@ -160,7 +160,7 @@ def measure(quick: bool = False, per_point: int | None = None) -> dict[str, Any]
     from bench.bench_attainment import bench_table
     from controller.store import TableStore
     from serving.app import build_app_from_config
-    from serving.local import free_port, local_serve
+    from serving.local import free_port, local_serve, run_routed
 
     requests = per_point or (30 if quick else 80)
     limit_s = 8.0 if quick else SETTLE_S  # a quick run settles less (make bench --quick: 120 s a benchmark)
@@ -174,16 +174,16 @@ def measure(quick: bool = False, per_point: int | None = None) -> dict[str, Any]
     with local_serve(port, num_cpus=8, quiet=True):
         base = f"http://127.0.0.1:{port}"
         static = f"{base}/s0"
-        serve.run(build_app_from_config(app_config(store, queue_aware=False, proxy_ms=1.0)), name="s0",
-                  route_prefix="/s0")
+        run_routed(build_app_from_config(app_config(store, queue_aware=False, proxy_ms=1.0)), http_port=port,
+                   name="s0", route_prefix="/s0")
         asyncio.run(closed_loop(static, [250.0], concurrency=2, requests=20, max_new_tokens=MAX_NEW_TOKENS))
         calib = asyncio.run(closed_loop(static, [250.0], concurrency=1, requests=30 if quick else 60,
                                         max_new_tokens=MAX_NEW_TOKENS))
         outside = sorted(r.latency_ms - r.router_ms for r in calib if r.status == 200 and r.router_ms is not None)
         proxy_ms = round(outside[int(0.99 * (len(outside) - 1))], 1)
 
-        serve.run(build_app_from_config(app_config(store, queue_aware=True, proxy_ms=proxy_ms)), name="s1",
-                  route_prefix="/s1")
+        run_routed(build_app_from_config(app_config(store, queue_aware=True, proxy_ms=proxy_ms)), http_port=port,
+                   name="s1", route_prefix="/s1")
         url = f"{base}/s1"
         asyncio.run(closed_loop(url, [250.0], concurrency=2, requests=20, max_new_tokens=MAX_NEW_TOKENS))
         warm = asyncio.run(_warm_streams(url, 250.0, 4))

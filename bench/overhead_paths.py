@@ -217,7 +217,7 @@ def run(path: str, apps: list[str], config: dict[str, Any], port: int, n: int, b
             else:
                 raise ValueError(f"app {name!r}: known are noop, noop_chain, app, app_router")
             t0 = time.time()
-            serve.run(app, name=name, route_prefix="/")
+            serve.run(app, name=name, route_prefix="/")  # wait_ready below: the no-op apps have no /healthz
             url = f"http://127.0.0.1:{port}/" + ("" if name.startswith("noop") else "v1/generate")
             wait_ready(url)
             row: dict[str, Any] = {c: overhead(url, clients=c, n=n if c == 1 else max(10, n // 4))

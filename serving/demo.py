@@ -63,13 +63,12 @@ def main() -> int:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
     import httpx
-    from ray import serve
 
     from controller import BuildParams, build_table_from_results
     from controller.store import TableStore
     from serving.app import build_app_from_config
     from serving.config import load_config
-    from serving.local import free_port, import_ray_quietly, local_serve, wait_until_routed
+    from serving.local import free_port, import_ray_quietly, local_serve, run_routed
 
     import_ray_quietly()
     store_dir = Path(tempfile.mkdtemp(prefix="lookup-demo-store-"))
@@ -86,8 +85,7 @@ def main() -> int:
     port = args.port or free_port()
     with local_serve(port, num_cpus=4, quiet=True):
         started = time.perf_counter()
-        serve.run(build_app_from_config(config), name="moe", route_prefix="/")
-        wait_until_routed(port)
+        run_routed(build_app_from_config(config), http_port=port, name="moe", route_prefix="/")
         print(f"Serve app up on http://127.0.0.1:{port} in {time.perf_counter() - started:.1f} s")
         if model.get("latency_source") == "table":
             print(

@@ -76,6 +76,15 @@ def _ray_and_serve(ray: Any, serve: Any, http_port: int, num_cpus: int, quiet: b
 
 
 
+def run_routed(app: Any, *, http_port: int, name: str, route_prefix: str = "/", **kwargs: Any) -> Any:
+    """`serve.run`, then `wait_until_routed`: an app that answers as soon as this returns."""
+    from ray import serve
+
+    handle = serve.run(app, name=name, route_prefix=route_prefix, **kwargs)
+    wait_until_routed(http_port, route_prefix)
+    return handle
+
+
 def wait_until_routed(http_port: int, route_prefix: str = "/", timeout_s: float = 30.0) -> None:
     """Return once the HTTP ingress routes `route_prefix` to our app (its /healthz answers JSON with
     a status, 200 or 503). On Serve's fast path HAProxy learns a new route a moment after
@@ -92,9 +101,10 @@ def wait_until_routed(http_port: int, route_prefix: str = "/", timeout_s: float 
         except OSError:
             body = b""
         try:
-            if isinstance(json.loads(body), dict) and "status" in json.loads(body):
-                return
+            answer = json.loads(body)
         except ValueError:
-            pass
+            answer = None
+        if isinstance(answer, dict) and "status" in answer:
+            return
         time.sleep(0.1)
     raise TimeoutError(f"the HTTP ingress did not route {route_prefix} within {timeout_s:g} s")

@@ -13,7 +13,7 @@ bench/bench_overhead_paths.py.
 # Serve's class-based view, which does not resolve string annotations.
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from ray import serve
@@ -74,7 +74,7 @@ class _LocalStream:
     """The replica's async generator; `cancel()` closes it as Serve closes a cancelled stream, so
     the replica's own cleanup (the member stops at its next step) runs."""
 
-    def __init__(self, gen: AsyncIterator[Any]) -> None:
+    def __init__(self, gen: AsyncGenerator[Any, None]) -> None:
         self._gen = gen
         self._closing: asyncio.Task[None] | None = None
 
@@ -85,16 +85,14 @@ class _LocalStream:
         return await self._gen.__anext__()
 
     def cancel(self) -> None:
-        aclose = getattr(self._gen, "aclose", None)
-        if aclose is not None and self._closing is None:
-            self._closing = asyncio.ensure_future(_close(aclose))
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
 
-
-async def _close(aclose: Callable[[], Any]) -> None:
-    try:
-        await aclose()
-    except RuntimeError:  # still running in a cancelled reader: its own cancellation ends it
-        pass
+    async def _close(self) -> None:
+        try:
+            await self._gen.aclose()
+        except RuntimeError:  # still running in a cancelled reader: its own cancellation ends it
+            pass
 
 
 class ModelIngressReplica(RouterDoors, _Replica):  # type: ignore[misc]  # Serve's class is untyped

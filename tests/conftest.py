@@ -5,6 +5,7 @@ and one S3 endpoint (moto's server) for every test that asks for `s3_server`."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -29,10 +30,14 @@ def serve_port() -> Iterator[int]:
 def s3_server() -> Iterator[S3Server]:
     """A real S3 endpoint (moto's server in its own process) for the session, with its endpoint and
     credentials in the environment that s3fs reads. Skipped only where the dev extra is not
-    installed (it brings moto[server] and s3fs)."""
+    installed (it brings moto[server] and s3fs); in CI, where `make test` installs it, a missing
+    module fails instead, so that the object-store tests can never silently not run."""
     for module in ("moto", "s3fs"):
         if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed; pip install -e '.[store,dev]'")
+            why = f"{module} is not installed; pip install -e '.[store,dev]'"
+            if os.environ.get("CI"):
+                pytest.fail(why)
+            pytest.skip(why)
     with moto_server() as server, pytest.MonkeyPatch.context() as env:
         for name, value in server.env.items():
             env.setenv(name, value)

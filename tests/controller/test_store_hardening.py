@@ -16,7 +16,7 @@ from controller.store import LATEST, TableStore
 from controller.store_fs import call_with_timeout
 from lookupctl import main as lookupctl
 from serving.lookup.table_watcher import TableWatcher
-from tests.support.publisher import PUBLISHER
+from tests.support.publisher import run_publishers
 from tests.support.tables import synthetic_table
 
 PUBLISHERS, ROUNDS = 4, 10
@@ -25,20 +25,7 @@ PUBLISHERS, ROUNDS = 4, 10
 def test_concurrent_publishes_lose_nothing(tmp_path: Path) -> None:
     store_dir, table_file = tmp_path / "store", tmp_path / "t.json"
     synthetic_table().save(table_file)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", PUBLISHER, str(store_dir), str(table_file), str(ROUNDS)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-        )
-        for _ in range(PUBLISHERS)
-    ]
-    reports = []
-    for p in procs:
-        out, _ = p.communicate(timeout=300)
-        assert p.returncode == 0
-        reports += [json.loads(line) for line in out.splitlines()]
+    reports = run_publishers(str(store_dir), str(table_file), PUBLISHERS, ROUNDS)
     store = TableStore(str(store_dir))
     ids = store.version_ids()
     assert len(reports) == PUBLISHERS * ROUNDS == len(ids) == len({r["id"] for r in reports})

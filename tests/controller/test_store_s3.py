@@ -19,7 +19,7 @@ from controller.signing import SIG_SUFFIX
 from controller.store import LATEST, TableStore
 from controller.store_fs import FsspecFS
 from serving.lookup.table_watcher import TableWatcher
-from tests.support.publisher import PUBLISHER
+from tests.support.publisher import PUBLISHER, run_publishers
 from tests.support.s3 import S3Server
 from tests.support.tables import synthetic_table
 
@@ -135,20 +135,7 @@ def test_concurrent_publishers_lose_nothing(s3_server: S3Server, tmp_path: Path)
     url = s3_server.new_bucket("concurrent", versioned=True)
     table_file = tmp_path / "t.json"
     synthetic_table().save(table_file)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", PUBLISHER, url, str(table_file), str(ROUNDS)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-        )
-        for _ in range(PUBLISHERS)
-    ]
-    reports = []
-    for p in procs:
-        out, _ = p.communicate(timeout=300)
-        assert p.returncode == 0
-        reports += [json.loads(line) for line in out.splitlines()]
+    reports = run_publishers(url, str(table_file), PUBLISHERS, ROUNDS)
     store = TableStore(url)
     ids = {r["id"] for r in reports}
     assert len(reports) == PUBLISHERS * ROUNDS == len(ids)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.local import free_port, local_serve, wait_until_routed
+from serving.local import free_port, local_serve
+from serving.local import run_routed as local_run_routed
 
 _shared: dict[str, object] = {"users": 0}
 
@@ -30,12 +31,6 @@ def release_shared_serve() -> None:
 
 
 def run_routed(app: Any, *, name: str, route_prefix: str = "/", **kwargs: Any) -> Any:
-    """`serve.run` on the session's shared Serve, then wait until its HTTP ingress routes
-    `route_prefix` (serving.local.wait_until_routed: HAProxy learns routes a moment later)."""
-    from ray import serve
-
-    handle = serve.run(app, name=name, route_prefix=route_prefix, **kwargs)
-    port = _shared.get("port")
-    if port is not None:
-        wait_until_routed(int(port), route_prefix)  # type: ignore[call-overload]
-    return handle
+    """serving.local.run_routed on the session's shared Serve."""
+    return local_run_routed(app, http_port=int(_shared["port"]), name=name,  # type: ignore[call-overload]
+                            route_prefix=route_prefix, **kwargs)
