@@ -3,8 +3,12 @@
 Arrival times are drawn up front (Poisson) and each request is fired at its time on its own task,
 whatever the earlier ones did. A streamed request goes through the official `openai` client
 (`/v1/completions`, stream=True) and its first token is the first chunk with text; a non-streamed
-one is a POST /v1/generate whose first token is the client's total time minus the decode time the
-model reported. Either met its budget when it answered 200 and that first token is within it.
+one is a POST /v1/generate whose first token is the client's total time minus what the replica
+spent after its first token (its answer's replica_ms - replica_first_token_ms: the decode and any
+pause of it while later batch members prefilled; the decode time alone where those are absent). A
+non-streamed client never sees its first token, and without the pauses the figure charged a
+request's first token with other requests' prefills that came after it. Either met its budget
+when it answered 200 and that first token is within it.
 """
 
 from __future__ import annotations
@@ -43,9 +47,16 @@ class Row:
     config: str | None
     router_ms: float | None = None  # /v1/generate: the router's own total (the rest is proxy + client)
     decode_ms: float | None = None  # /v1/generate: the decode time the model reported
+    # (a stream: router_ms is the router's own first token, Server-Timing's total at the first piece)
     chunks: int = 0  # streams: chunks received
     remaining_budget_ms: float | None = None  # what the router resolved for (budget - expected wait - overhead)
     error: str | None = None
+    # /v1/generate, where a miss came from: the replica's arrival to first token, its queue wait,
+    # and the time its late binding saw left (dispatch.left_ms) and whether the choice fit it.
+    replica_first_ms: float | None = None
+    replica_wait_ms: float | None = None
+    left_ms: float | None = None
+    fits: bool | None = None
 
     @property
     def met(self) -> bool:
@@ -86,12 +97,19 @@ async def generate(client: Any, base_url: str, budget: float, max_new_tokens: in
     out = data.get("output") if isinstance(data.get("output"), dict) else {}
     timings = out.get("timings_ms") if isinstance(out.get("timings_ms"), dict) else {}
     decode = _number(timings.get("decode")) or 0.0
+    replica_ms, replica_first = _number(out.get("replica_ms")), _number(out.get("replica_first_token_ms"))
+    after_first = replica_ms - replica_first if replica_ms and replica_first and replica_ms >= replica_first else decode
     router = data.get("timings_ms") if isinstance(data.get("timings_ms"), dict) else {}
-    return Row(GENERATE, budget, r.status_code, at_s, lateness_ms, total - decode if r.status_code == 200 else None,
+    dispatch = out.get("dispatch") if isinstance(out.get("dispatch"), dict) else {}
+    first = total - after_first if r.status_code == 200 else None
+    return Row(GENERATE, budget, r.status_code, at_s, lateness_ms, first,
                total, _flag(r.headers.get(FEASIBLE_HEADER)), _flag(data.get("feasible")),
                _number(data.get("expected_accuracy")), _config(data.get("knobs")), _number(router.get("total")),
                decode, remaining_budget_ms=_number(data.get("remaining_budget_ms")),
-               error=None if r.status_code == 200 else str(data.get("error"))[:200])
+               error=None if r.status_code == 200 else str(data.get("error"))[:200],
+               replica_first_ms=_number(out.get("replica_first_token_ms")),
+               replica_wait_ms=_number(out.get("queue_wait_ms")),
+               left_ms=_number(dispatch.get("left_ms")), fits=_flag(dispatch.get("fits")))
 
 
 async def stream(client: Any, budget: float, max_tokens: int, at_s: float, lateness_ms: float) -> Row:
@@ -100,12 +118,13 @@ async def stream(client: Any, budget: float, max_tokens: int, at_s: float, laten
     import openai
 
     started = time.perf_counter()
-    first, chunks, extra, status, feasible, err = None, 0, None, 0, None, None
+    first, chunks, extra, status, feasible, err, router = None, 0, None, 0, None, None, None
     try:
         raw = await client.completions.with_raw_response.create(
             model=MODEL, prompt=PROMPT, max_tokens=max_tokens, stream=True,
             extra_headers={BUDGET_HEADER: f"{budget:g}"})
         status, feasible = raw.status_code, _flag(raw.headers.get(FEASIBLE_HEADER))
+        router = server_timing(raw.headers.get("Server-Timing"), "total")
         async for chunk in raw.parse():
             chunks += 1
             if extra is None:
@@ -119,7 +138,22 @@ async def stream(client: Any, budget: float, max_tokens: int, at_s: float, laten
     extra = extra if isinstance(extra, dict) else {}
     return Row(STREAM, budget, status, at_s, lateness_ms, first, (time.perf_counter() - started) * 1000, feasible,
                _flag(extra.get("feasible")), _number(extra.get("expected_accuracy")), _config(extra.get("knobs")),
-               chunks=chunks, remaining_budget_ms=_number(extra.get("remaining_budget_ms")), error=err)
+               router_ms=router, chunks=chunks, remaining_budget_ms=_number(extra.get("remaining_budget_ms")),
+               error=err)
+
+
+def server_timing(header: str | None, name: str) -> float | None:
+    """`dur` of the entry `name` in a Server-Timing header ("a;dur=1.5, b;dur=2"), None if absent."""
+    for entry in (header or "").split(","):
+        parts = [p.strip() for p in entry.split(";")]
+        if parts[0] == name:
+            for p in parts[1:]:
+                if p.startswith("dur="):
+                    try:
+                        return _number(float(p[4:]))
+                    except ValueError:
+                        return None
+    return None
 
 
 def openai_client(base_url: str, timeout_s: float = 60.0) -> Any:
@@ -237,7 +271,8 @@ def summarize(rows: Sequence[Row]) -> dict[str, Any]:
     promised = [r for r in ok if r.feasible]
     acc = [r.expected_accuracy for r in ok if r.expected_accuracy is not None]
     first = [r.first_token_ms for r in ok if r.first_token_ms is not None]
-    outside = [r.total_ms - r.router_ms for r in ok if r.router_ms is not None]
+    outside = [(r.first_token_ms if r.kind == STREAM else r.total_ms) - r.router_ms
+               for r in ok if r.router_ms is not None and (r.kind != STREAM or r.first_token_ms is not None)]
     left = [r.remaining_budget_ms for r in ok if r.remaining_budget_ms is not None]
     return {
         "requests": len(rows),
@@ -251,7 +286,7 @@ def summarize(rows: Sequence[Row]) -> dict[str, Any]:
         "remaining_budget_p50_ms": _quantile(left, 0.5),  # of the budget, what the router resolved for
         "first_token_p50_ms": _quantile(first, 0.5),
         "first_token_p99_ms": _quantile(first, 0.99),
-        "outside_router_p50_ms": _quantile(outside, 0.5),  # proxy + client around the router (generate only)
+        "outside_router_p50_ms": _quantile(outside, 0.5),  # proxy + client around the router
         "flag_mismatch": sum(1 for r in ok if r.feasible is not None and r.feasible_body is not None
                              and r.feasible != r.feasible_body),
         "flag_missing": sum(1 for r in ok if r.feasible is None),
