@@ -125,12 +125,16 @@ def test_calibrated_latency_scale_jitter_and_seed() -> None:
 def test_generate_batch_uses_table_latency_only_in_table_mode() -> None:
     k = Knobs("low", 4, 12)
     reqs = [ModelRequest("a", expected_ms=50.0), ModelRequest("b")]  # None (fallback): the cost model
-    cost = SimulatedBackend(latency_scale=0.001).timings_ms(k, reqs[0])["total"]
+    model = SimulatedBackend(latency_scale=0.001).timings_ms(k, reqs[0])
+    cost, prefill = model["total"], model["total"] - model["decode"]
     table_mode = _calibrated(latency_scale=0.001, jitter_sigma=0)
     outs = table_mode.generate_batch(k, reqs)
-    assert outs[0].timings_ms["total"] == pytest.approx(0.05) and outs[1].timings_ms["total"] == pytest.approx(cost)
+    # Newcomers prefill one after another (as the graph engine does): the first one's decode waits
+    # for the second one's prefill, and reports it.
+    assert outs[1].timings_ms["total"] == pytest.approx(cost)
+    assert outs[0].timings_ms["total"] == pytest.approx(0.05 + prefill)
     default = SimulatedBackend(latency_scale=0.001).generate_batch(k, [ModelRequest("a", expected_ms=50.0)] * 2)
-    assert [o.timings_ms["total"] for o in default] == pytest.approx([cost, cost])
+    assert [o.timings_ms["total"] for o in default] == pytest.approx([cost + prefill, cost])
 
 
 def test_simulated_streams_share_the_batch_and_the_device() -> None:

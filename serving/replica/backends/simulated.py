@@ -215,8 +215,8 @@ class _Member:
 
 
 class SimulatedSession:
-    """A decode batch on the simulated device: a join sleeps the newcomers' first token (their
-    prefill, at this step boundary), a step sleeps one decode step of the slowest member; streamed
+    """A decode batch on the simulated device: a join sleeps the newcomers' first tokens (their
+    prefills, one after another at this step boundary), a step sleeps one decode step of the slowest member; streamed
     members get a word per step while their text lasts (and are asked on every step whether their
     reader is still there)."""
 
@@ -235,15 +235,16 @@ class SimulatedSession:
             return None
         self.backend.validate_knobs(knobs)
         timings = self.backend._timings(knobs, requests)
-        # A one-token answer has no decode steps: its whole time is its first token.
-        first_s = max((t["total"] - (t["decode"] if r.max_new_tokens > 1 else 0.0)
-                       for r, t in zip(requests, timings, strict=True)), default=0.0) / 1000
-        if first_s > 0:
-            time.sleep(first_s)  # the newcomers' prefill: one after another on a GPU, here at once
-            for other in self._members.values():
-                other.stalled_ms += first_s * 1000
         ids = []
         for r, sink, t in zip(requests, sinks, timings, strict=True):
+            # Its prefill at this step boundary, after the newcomers before it (one after another,
+            # as the graph engine prefills them: moe.engine join), while every member waits. A
+            # one-token answer has no decode steps: its whole time is its first token.
+            first_s = (t["total"] - (t["decode"] if r.max_new_tokens > 1 else 0.0)) / 1000
+            if first_s > 0:
+                time.sleep(first_s)
+                for other in self._members.values():
+                    other.stalled_ms += first_s * 1000
             i = next(self._ids)
             ids.append(i)
             m = _Member(r, sink, t, _fake_text(knobs, r).split(" "), t["decode"] / max(1, r.max_new_tokens - 1) / 1000)
