@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,7 @@ def measure(quick: bool = False, per_point: int | None = None) -> dict[str, Any]
             summaries.append({"scenario": name, "load": ISOLATION_LOAD, "kind": GENERATE,
                               "rate_rps": ISOLATION_LOAD * capacity, **st, **summarize(got)})
         setup["long_streams"] = _long_summary(long)
+        setup["isolation_noise"] = paired_share_noise(alone, beside)
         try:
             setup["router_stats"] = httpx.get(f"{url}/v1/stats", timeout=5).json()
         except Exception as e:  # noqa: BLE001 - diagnostics only
@@ -271,18 +273,26 @@ def tables(m: dict[str, Any]) -> list[str]:
                      f"{s['first_token_p99_ms']:.0f} | {s['outside_router_p50_ms']:.1f} |")
     fs = _rel(beside["feasible_share"], alone["feasible_share"])
     acc = _rel(beside["mean_expected_accuracy"], alone["mean_expected_accuracy"])
-    lines.append(f"| relative change | {_pct(fs)} (chance alone: +-{_pct(_share_noise(alone, beside))}) | | "
+    lines.append(f"| relative change | {_pct(fs)} (chance alone: +-{_pct(_share_noise(m))}) | | "
                  f"{_pct(acc)} | | |")
     return lines
 
 
-def _share_noise(a: dict[str, Any], b: dict[str, Any]) -> float:
-    """1.96 standard errors of the relative change of two independent feasible shares (binomial):
-    how far the figure would move by chance with no effect at all, at 95%."""
-    p1, n1, p2, n2 = a["feasible_share"], a["ok"], b["feasible_share"], b["ok"]
-    if not (n1 and n2 and p1) or math.isnan(p1) or math.isnan(p2):
+def paired_share_noise(alone: Sequence[Row], beside: Sequence[Row]) -> float:
+    """How far the relative change of the feasible share would move by chance alone, at 95%. Both
+    sides send the same arrivals (time and budget), so request i alone and beside the streams is a
+    pair; only pairs whose flags differ carry information (McNemar): 1.96 x sqrt(discordant) / n,
+    relative to the share alone. NaN where the sides do not pair up."""
+    if not alone or len(alone) != len(beside) or any(
+            (a.at_s, a.budget_ms) != (b.at_s, b.budget_ms) for a, b in zip(alone, beside, strict=True)):
         return math.nan
-    return 1.96 * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2) / p1
+    share = sum(bool(a.feasible) for a in alone) / len(alone)
+    discordant = sum(bool(a.feasible) != bool(b.feasible) for a, b in zip(alone, beside, strict=True))
+    return 1.96 * math.sqrt(discordant) / len(alone) / share if share else math.nan
+
+
+def _share_noise(m: dict[str, Any]) -> float:
+    return float(m["setup"].get("isolation_noise", math.nan))
 
 
 def notes(m: dict[str, Any]) -> list[str]:
@@ -346,7 +356,7 @@ def report(m: dict[str, Any]) -> dict[str, Any]:
         figures.append({
             "name": f"non-streamed {label} beside {LONG_STREAMS} long streams @ {100 * ISOLATION_LOAD:.0f}%",
             "value": f"{fmt(beside[key])} ({'n/a' if math.isnan(change) else f'{100 * change:+.1f}%'}"
-                     + (f"; chance alone +-{_pct(_share_noise(alone, beside))}" if key == "feasible_share" else "")
+                     + (f"; chance alone +-{_pct(_share_noise(m))}" if key == "feasible_share" else "")
                      + ")",
             "unit": "", "baseline": fmt(alone[key]), "baseline_name": "the same arrivals alone, same run",
             "goal": f"within {100 * GOAL_CHANGE:g}%",
