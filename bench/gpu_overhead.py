@@ -8,7 +8,8 @@ bench/overhead_paths.py with the graph-engine config of configs/serving_h100.yam
 - default path: the no-op app, then the app as it ran before issue 18 (`topology: router`, Serve's
   Python proxy, actor calls; `budget.proxy_overhead_ms` 9 as configs/serving_h100.yaml had it)
 - fast path: the no-op app (the floor), the app with `topology: router` (design (a)) and the app as
-  it deploys now (`topology: model_ingress`, design (b)), with the config's own allowance
+  it deploys now (`topology: model_ingress`, design (b)), with the config's own allowance, and (b)
+  with a 0.5 ms GIL switch interval in the replica (`app_switch`)
 Overhead = client time - replica arrival-to-first-token, one token per request, at 1 and 8
 clients; accuracy = the mean expected accuracy the router chose at the six budgets of the GPU
 curve (docs/h100/serve_engine_curve_run.json). Writes OUT_DIR/overhead.json in the shape of
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                    cwd=ROOT, capture_output=True)
     after_cfg = serving_config(store, a, None)
     default = child("default", "noop,app_router", serving_config(store, a, BEFORE_PROXY_OVERHEAD_MS), a, work, log)
-    fast = child("fast", "noop,app_router,app", after_cfg, a, work, log)
+    fast = child("fast", "noop,app_router,app,app_switch", after_cfg, a, work, log)
     result = {
         "gpu": gs.card(a.device),
         "noop": pick(fast["noop"], 1),
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         "before": {f"clients_{c}": pick(default["app_router"], c) for c in (1, 8)},
         "after": {f"clients_{c}": pick(fast["app"], c) for c in (1, 8)},
         "design_a": {f"clients_{c}": pick(fast["app_router"], c) for c in (1, 8)},
+        # (b) with a 0.5 ms GIL switch interval in the replica (bench/overhead_paths.py app_switch)
+        "after_switch": {f"clients_{c}": pick(fast["app_switch"], c) for c in (1, 8)},
         "design": "b",
         "accuracy": {"before": default["app_router"]["accuracy"]["mean_accuracy"],
                      "after": fast["app"]["accuracy"]["mean_accuracy"],
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "proxy_overhead_ms": {"before": BEFORE_PROXY_OVERHEAD_MS, "after": after_cfg["budget"]["proxy_overhead_ms"]},
         "client_ms": {k: {f"clients_{c}": r[str(c)]["client_ms"] for c in (1, 8)}
                       for k, r in (("noop", fast["noop"]), ("before", default["app_router"]), ("after", fast["app"]),
-                                   ("design_a", fast["app_router"]))},
+                                   ("design_a", fast["app_router"]), ("after_switch", fast["app_switch"]))},
         "startup_s": {"before": default["app_router"]["startup_s"], "after": fast["app"]["startup_s"]},
         "wall_s": round(time.time() - t0, 1),
         "raw": {"default": default, "fast": fast},

@@ -3,7 +3,7 @@
 Run as a child of bench/bench_overhead_paths.py (CPU) or bench/gpu_overhead.py (GPU): Serve's path
 settings are read when Ray's workers start (serving.fast_path), so each choice needs its own Ray.
 
-    python -m bench.overhead_paths --path fast|default --apps noop,noop_chain,app,app_router --out FILE
+    python -m bench.overhead_paths --path fast|default --apps noop,noop_chain,app,app_router,app_switch --out FILE
 
 Apps, deployed one after another on the same Ray instance:
 - `noop`: one deployment that reads the body and answers a small JSON (the floor).
@@ -12,6 +12,9 @@ Apps, deployed one after another on the same Ray instance:
   replica is the HTTP ingress; issue 18's design (b)), with the LookupController.
 - `app_router`: the same app with `topology: router` (Router -> handle -> MoEModel; design (a) on
   the fast path, today's path before issue 18 on the default one).
+- `app_switch`: `app` with a GIL switch interval of SWITCH_INTERVAL_MS in the replica
+  (`model.gil_switch_interval_ms`): where the engine's device thread runs Python, the doors on the
+  replica's event loop wait up to one interval (5 ms by default) for the GIL at each wakeup.
 
 Serving overhead of one request = the time the client waited - the replica's arrival-to-first-token
 time (`output.replica_first_token_ms`; 0 for the no-op app). With a zero-latency model every figure
@@ -31,6 +34,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+SWITCH_INTERVAL_MS = 0.5
 BODY = {"prompt": "What is shown in the image?", "max_new_tokens": 1}
 
 
@@ -210,12 +214,15 @@ def run(path: str, apps: list[str], config: dict[str, Any], port: int, n: int, b
                 app = noop_app()
             elif name == "noop_chain":
                 app = noop_chain_app()
-            elif name in ("app", "app_router"):
-                topology = "model_ingress" if name == "app" else "router"
-                cfg = ServingConfig.model_validate({**config, "topology": topology})
+            elif name in ("app", "app_router", "app_switch"):
+                topology = "router" if name == "app_router" else "model_ingress"
+                model = config.get("model", {})
+                if name == "app_switch":  # the deployed app with a short GIL switch interval
+                    model = {**model, "gil_switch_interval_ms": SWITCH_INTERVAL_MS}
+                cfg = ServingConfig.model_validate({**config, "topology": topology, "model": model})
                 app = build_app_from_config(cfg, actor_options=actor_options)
             else:
-                raise ValueError(f"app {name!r}: known are noop, noop_chain, app, app_router")
+                raise ValueError(f"app {name!r}: known are noop, noop_chain, app, app_router, app_switch")
             t0 = time.time()
             serve.run(app, name=name, route_prefix="/")  # wait_ready below: the no-op apps have no /healthz
             url = f"http://127.0.0.1:{port}/" + ("" if name.startswith("noop") else "v1/generate")

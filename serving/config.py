@@ -236,6 +236,11 @@ class ModelSettings(_Strict):
     blocking_miss_budget: float | None = Field(default=None, gt=0, le=1)
     routing: RoutingSettings = RoutingSettings()
     autoscaling: AutoscalingSettings | None = None
+    # The replica process's GIL switch interval (Python's default: 5 ms). With topology
+    # model_ingress the HTTP doors run on the replica's event loop beside the engine's device
+    # thread, and each time the loop wakes for I/O it waits up to one interval for the GIL while the
+    # device thread runs Python. None: leave Python's default.
+    gil_switch_interval_ms: float | None = Field(default=None, ge=0.05, le=100, strict=True)
 
 
 class LimitSettings(_Strict):

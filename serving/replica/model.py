@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import logging
 import math
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -111,6 +112,8 @@ class MoEModel:
         poll_interval_s: float = 2.0,
     ) -> None:
         self.settings = ModelSettings.model_validate(settings)
+        if self.settings.gil_switch_interval_ms is not None:
+            sys.setswitchinterval(self.settings.gil_switch_interval_ms / 1000)
         self.backend: Backend = create_backend(self.settings.backend, self.settings.backend_options)
         # Backends with an engine (torch) prepare the served table's configs before taking traffic
         # (CUDA graphs are captured here), then again off the request path after each publish.

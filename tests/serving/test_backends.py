@@ -169,3 +169,28 @@ def test_simulated_streams_share_the_batch_and_the_device() -> None:
         th.join()
     ends = sorted(e for _, e in spans)
     assert ends[-1] - min(s for s, _ in spans) >= 3 * 0.030 * 0.9  # one device: the calls ran one after another
+
+
+@pytest.mark.parametrize("bad", [0, 0.01, 1000, float("nan"), float("inf"), "fast", True])
+def test_gil_switch_interval_refuses_values_outside_its_range(bad: object) -> None:
+    from pydantic import ValidationError
+
+    from serving.config import ModelSettings
+
+    with pytest.raises(ValidationError, match="gil_switch_interval_ms"):
+        ModelSettings.model_validate({"gil_switch_interval_ms": bad})
+
+
+def test_gil_switch_interval_is_set_in_the_replica_process() -> None:
+    import sys
+
+    before = sys.getswitchinterval()
+    try:
+        cls = MoEModel.func_or_class
+        cls({"backend_options": {"latency_scale": 0}, "gil_switch_interval_ms": 0.5},
+            {"tier": "low", "top_k": 4, "num_active_blocks": 12})
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+        _model()  # unset: Python's interval stays as it is
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(before)
