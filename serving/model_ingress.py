@@ -52,22 +52,27 @@ class _Method:
 
 
 class _LocalResponse:
-    """An awaitable answer: a coroutine runs as its own task (cancelled like a handle's call), a
-    plain value is ready at once."""
+    """An awaitable answer. A coroutine runs in the task that awaits it, not as a task of its own (a
+    step of the event loop less on every request), and is cancelled with that task (a timeout, a
+    client that left) as a handle's call is; `cancel()` before the await means it never runs."""
 
     def __init__(self, value: Any) -> None:
-        loop = asyncio.get_running_loop()
-        if inspect.isawaitable(value):
-            self._future: asyncio.Future[Any] = asyncio.ensure_future(value)
-        else:
-            self._future = loop.create_future()
-            self._future.set_result(value)
+        self._value = value
+        self._awaited = False
 
     def __await__(self) -> Any:
-        return self._future.__await__()
+        self._awaited = True
+        if inspect.isawaitable(self._value):
+            return self._value.__await__()
+        return _ready(self._value).__await__()
 
     def cancel(self) -> None:
-        self._future.cancel()
+        if not self._awaited and inspect.iscoroutine(self._value):
+            self._value.close()
+
+
+async def _ready(value: Any) -> Any:
+    return value
 
 
 class _LocalStream:

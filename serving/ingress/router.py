@@ -4,11 +4,12 @@ import asyncio
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.middleware.errors import ServerErrorMiddleware
 
 from serving.config import ServingConfig
 from serving.errors import BadInput
@@ -18,14 +19,16 @@ from serving.ingress.answer import Answer
 from serving.ingress.auth import HEADER, ActiveKeys, ApiKeys
 from serving.ingress.body import generate_body
 from serving.ingress.budget_plan import parse_policy
+from serving.ingress.direct_routes import DirectRoutes
 from serving.ingress.inputs import parse_budget, parse_dataset, parse_tolerance, single
 from serving.ingress.pipeline import Failed, Inputs, Pipeline, headers_of, knob_headers, server_timing
 from serving.ingress.public_views import controller_status as public_controller
 from serving.ingress.public_views import local_table_status
 from serving.ingress.resolver import Resolver
+from serving.telemetry.metric_buffer import metric_buffer
 from serving.telemetry.recorder import router_recorder
 
-api = FastAPI(title="MoE latency-budget router")
+api = DirectRoutes(title="MoE latency-budget router")
 
 
 @api.exception_handler(BadInput)
@@ -98,6 +101,7 @@ class RouterDoors:
         keys = self.config.auth.api_keys_file
         ActiveKeys.keys = ApiKeys.from_file(keys) if keys else None
         self.admission = QueueAdmission(self.config, controller)
+        metric_buffer().start()  # the request path's Ray metrics are written from here on a timer
         # Every door takes this one path (serving.ingress.pipeline).
         self.pipeline = Pipeline(self.config, self._answer, self.admission, model, self.recorder)
         await self.resolver.start()
@@ -241,6 +245,23 @@ class RouterDoors:
         router answers with the fallback knobs for lack of one, which it keeps doing meanwhile."""
         health = await self.resolver.health()
         return JSONResponse(health.to_dict(), status_code=200 if health.ok else 503)
+
+
+async def _generate_direct(scope: Any, receive: Any, send: Any) -> None:
+    """POST /v1/generate without FastAPI's router (serving.ingress.direct_routes): the replica's own
+    handler, and BadInput answered as the exception handler above answers it."""
+    doors: RouterDoors = serve.get_replica_context().servable_object  # type: ignore[assignment]  # Serve types it Callable
+    request = Request(scope, receive)
+    try:
+        response = await doors.generate_http(request)
+    except BadInput as e:
+        response = await _bad_input(request, e)
+    await response(scope, receive, send)
+
+
+# The hot path. Outside in, as FastAPI's own stack has it: a 500 for an unexpected error, then the
+# API keys, then the handler.
+api.direct("POST", "/v1/generate", ServerErrorMiddleware(RequireKey(_generate_direct)))
 
 
 # The two-hop topology: this deployment is the HTTP ingress and calls MoEModel replicas through a

@@ -1,11 +1,15 @@
 """Ray metrics of queue-aware budgets and live latency, created lazily inside replicas. Tag values
-come from fixed sets only: config keys of the served table, policy names, HTTP statuses."""
+come from fixed sets only: config keys of the served table, policy names, HTTP statuses. The
+admission metrics are updated on the request path, so they are buffered
+(serving.telemetry.metric_buffer)."""
 
 from __future__ import annotations
 
 from functools import cache
 
 from ray.serve import metrics
+
+from serving.telemetry.metric_buffer import metric_buffer
 
 
 class LiveMetrics:
@@ -30,16 +34,17 @@ class LiveMetrics:
 
 class AdmissionMetrics:
     def __init__(self) -> None:
-        self.refused = metrics.Counter(
+        b = metric_buffer()
+        self.refused = b.counter(metrics.Counter(
             "lookup_budget_refused_total",
             description="Strict requests refused (429: queue, 422: budget below every config).",
             tag_keys=("status",),
-        )
-        self.wait_ms = metrics.Histogram(
+        ))
+        self.wait_ms = b.histogram(metrics.Histogram(
             "lookup_expected_queue_wait_ms",
             description="Queue wait the router expected when resolving, milliseconds.",
             boundaries=[1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000],
-        )
+        ))
 
 
 @cache
