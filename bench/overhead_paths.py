@@ -3,10 +3,14 @@
 Run as a child of bench/bench_overhead_paths.py (CPU) or bench/gpu_overhead.py (GPU): Serve's path
 settings are read when Ray's workers start (serving.fast_path), so each choice needs its own Ray.
 
-    python -m bench.overhead_paths --path fast|default --apps noop,noop_chain,app,app_router,app_switch --out FILE
+    python -m bench.overhead_paths --path fast|default --apps noop,noop_wait,app,app_router,... --out FILE
 
 Apps, deployed one after another on the same Ray instance:
 - `noop`: one deployment that reads the body and answers a small JSON (the floor).
+- `noop_wait`: the same, idle for the app's batch wait (`model.batch.batch_wait_timeout_s`) before it
+  answers, as the app's replica is for each request with the simulated model; its wait counts as its
+  replica time. A process that idled answers more slowly than one in a tight loop (cold caches, the
+  wakeups of the replica, HAProxy and the client): the floor of a request that waits in its replica.
 - `noop_chain`: a no-op ingress calling a no-op deployment through a handle (a two-hop floor).
 - `app`: this project's app as it deploys by default (`topology: model_ingress`: the MoEModel
   replica is the HTTP ingress; issue 18's design (b)), with the LookupController.
@@ -175,6 +179,24 @@ def noop_app() -> Any:
     return Noop.bind()
 
 
+def noop_wait_app(wait_s: float) -> Any:
+    import asyncio
+
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    @serve.deployment(name="NoopWait", ray_actor_options={"num_cpus": 0})
+    class NoopWait:
+        async def __call__(self, request: Request) -> JSONResponse:
+            await request.body()
+            t0 = time.perf_counter()
+            await asyncio.sleep(wait_s)
+            return JSONResponse({"output": {"replica_first_token_ms": (time.perf_counter() - t0) * 1000}})
+
+    return NoopWait.bind()
+
+
 def noop_chain_app() -> Any:
     """Two no-op deployments, the ingress calling the other through a handle: the floor of a
     two-hop topology (design (a)) on the same settings."""
@@ -212,6 +234,8 @@ def run(path: str, apps: list[str], config: dict[str, Any], port: int, n: int, b
         for name in apps:
             if name == "noop":
                 app = noop_app()
+            elif name == "noop_wait":
+                app = noop_wait_app(ServingConfig.model_validate(config).model.batch.batch_wait_timeout_s)
             elif name == "noop_chain":
                 app = noop_chain_app()
             elif name in ("app", "app_router", "app_switch"):
@@ -222,7 +246,7 @@ def run(path: str, apps: list[str], config: dict[str, Any], port: int, n: int, b
                 cfg = ServingConfig.model_validate({**config, "topology": topology, "model": model})
                 app = build_app_from_config(cfg, actor_options=actor_options)
             else:
-                raise ValueError(f"app {name!r}: known are noop, noop_chain, app, app_router, app_switch")
+                raise ValueError(f"app {name!r}: known are noop, noop_wait, noop_chain, app, app_router, app_switch")
             t0 = time.time()
             serve.run(app, name=name, route_prefix="/")  # wait_ready below: the no-op apps have no /healthz
             url = f"http://127.0.0.1:{port}/" + ("" if name.startswith("noop") else "v1/generate")
