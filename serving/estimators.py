@@ -42,12 +42,21 @@ class TimedWindow:
     def __init__(self, window_s: float, maxlen: int = 256) -> None:
         self.window_s = window_s
         self._items: deque[tuple[float, float]] = deque(maxlen=maxlen)
+        # Bumped whenever the window's content changes (a sample added or expired), so that a
+        # reader can keep a figure computed from it until then.
+        self.version = 0
 
     def add(self, now: float, value: float) -> None:
         if math.isfinite(value):
             self._items.append((now, value))
+            self.version += 1
+
+    def expire(self, now: float) -> None:
+        while self._items and now - self._items[0][0] > self.window_s:
+            self._items.popleft()
+            self.version += 1
 
     def values(self, now: float | None = None) -> list[float]:
-        while now is not None and self._items and now - self._items[0][0] > self.window_s:
-            self._items.popleft()
+        if now is not None:
+            self.expire(now)
         return [v for _, v in self._items]

@@ -178,3 +178,18 @@ def test_a_batch_first_token_ratio_from_the_replica_wins_over_one_members_first_
     for i in range(20):
         t2.done(i, 1.0, expected_ms=10.0, service_ms=100.0, overhead_ms=101.0 - 100.0 - 0.0, report=None)
     assert t2.ratio_quantile(0.9) == pytest.approx(10.0)  # no first-token ratio: the whole call's
+
+
+def test_figures_read_per_request_follow_every_new_and_expired_sample() -> None:
+    """The tracker keeps its per-request figures until a sample changes them: each read must still
+    see a sample that just arrived, and forget one that just left the window."""
+    t = QueueTracker(overhead_quantile=0.5, overhead_window_s=10.0, cold_answers=0)
+    t.done(0, 0.0, expected_ms=10.0, service_ms=10.0, overhead_ms=4.0, report=None)
+    assert t.estimate(1.0).overhead_ms == pytest.approx(4.0) and t.ratio() == pytest.approx(1.0)
+    t.done(1, 2.0, expected_ms=10.0, service_ms=30.0, overhead_ms=8.0, report=None)
+    assert t.estimate(3.0).overhead_ms == pytest.approx(6.0)  # median of 4 and 8: the new one counts
+    assert t.ratio() == pytest.approx(2.0) and t.ratio_quantile(0.9) == pytest.approx(3.0)
+    assert t.estimate(11.0).overhead_ms == pytest.approx(8.0)  # the sample at 0 s left the window
+    assert t.estimate(13.0).overhead_ms == pytest.approx(0.0)  # and then the one at 2 s
+    t.done(2, 14.0, expected_ms=10.0, service_ms=10.0, overhead_ms=5.0, report=None)
+    assert t.estimate(14.0).overhead_ms == pytest.approx(5.0)
