@@ -9,6 +9,7 @@ from ray.serve import Application
 
 from controller.store import REMOTE_SCHEMES, TableStore
 from serving.config import ModelSettings, ServingConfig, load_config
+from serving.ingress.replica_chooser import ReplicaChooser
 from serving.ingress.router import Router
 from serving.lookup.lookup_controller import LookupController
 from serving.model_ingress import ModelIngress
@@ -117,12 +118,21 @@ def _model_ingress_app(config: ServingConfig, n: dict[str, int], place: Any) -> 
         controller = place("LookupController", LookupController).options(
             user_config=c.user_config(), num_replicas=n.get("LookupController", 1)
         ).bind(c.user_config(), None, "MoEModel")
-    # No request router of ours: HAProxy picks the ingress replica itself, and Serve refuses a custom
-    # request router on an ingress deployment behind HAProxy.
-    options = model_options(config.model, n.get("MoEModel", 1), ingress=True)
-    return place("MoEModel", ModelIngress).options(**options).bind(  # type: ignore[no-any-return]
+    # Without the chooser no request router of ours: HAProxy picks the ingress replica itself (Serve
+    # refuses a custom request router on an ingress deployment behind HAProxy unless an ingress
+    # request router asks it).
+    chooser = config.model.routing.ingress_chooser
+    options = model_options(config.model, n.get("MoEModel", 1), routed=chooser)
+    model: Application = place("MoEModel", ModelIngress).options(**options).bind(
         config.model.model_dump(), config.fallback.knobs.model_dump(), c.store, c.poll_interval_s, controller,
         config.model_dump(),
+    )
+    if not chooser:
+        return model
+    # HAProxy asks the chooser which replica takes each POST (serving.ingress.replica_chooser); it
+    # runs MoEModel's request router (budget-aware) on the replicas' reports.
+    return model._with_ingress_request_router(  # internal in Ray 2.60 (docs/architecture.md)
+        place("ReplicaChooser", ReplicaChooser).bind(model, controller, config.model_dump())
     )
 
 
@@ -131,9 +141,10 @@ BUDGET_ROUTER = "serving.replica.budget_router:BudgetAwareRequestRouter"
 ATTAINMENT_POLICY = "serving.replica.autoscaling:AttainmentPolicy"
 
 
-def model_options(model: ModelSettings, replicas: int, ingress: bool = False) -> dict[str, Any]:
-    """MoEModel's deployment options: its request router (which replica takes a call) and either a
-    fixed replica count or autoscaling (serving.replica.autoscaling for the attainment policy)."""
+def model_options(model: ModelSettings, replicas: int, routed: bool = True) -> dict[str, Any]:
+    """MoEModel's deployment options: its request router (which replica takes a call; `routed` False:
+    none, HAProxy picks) and either a fixed replica count or autoscaling (serving.replica.autoscaling
+    for the attainment policy)."""
     from ray.serve.config import AutoscalingConfig, RequestRouterConfig
 
     r = model.routing
@@ -147,10 +158,10 @@ def model_options(model: ModelSettings, replicas: int, ingress: bool = False) ->
             "request_routing_stats_timeout_s": max(1.0, 2 * r.stats_period_s),
         }
     router = RequestRouterConfig.model_validate(routing)
-    routed: dict[str, Any] = {} if ingress else {"request_router_config": router}
+    router_options: dict[str, Any] = {"request_router_config": router} if routed else {}
     a = model.autoscaling
     if a is None:
-        return {"num_replicas": replicas, **routed}
+        return {"num_replicas": replicas, **router_options}
     scaling: dict[str, Any] = {
         "min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
         "target_ongoing_requests": a.target_ongoing_requests,
@@ -159,7 +170,7 @@ def model_options(model: ModelSettings, replicas: int, ingress: bool = False) ->
     }
     if a.policy == "attainment":
         scaling["policy"] = {"policy_function": ATTAINMENT_POLICY, "policy_kwargs": a.attainment.model_dump()}
-    return {"autoscaling_config": AutoscalingConfig.model_validate(scaling), **routed}
+    return {"autoscaling_config": AutoscalingConfig.model_validate(scaling), **router_options}
 
 
 # No `from __future__ import annotations` in this module: Serve reads the builder's annotation at

@@ -187,6 +187,11 @@ class RoutingSettings(_Strict):
     # these are ignored (the router then routes as Serve does).
     stats_period_s: float = Field(default=0.5, gt=0, le=60)
     stale_after_periods: float = Field(default=4.0, ge=1, le=100)
+    # Topology model_ingress: HAProxy asks a ReplicaChooser deployment which MoEModel replica takes
+    # each POST (Serve's ingress request router), which runs this policy with the request's budget
+    # (serving.ingress.replica_chooser). It costs a round trip to the chooser per request and pays
+    # back only with two replicas or more; off: HAProxy picks (leastconn), no extra hop.
+    ingress_chooser: bool = False
 
     @property
     def stale_after_s(self) -> float:
@@ -278,6 +283,13 @@ class ServingConfig(_Strict):
         names = [self.headers.budget, self.headers.dataset, self.headers.tolerance, self.headers.policy]
         if len({n.lower() for n in names}) != len(names):
             raise ValueError(f"headers must be four different names, got {names}")
+        r = self.model.routing
+        if r.ingress_chooser and (self.topology != "model_ingress" or r.policy != "budget_aware"):
+            raise ValueError(
+                f"model.routing.ingress_chooser: true needs topology: model_ingress and model.routing.policy: "
+                f"budget_aware (got {self.topology}, {r.policy}); with topology: router the Router's handle "
+                "calls already go through the policy"
+            )
         if self.budget.covers == "total" and self.controller.resolve_mode != "local":
             raise ValueError(
                 "budget.covers: total needs controller.resolve_mode: local (whole-request budgets "

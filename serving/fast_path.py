@@ -17,6 +17,16 @@ controller and the HTTP ingress read them, not only the replicas.
 - `RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S`: how long a stopping ingress replica keeps
   answering while HAProxy takes it out (Serve's default is 30 s). Requests in flight finish either
   way; 2 s is enough for HAProxy on one host and keeps app restarts and test teardowns short.
+- `RAY_SERVE_SESSION_ID_HEADER_KEY=x-latency-budget-ms`: the one client header HAProxy forwards to
+  an ingress request router (serving.ingress.replica_chooser, `model.routing.ingress_chooser`): the
+  budget (serving.config.HeaderNames.budget, lower-case; an app that renames it sets this to match).
+  Serve also files the header's value as the request's session id, which only session-affinity
+  request routers read (Serve's ConsistentHashRouter; none here): on the replicas it lands in the
+  request context (`serve.get_request_context().session_id`) and Serve's Python proxy passes it to
+  the ingress handle. One more: Ray 2.60's direct ingress decodes that header as strict UTF-8 and
+  answers 500 to other bytes, before our doors can refuse the value with a 400;
+  `keep_undecodable_session_header` (called by the HTTP-facing replicas: MoEModel, ReplicaChooser)
+  makes it keep them instead.
 
 bench/bench_overhead_paths.py measures this path against Serve's default one and against a no-op
 app on the same settings (docs/architecture.md, "Serving path").
@@ -25,6 +35,7 @@ app on the same settings (docs/architecture.md, "Serving path").
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Iterator, Mapping
@@ -34,11 +45,13 @@ FAST_PATH_ENV: Mapping[str, str] = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "30",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    "RAY_SERVE_SESSION_ID_HEADER_KEY": "x-latency-budget-ms",
 }
 
 # Settings of the fast path that an environment may choose itself; the two switches above them are
 # what the path is, and are always set.
-TUNABLES = ("RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S")
+TUNABLES = ("RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
+            "RAY_SERVE_SESSION_ID_HEADER_KEY")
 
 # Serve's defaults, to measure today's path in the same run (the overhead benchmark's "before").
 DEFAULT_PATH_ENV: Mapping[str, str] = {
@@ -81,3 +94,27 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def keep_undecodable_session_header() -> None:
+    """In this replica process, read Serve's session header (the budget, above) as UTF-8 with
+    undecodable bytes replaced, where Ray 2.60 raises and answers 500: the doors then see the value
+    and refuse it with a 400 that names the header, as they do without the fast path. A Ray without
+    that parser (another version) is left alone."""
+    try:
+        from ray.serve._private import http_util, replica
+    except ImportError:
+        return
+    names = vars(replica)
+    if "parse_session_id_header" not in names or not hasattr(http_util, "_matches_session_id_header"):
+        logging.getLogger("ray.serve").info("fast_path: no session-header parser to replace in this Ray")
+        return
+    matches = http_util._matches_session_id_header
+
+    def parse(headers: dict[bytes, bytes]) -> str:
+        for key, value in headers.items():
+            if matches(key.decode("latin-1")):
+                return value.decode("utf-8", errors="replace")
+        return ""
+
+    names["parse_session_id_header"] = parse

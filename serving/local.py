@@ -45,12 +45,29 @@ def local_serve(http_port: int, num_cpus: int = 4, quiet: bool = False, fast_pat
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     if quiet:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    with environment(path_env(fast_path, own_ports=True)):
+    with environment(path_env(fast_path, own_ports=True)), _builds_for_haproxy(fast_path):
         # Read by the Ray workers this starts (controller, ingress, replicas) when they import Serve;
         # this process imported Serve already and keeps its defaults, so its handles still work
         # outside an event loop (tests and benchmarks call deployments from plain threads).
         with _ray_and_serve(ray, serve, http_port, num_cpus, quiet):
             yield
+
+
+@contextlib.contextmanager
+def _builds_for_haproxy(fast_path: bool) -> Iterator[None]:
+    """`serve.run` builds an app in this process and checks it against this process's Serve
+    settings, read when it imported Serve: an app with an ingress request router
+    (serving.ingress.replica_chooser) is refused unless HAProxy is on here too. The one setting
+    build_app reads (Ray 2.60, private) follows the workers' for as long as they run."""
+    from ray.serve._private import build_app
+
+    settings, name = vars(build_app), "RAY_SERVE_ENABLE_HA_PROXY"
+    before = settings[name]
+    settings[name] = fast_path
+    try:
+        yield
+    finally:
+        settings[name] = before
 
 
 @contextlib.contextmanager

@@ -166,6 +166,18 @@ class ModelCall:
 
 
 @dataclass(frozen=True)
+class ReplicaQuery:
+    """Which replica should take a request, without sending it: what the ingress request router
+    (serving.ingress.replica_chooser) asks MoEModel's request router, and HAProxy then forwards the
+    request itself. The fields are a ModelCall's as the doors would send it to an idle replica: the
+    knobs (None: unknown, e.g. a bad budget header), the table's first-token ms for them, the budget."""
+
+    knobs: Knobs | None
+    expected_ms: float | None
+    budget_ms: float | None
+
+
+@dataclass(frozen=True)
 class Dispatched:
     """Which option of the request's plan ran, and whether it fitted the time left."""
 

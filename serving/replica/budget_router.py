@@ -8,19 +8,27 @@ the dict on `RunningReplica.routing_stats`. Serve then tries the ranks in order,
 replica's queue length against max_ongoing_requests, so a full replica is passed over by Serve
 itself. Nothing here may raise into Serve's routing loop: any failure falls back to Serve's own
 choice (power of two choices on queue length).
+
+A `ReplicaQuery` (serving.ingress.replica_chooser, through `choose_replica(..., _reserve=False)`) is a
+choice without a call: Serve takes the first replica of the first rank and never reports the call
+routed or completed, so the choice itself is remembered as sent there; like every call sent, it
+counts on top of that replica's reports until one made after it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from serving.replica.placement import CallView, InFlight, Placement, place
+from serving.wire import ReplicaQuery
 
 log = logging.getLogger("ray.serve")
 
@@ -60,18 +68,30 @@ class BudgetAwareRequestRouter(FIFOMixin, RequestRouter):
             placement = Placement((), "stale")
         self.decisions[placement.reason] = self.decisions.get(placement.reason, 0) + 1
         if not placement.ranked:
-            return [_power_of_two(candidate_replicas)]
-        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        return [[by_id[i]] for i in placement.ranked if i in by_id]
+            ranks = [_power_of_two(candidate_replicas)]
+        else:
+            by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+            ranks = [[by_id[i]] for i in placement.ranked if i in by_id]
+        if ranks and pending_request is not None and _is_query(pending_request):
+            self._remember(ranks[0][0].replica_id, pending_request)
+        return ranks
 
     def _place(self, replicas: list[RunningReplica], pending: PendingRequest | None, now: float) -> Placement:
         call = _call_of(pending)
         reports = {r.replica_id.unique_id: r.routing_stats for r in replicas}
+        for r in replicas:  # calls sent before a replica's report are in it: they never count again
+            sent, at = self._sent.get(r.replica_id), _report_time(r.routing_stats)
+            while sent and at is not None and sent[0][1].sent_at < at:
+                sent.popleft()
         inflight = {r.replica_id.unique_id: [f for _, f in self._sent.get(r.replica_id, ())] for r in replicas}
         return place(reports, call, now, self.stale_after_s, inflight)
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         self._state()
+        if not _is_query(pending_request):  # a query was remembered when it was chosen
+            self._remember(replica_id, pending_request)
+
+    def _remember(self, replica_id: ReplicaID, pending_request: PendingRequest) -> None:
         try:
             call = _call_of(pending_request)
             if call is None:
@@ -83,7 +103,7 @@ class BudgetAwareRequestRouter(FIFOMixin, RequestRouter):
             rid = pending_request.metadata.internal_request_id
             sent.append((rid, InFlight(call.knobs, call.expected_ms or 0.0, now)))
         except Exception:  # noqa: BLE001 - bookkeeping only
-            log.exception("BudgetAwareRequestRouter: on_request_routed failed")
+            log.exception("BudgetAwareRequestRouter: remembering a sent call failed")
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         self._state()
@@ -108,6 +128,16 @@ def _call_of(pending: PendingRequest | None) -> CallView | None:
     if pending is None or not pending.args:
         return None
     return CallView.of(pending.args[0])
+
+
+def _is_query(pending: PendingRequest) -> bool:
+    return bool(pending.args) and isinstance(pending.args[0], ReplicaQuery)
+
+
+def _report_time(raw: object) -> float | None:
+    """When a report was made (its `at`), if it has a usable one."""
+    at = raw.get("at") if isinstance(raw, Mapping) else None
+    return float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at) else None
 
 
 def _power_of_two(candidates: list[RunningReplica]) -> list[RunningReplica]:

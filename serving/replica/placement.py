@@ -143,7 +143,7 @@ def place(
         # Calls sent since the report: their first tokens come before this one's (an engine
         # prefills one request at a time); those sent before it are in its backlog already.
         since = [f for f in inflight.get(rid, ()) if f.sent_at >= view.at]
-        wait = view.backlog_ms + sum(f.expected_ms for f in since) * scale
+        wait = _wait_now(view, since, scale, now)
         first = wait + (expected or 0.0) * scale
         knobs = view.knobs | {f.knobs for f in since if f.knobs is not None}
         scored.append(_Scored(rid, first, wait, call is not None and call.knobs in knobs))
@@ -165,6 +165,18 @@ def place(
     # Unknown replicas before late ones: a replica with no report yet (just started) may be empty,
     # while a late one is known not to make it.
     return _ranked(same + others, unknown, reason, late)
+
+
+def _wait_now(view: ReplicaView, since: Sequence[InFlight], scale: float, now: float) -> float:
+    """The first-token work a call arriving now waits for on this replica: the report's backlog,
+    drained one ms per ms while the report aged (the engine works through it meanwhile), with each
+    call sent since joining it when it was sent. A report a few stats periods old otherwise names
+    work that is long done, and a call that is finished still counts until the next report."""
+    t, work = view.at, view.backlog_ms
+    for f in sorted(since, key=lambda f: f.sent_at):
+        work = max(0.0, work - max(0.0, f.sent_at - t) * 1000) + f.expected_ms * scale
+        t = max(t, f.sent_at)
+    return max(0.0, work - max(0.0, now - t) * 1000)
 
 
 def _ranked(first: Sequence[_Scored], unknown: Sequence[str], reason: Reason,

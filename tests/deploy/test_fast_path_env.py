@@ -11,7 +11,9 @@ from serving.fast_path import FAST_PATH_ENV
 ROOT = Path(__file__).resolve().parents[2]
 # Set on every container; the drain period is left at Serve's default on a cluster, where HAProxy
 # on other nodes needs time to take a stopping replica out.
-REQUIRED = {"RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"}
+# The budget header rides as Serve's session header: what HAProxy forwards to the ReplicaChooser.
+REQUIRED = {"RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S",
+            "RAY_SERVE_SESSION_ID_HEADER_KEY"}
 
 
 def _containers() -> list[dict[str, object]]:
@@ -33,3 +35,11 @@ def test_the_local_fast_path_sets_what_the_cluster_sets() -> None:
     assert REQUIRED <= set(FAST_PATH_ENV)
     assert FAST_PATH_ENV["RAY_SERVE_ENABLE_HA_PROXY"] == FAST_PATH_ENV["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert 0 < int(FAST_PATH_ENV["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]) <= 60
+
+
+def test_the_forwarded_header_is_the_shipped_budget_header() -> None:
+    from serving.config import load_config
+
+    for name in ("serving_local.yaml", "serving_h100.yaml"):
+        budget = load_config(ROOT / "configs" / name).headers.budget
+        assert FAST_PATH_ENV["RAY_SERVE_SESSION_ID_HEADER_KEY"] == budget.lower(), name

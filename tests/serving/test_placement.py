@@ -65,12 +65,35 @@ def test_stale_reports_fall_back_to_serve() -> None:
 
 
 def test_calls_sent_since_the_report_count_and_carry_their_knobs() -> None:
-    reports = {"a": stats(at=NOW - 1), "b": stats(backlog=20, at=NOW - 1)}
-    sent = {"a": [InFlight("high_8_16", 40.0, NOW - 0.5), InFlight("x", 999.0, NOW - 1.5)]}  # 2nd: before report
+    reports = {"a": stats(at=NOW - 0.1), "b": stats(backlog=20, at=NOW - 0.01)}
+    # the 2nd was sent before the report: it is in the report's backlog already
+    sent = {"a": [InFlight("high_8_16", 40.0, NOW - 0.01), InFlight("x", 999.0, NOW - 1.5)]}
     p = place(reports, call(budget=1000, knobs="mid"), NOW, STALE, sent)
-    assert p.ranked == ("b", "a") and p.first_token_ms == (70.0, 90.0)
+    # b: 20 ms of backlog drained 10 ms since its report; a: 40 ms sent 10 ms ago
+    assert p.ranked == ("b", "a") and p.first_token_ms == pytest.approx((60.0, 80.0))
     # the knobs sent since the report make affinity before the replica reports them
     assert place(reports, call(budget=1000, knobs="high_8_16"), NOW, STALE, sent).ranked[0] == "a"
+
+
+def test_a_report_drains_while_it_ages() -> None:
+    # 300 ms of backlog reported 0.25 s ago: 50 ms left now; an hour's worth is still there
+    reports = {"old": stats(backlog=300, at=NOW - 0.25), "busy": stats(backlog=3_600_000, at=NOW - 0.25)}
+    p = place(reports, call(budget=100), NOW, STALE)
+    assert p.ranked == ("old", "busy") and p.first_token_ms[0] == pytest.approx(100.0)
+    # a clock behind the replica's (a report from 50 ms in the future) drains nothing
+    assert place({"a": stats(backlog=80, at=NOW + 0.05)}, call(), NOW, STALE).first_token_ms == (130.0,)
+
+
+def test_calls_sent_since_drain_from_when_they_were_sent() -> None:
+    # idle at NOW - 1; a 100 ms call sent at NOW - 0.5 is done by now, one sent 20 ms ago has 80 left
+    reports = {"a": stats(at=NOW - 1), "b": stats(at=NOW - 1)}
+    sent = {"a": [InFlight("k", 100.0, NOW - 0.5)], "b": [InFlight("k", 100.0, NOW - 0.02)]}
+    p = place(reports, call(budget=1000), NOW, STALE, sent)
+    assert p.ranked == ("a", "b") and p.first_token_ms == pytest.approx((50.0, 130.0))
+    # two sent at once queue one behind the other, each scaled by the replica's ratio
+    slow = {"s": stats(ratio=2.0, at=NOW - 1)}
+    both = {"s": [InFlight("k", 30.0, NOW), InFlight("k", 30.0, NOW)]}
+    assert place(slow, call(expected=10, budget=1000), NOW, STALE, both).first_token_ms == (140.0,)
 
 
 @pytest.mark.parametrize(
