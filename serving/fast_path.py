@@ -25,8 +25,8 @@ controller and the HTTP ingress read them, not only the replicas.
   request context (`serve.get_request_context().session_id`) and Serve's Python proxy passes it to
   the ingress handle. One more: Ray 2.60's direct ingress decodes that header as strict UTF-8 and
   answers 500 to other bytes, before our doors can refuse the value with a 400;
-  `keep_undecodable_session_header` (called by the HTTP-facing replicas: MoEModel, ReplicaChooser)
-  makes it keep them instead.
+  `keep_undecodable_session_header` (called where the HTTP-facing replicas build their Resolver: the
+  doors of either topology, the ReplicaChooser) makes it keep them instead.
 
 bench/bench_overhead_paths.py measures this path against Serve's default one and against a no-op
 app on the same settings (docs/architecture.md, "Serving path").

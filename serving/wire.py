@@ -169,8 +169,9 @@ class ModelCall:
 class ReplicaQuery:
     """Which replica should take a request, without sending it: what the ingress request router
     (serving.ingress.replica_chooser) asks MoEModel's request router, and HAProxy then forwards the
-    request itself. The fields are a ModelCall's as the doors would send it to an idle replica: the
-    knobs (None: unknown, e.g. a bad budget header), the table's first-token ms for them, the budget."""
+    request itself. The fields are a ModelCall's as the doors would resolve it at an idle replica:
+    the knobs (None: unknown, e.g. a bad budget header), the table's first-token ms for them (the
+    tail figure the doors hold against the budget, where a ModelCall carries the mean), the budget."""
 
     knobs: Knobs | None
     expected_ms: float | None

@@ -9,7 +9,7 @@ names a replica; HAProxy forwards the client's request straight to it. GETs (/he
 never come here: HAProxy balances them itself (leastconn).
 
 The chooser resolves the budget on its own table copy as the doors would at an idle replica (knobs
-and the table's first-token ms), and lets MoEModel's request router rank the replicas with that
+and the table's first-token figure for them), and lets MoEModel's request router rank the replicas with that
 (`handle.choose_replica(query, _reserve=False)` runs serving.replica.budget_router in this process,
 on the replicas' routing reports). A request never fails here for want of a budget: a missing or
 malformed header, or no table yet, still gets a replica (least expected wait among fresh reports,
@@ -32,7 +32,6 @@ from starlette.responses import Response
 
 from serving.config import ServingConfig
 from serving.errors import BadInput
-from serving.fast_path import keep_undecodable_session_header
 from serving.ingress.inputs import parse_budget
 from serving.ingress.resolver import Resolver
 from serving.wire import ReplicaQuery
@@ -68,7 +67,6 @@ class ReplicaChooserReplica:
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self, model: Any, controller: Any, config: dict[str, Any]
     ) -> None:
-        keep_undecodable_session_header()  # its budget arrives as Serve's session header
         self.config = ServingConfig.model_validate(config)
         self.model = model
         c = self.config.controller
@@ -91,7 +89,9 @@ class ReplicaChooserReplica:
             return UNKNOWN
         answer = await self.resolver.answer(max(budget, 1e-3), None, None)
         self.counts["fallback_knobs" if answer.fallback else "resolved"] += 1
-        return ReplicaQuery(answer.knobs, answer.service_ms, budget)
+        # The figure the doors hold against the budget (the table's tail first token), so that a
+        # replica "fits" only where the doors there would still run these knobs.
+        return ReplicaQuery(answer.knobs, answer.first_token_ms, budget)
 
     async def choose(self, query: ReplicaQuery) -> dict[str, Any]:
         """{"host", "port", "replica_id"} of the replica MoEModel's request router ranks first."""

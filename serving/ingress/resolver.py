@@ -16,6 +16,7 @@ from controller.errors import UnknownDatasetError
 from controller.ladder import Rung, ladder
 from serving.config import ControllerSettings, FallbackSettings
 from serving.errors import BadInput
+from serving.fast_path import keep_undecodable_session_header
 from serving.ingress.answer import Answer
 
 log = logging.getLogger("ray.serve")
@@ -132,6 +133,10 @@ class LadderCache:
 
 class Resolver:
     def __init__(self, controller: Any, settings: ControllerSettings, fallback: FallbackSettings) -> None:
+        # Every replica of ours that takes HTTP (the doors of either topology, the ReplicaChooser)
+        # reads budgets through one Resolver: the budget header is Serve's session header on the
+        # fast path, which Ray 2.60 would refuse with a 500 for bytes that are not UTF-8.
+        keep_undecodable_session_header()
         self.controller, self.settings, self.fallback = controller, settings, fallback
         self.local = LocalTable(controller, watch_timeout_s=max(1.0, 4 * settings.poll_interval_s))
         self.ladders = LadderCache()

@@ -20,7 +20,6 @@ from controller.errors import KnobError
 from controller.knobs import Knobs
 from serving.config import ModelSettings
 from serving.errors import ServingConfigError
-from serving.fast_path import keep_undecodable_session_header
 from serving.replica.attainment_scaling import FlagWindow, unmeetable
 from serving.replica.backends.base import Backend, ModelOutput, ModelRequest
 from serving.replica.backends.registry import create_backend
@@ -113,7 +112,6 @@ class MoEModel:
         poll_interval_s: float = 2.0,
     ) -> None:
         self.settings = ModelSettings.model_validate(settings)
-        keep_undecodable_session_header()  # with topology model_ingress this replica takes HTTP itself
         if self.settings.gil_switch_interval_ms is not None:
             sys.setswitchinterval(self.settings.gil_switch_interval_ms / 1000)
         self.backend: Backend = create_backend(self.settings.backend, self.settings.backend_options)
