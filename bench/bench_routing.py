@@ -34,16 +34,14 @@ import asyncio
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.bench_streams import app_config, pick_budgets, settle
+from bench.bench_streams import app_config, pick_budgets, run_header, settle
 from bench.stream_load import Row, as_dicts, generate, open_loop, plan, summarize
 
 SECTION = "Replica choice across replicas (issue 20), CPU"
@@ -308,20 +306,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     return report(measure(quick))
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def section(m: dict[str, Any], command: str, elapsed_s: float) -> str:
-    dirty = [line[3:] for line in _git("status", "--porcelain", "--", "serving", "controller", "moe").splitlines()]
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    head = (f"Run {when} at commit {_git('rev-parse', '--short', 'HEAD') or 'unknown'}"
-            + (f" (uncommitted edits in {', '.join(dirty)})" if dirty else "")
-            + f", nproc {os.cpu_count()}, `{command}`, {elapsed_s:.0f} s. Written by the benchmark; rerun it "
-              "to replace this section.")
+    head = run_header(command, elapsed_s)
     r = report(m)
     figs = [f"- {f['name']}: {f['value']}{' ' + f['unit'] if f['unit'] else ''} (baseline {f['baseline']}, "
             f"{f['baseline_name']}){'; goal ' + f['goal'] + ': ' if f['goal'] else ''}"

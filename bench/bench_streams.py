@@ -378,13 +378,19 @@ def _git(*args: str) -> str:
         return ""
 
 
-def section(m: dict[str, Any], command: str, elapsed_s: float) -> str:
+def run_header(command: str, elapsed_s: float) -> str:
+    """The first line of a section a benchmark writes: when, which commit (and uncommitted edits of the
+    code it measured), the machine's cores, the command and how long it ran."""
     dirty = [line[3:] for line in _git("status", "--porcelain", "--", "serving", "controller", "moe").splitlines()]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    head = (f"Run {when} at commit {_git('rev-parse', '--short', 'HEAD') or 'unknown'}"
+    return (f"Run {when} at commit {_git('rev-parse', '--short', 'HEAD') or 'unknown'}"
             + (f" (uncommitted edits in {', '.join(dirty)})" if dirty else "")
             + f", nproc {os.cpu_count()}, `{command}`, {elapsed_s:.0f} s. Written by the benchmark; rerun it "
               "to replace this section.")
+
+
+def section(m: dict[str, Any], command: str, elapsed_s: float) -> str:
+    head = run_header(command, elapsed_s)
     r = report(m)
     figs = [f"- {f['name']}: {f['value']} (baseline {f['baseline']}, {f['baseline_name']}); goal {f['goal']}: "
             f"{ {True: 'PASS', False: 'FAIL', None: 'info'}[f['passed']] }" for f in r["figures"] if f["baseline"]]
