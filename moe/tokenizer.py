@@ -15,9 +15,16 @@ class TextCodec(Protocol):
 
 
 class ByteCodec:
-    """UTF-8 bytes shifted past the first special ids; random-weight presets need no vocabulary."""
+    """UTF-8 bytes shifted past the first special ids; random-weight presets need no vocabulary.
+
+    Ids past the byte range stand for the word pieces of a vocabulary this stand-in does not have:
+    each decodes to one lowercase letter. A random-weight model samples those ids almost always
+    (256 of ~50k are bytes), and if they decoded to nothing a stream would carry no text until its
+    end, so its first token would read as its last one; with a real vocabulary nearly every token
+    is text. The special ids below OFFSET decode to nothing, as `skip_special_tokens` does."""
 
     OFFSET = 3
+    PIECES = "abcdefghijklmnopqrstuvwxyz"
 
     def __init__(self, vocab_size: int, eos_token_id: int | None) -> None:
         self.vocab_size, self.eos_token_id = vocab_size, eos_token_id
@@ -26,7 +33,12 @@ class ByteCodec:
         return [(b + self.OFFSET) % self.vocab_size for b in text.encode("utf-8")] or [self.OFFSET]
 
     def decode(self, ids: list[int]) -> str:
-        raw = bytes(i - self.OFFSET for i in ids if self.OFFSET <= i < 256 + self.OFFSET)
+        raw = bytearray()
+        for i in ids:
+            if self.OFFSET <= i < 256 + self.OFFSET:
+                raw.append(i - self.OFFSET)
+            elif i >= 256 + self.OFFSET:
+                raw += self.PIECES[i % len(self.PIECES)].encode()
         return raw.decode("utf-8", errors="replace")
 
 

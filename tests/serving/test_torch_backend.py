@@ -109,6 +109,9 @@ def test_streamed_members_get_new_text_per_step_and_stop_when_told(backend: Torc
     (whole,) = backend.generate_batch(knobs, [req])
     assert out.text == whole.text and out.output_tokens == whole.output_tokens
     assert "".join(pieces) == out.text  # new text only ("" only asks whether the reader is there)
+    # Random weights and the byte-level codec: every token is text, so the first piece is the first
+    # token (a stream whose tokens decoded to nothing sent its first text at its end).
+    assert len(pieces) == out.output_tokens
     assert out.prompt_tokens > 0 and out.finish_reason in ("length", "stop")
     seen: list[str] = []
 
