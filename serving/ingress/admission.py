@@ -83,6 +83,7 @@ class QueueAdmission:
             budget_ms=budget_ms,
             remaining_budget_ms=remaining_budget_ms(budget_ms, estimate),
             queue_wait_ms=estimate.wait_ms,
+            queue_wait_correction_ms=estimate.correction_ms,
             overhead_ms=estimate.overhead_ms,
             policy=policy,
         )
@@ -156,9 +157,20 @@ class QueueAdmission:
             overhead_ms=overhead_ms,
             report=result.replica_load,
             first_token_ratio=result.first_token_ratio,
+            first_token_error_ms=self._first_token_error_ms(answer, result),
         )
         if self.feedback is not None:
             self.feedback.add(observation(answer.knobs.key, result))
+
+    def _first_token_error_ms(self, answer: Answer, result: ModelResult) -> float | None:
+        """The replica's first token minus what this router predicted for it when it admitted the
+        request (for the config that ran: late binding may have picked another); None when the
+        router predicted nothing (queue-unaware) or the replica reported no first token."""
+        if not self.queue_aware or answer.queue_wait_ms is None or result.replica_first_token_ms <= 0:
+            return None
+        modelled = answer.queue_wait_ms - (answer.queue_wait_correction_ms or 0.0)
+        predicted = QueueTracker.predicted_first_ms(modelled, answer.service_ms, self.slowness())
+        return None if predicted is None else result.replica_first_token_ms - predicted
 
     def status(self) -> dict[str, Any]:
         return {

@@ -27,6 +27,9 @@ class Answer:
     # Queue-aware resolve (serving.ingress.budget_plan): the budget the knobs were resolved for, and why.
     remaining_budget_ms: float | None = None
     queue_wait_ms: float | None = None
+    # The measured part of queue_wait_ms (serving.ingress.queue_estimate: how much later first
+    # tokens came than the device model said, lately); queue_wait_ms minus it is the modelled wait.
+    queue_wait_correction_ms: float | None = None
     overhead_ms: float | None = None
     policy: str | None = None
     covers: str = "first_token"
@@ -114,6 +117,7 @@ class Answer:
             "fallback": self.fallback,
             "remaining_budget_ms": self.remaining_budget_ms,
             "queue_wait_ms": self.queue_wait_ms,
+            "queue_wait_correction_ms": self.queue_wait_correction_ms,
             "overhead_ms": self.overhead_ms,
             "budget_policy": self.policy,
             "budget_covers": self.covers,

@@ -193,3 +193,47 @@ def test_figures_read_per_request_follow_every_new_and_expired_sample() -> None:
     assert t.estimate(13.0).overhead_ms == pytest.approx(0.0)  # and then the one at 2 s
     t.done(2, 14.0, expected_ms=10.0, service_ms=10.0, overhead_ms=5.0, report=None)
     assert t.estimate(14.0).overhead_ms == pytest.approx(5.0)
+
+
+def _answered(t: QueueTracker, token: int, now: float, error_ms: float | None) -> None:
+    t.done(token, now, expected_ms=None, service_ms=None, overhead_ms=None, report=None,
+           first_token_error_ms=error_ms)
+
+
+def test_what_the_device_model_leaves_out_is_measured_and_added_to_the_wait() -> None:
+    """Decode steps between prefills and drains of another knob pair are not in the model: the
+    first tokens that came later than predicted add their tail (p90 by rank) to the wait."""
+    t = QueueTracker(error_window_s=10.0, error_quantile=0.9)
+    t.sent(1, "low_4_12", 100.0, 0.0)
+    assert t.estimate(0.0).correction_ms == 0.0 and t.estimate(0.0).wait_ms == pytest.approx(100.0)
+    for i in range(20):
+        _answered(t, 100 + i, 0.0, 5.0 * (i + 1))  # 5 .. 100 ms late
+    e = t.estimate(0.0)
+    assert e.correction_ms == pytest.approx(95.0)  # the 19th of 20 (upper_quantile rounds up)
+    assert e.wait_ms == pytest.approx(100.0 + 95.0) and e.modelled_ms == pytest.approx(100.0)
+    assert e.to_dict()["correction_ms"] == pytest.approx(95.0)
+    # the window is short: a load that is gone stops counting
+    assert t.estimate(10.5).correction_ms == 0.0
+
+
+def test_a_model_that_errs_high_is_kept_and_unknown_errors_are_skipped() -> None:
+    t = QueueTracker()
+    for i in range(5):
+        _answered(t, i, 0.0, -40.0)  # first tokens came earlier than predicted: the safe side
+    _answered(t, 9, 0.0, None)
+    _answered(t, 10, 0.0, float("nan"))
+    assert t.estimate(0.0).correction_ms == 0.0
+
+
+def test_the_correction_does_not_feed_on_itself() -> None:
+    """The error is taken against the modelled wait, so a constant 50 ms the model leaves out gives
+    a constant 50 ms correction, however many requests are answered with it."""
+    t = QueueTracker()
+    for i in range(200):
+        e = t.estimate(i * 0.01)
+        predicted = QueueTracker.predicted_first_ms(e.modelled_ms, 20.0, 1.0)
+        assert predicted is not None
+        actual = e.modelled_ms + 50.0 + 20.0  # what the replica saw: 50 ms the model does not know of
+        _answered(t, i, i * 0.01, actual - predicted)
+    assert t.estimate(2.0).correction_ms == pytest.approx(50.0)
+    assert QueueTracker.predicted_first_ms(0.0, None, 1.0) is None
