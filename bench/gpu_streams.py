@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -222,6 +223,17 @@ def publish(tree: Path, table: Path, store: Path, log: Path) -> None:
 
 # ---- requests -------------------------------------------------------------------------------------
 
+def app_stats() -> dict[str, Any] | None:
+    """The app's /v1/stats after a load step (the doors' wait estimate and its correction, the
+    replica's dispatch counts), or None where the tree has no such figures or the call fails."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{gse.PORT}/v1/stats", timeout=10) as r:
+            body = json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def prompt(i: int) -> str:
     return f"Question {i}: what is shown in the image?"
 
@@ -252,6 +264,10 @@ def generate_row(budget: float, i: int, max_new_tokens: int) -> dict[str, Any]:
         "first_token_less_decode_ms": client_ms - m["decode"] if status == 200 and "decode" in m else None,
         "model_first_token_ms": (m["vision"] + m["prefill"]) if m else None,
         "bound_at": resp.get("knobs_bound_at"), "error": None if status == 200 else str(resp.get("error"))[:200],
+        # What the doors assumed at admission (the modelled wait = queue_wait - its measured correction)
+        # and where the replica says the time went: to tell a wait the estimate missed from one it saw.
+        "queue_wait_ms": resp.get("queue_wait_ms"), "queue_wait_correction_ms": resp.get("queue_wait_correction_ms"),
+        "replica_queue_wait_ms": out.get("queue_wait_ms"), "replica_first_token_ms": replica_first,
     }
 
 
@@ -486,7 +502,7 @@ def run_tree(name: str, tree: Path, a: argparse.Namespace, table: Path, result: 
             phase(f"[{name}] {label} of {base_rps:.2f} = {rate:.2f} req/s, {n} requests (~{n / rate:.0f} s)")
             rows = open_loop(client, budgets, rate, n, a.seed + k, a.max_new_tokens)
             res["rates"][label] = {"rate_rps": rate, "fraction": frac, "requests": n,
-                                   "summary": summarise(rows), "rows": rows}
+                                   "summary": summarise(rows), "rows": rows, "stats": app_stats()}
             for kind in ("streamed", "generate"):
                 s = res["rates"][label]["summary"][kind]
                 phase(f"[{name}] {label} {kind}: n {s['n']}, feasible {fmt(s['feasible_share'], True)}, attainment "
