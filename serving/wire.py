@@ -100,6 +100,7 @@ class PlanOption:
     latency_ms: float  # compared with the time left (the table's latency, + decode for `covers: total`)
     service_ms: float  # expected first-token time (the table's mean): what waiting requests wait for
     decode_ms_per_token: float | None
+    accuracy: float | None = None  # the table's expected accuracy (what a knob-pair switch would gain)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ class DispatchPlan:
     @classmethod
     def from_rungs(cls, rungs: Sequence[Rung], tolerance: float) -> DispatchPlan:
         return cls(
-            tuple(PlanOption(r.stats.knobs, r.latency_ms, r.service_ms, r.stats.decode_ms_per_token) for r in rungs),
+            tuple(PlanOption(r.stats.knobs, r.latency_ms, r.service_ms, r.stats.decode_ms_per_token, r.stats.accuracy)
+                  for r in rungs),
             tolerance,
         )
 
@@ -133,6 +135,8 @@ class DispatchPlan:
             d = o.decode_ms_per_token
             if not (_number(o.latency_ms) and _number(o.service_ms) and (d is None or _number(d))):
                 raise PlanError(f"dispatch plan option {str(o)[:80]} has a latency that is not a finite number >= 0")
+            if o.accuracy is not None and not (_number(o.accuracy) and o.accuracy <= 1):
+                raise PlanError(f"dispatch plan option {str(o)[:80]} has an accuracy that is not a number in [0, 1]")
             try:
                 Knobs(o.knobs.tier, o.knobs.top_k, o.knobs.num_active_blocks)  # unpickled: __post_init__ never ran
             except KnobError as e:

@@ -112,6 +112,11 @@ class Device:
             return max(pairs.values())
         return 0.0 if len(pairs) < self.backend.max_sessions else min(pairs.values())
 
+    def running_pairs(self) -> frozenset[tuple[int, int]]:
+        """The (top_k, num_active_blocks) pairs of the decode batches running now."""
+        with self._lock:
+            return frozenset(self._running_pairs)
+
     def stop(self) -> None:
         self._stop = True
         self._inbox.put(None)

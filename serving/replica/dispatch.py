@@ -10,6 +10,11 @@ down while that would
 - with a blocking budget set, cost more expected misses among the requests that arrive while it
   runs than the budget allows (`BlockingGuard`): a non-preemptive server makes every newcomer wait
   for the call in progress, so one long call can sink a tight budget that arrives just after it.
+And with `stay` given (`model.pair_switch_min_gain`), it keeps the knob pair the device is running
+when one of that pair's options fits and another pair would gain at most that much expected accuracy:
+the engine runs one decode batch at a time, so a request of another pair waits for the running
+batch to drain and then holds every newcomer of the running pair for its whole call (on the H100,
+such switches waited 93 ms median against 23 for the running pair, docs/BENCHMARKS.md).
 Pure: no Ray, time is an argument.
 """
 
@@ -113,6 +118,7 @@ class Choice:
     fits: bool  # the chosen option fits the time left (else it is the fastest, late)
     left_ms: float
     guarded: bool = False  # the blocking guard chose a shorter option than the time left allowed
+    kept_pair: bool = False  # the running knob pair's option, over a little more accurate one of another
 
 
 def call_ms(option: PlanOption, tokens: int) -> float:
@@ -129,12 +135,16 @@ def choose(
     behind: Sequence[Waiting] = (),
     too_long: Callable[[float], bool] | None = None,
     start_ms: Callable[[PlanOption], float] | None = None,
+    stay: Callable[[PlanOption], bool] | None = None,
+    switch_min_gain: float = 0.0,
 ) -> Choice:
     """`tokens`: the request's max_new_tokens (its call decodes them before the next call starts);
     `scale`: the replica's measured / table first-token time (>= 1 when it runs slow), applied to
     every option; `too_long(call_ms)`: the blocking guard, or None; `start_ms(option)`: how long
     the option would wait before it can start (the device runs a decode batch of another knob
-    pair: serving.replica.device.drain_ms), or None for no wait."""
+    pair: serving.replica.device.drain_ms), or None for no wait; `stay(option)`: whether the option
+    is of the pair the device runs (None: no preference), and `switch_min_gain` the expected
+    accuracy another pair must add to be taken over the best fitting option of that pair."""
     threshold = Budget(left_ms, plan.tolerance).threshold_ms
     wait = start_ms if start_ms is not None else (lambda o: 0.0)
     # A wait can break the ladder's order (a slower option whose pair is running may start at once),
@@ -145,6 +155,10 @@ def choose(
     if not fitting:
         return Choice(min(range(len(ready)), key=ready.__getitem__), False, left_ms)
     i = fitting[-1]
+    kept = False
+    if stay is not None and not stay(plan.options[i]):
+        held = _kept_pair(plan, fitting, i, stay, switch_min_gain)
+        i, kept = held, held != i
 
     def lower() -> int | None:
         below = [j for j in fitting if j < i]
@@ -159,4 +173,17 @@ def choose(
         if (j := lower()) is None:
             break
         i = j
-    return Choice(i, True, left_ms, guarded=i < unguarded)
+    return Choice(i, True, left_ms, guarded=i < unguarded, kept_pair=kept)
+
+
+def _kept_pair(plan: DispatchPlan, fitting: list[int], best: int, stay: Callable[[PlanOption], bool],
+               min_gain: float) -> int:
+    """The best fitting option of the running pair instead of `best` (another pair's), unless none
+    fits or `best` gains more than `min_gain` expected accuracy over it (or an accuracy is unknown)."""
+    kept = [j for j in fitting if stay(plan.options[j])]
+    if not kept:
+        return best
+    a, b = plan.options[best].accuracy, plan.options[kept[-1]].accuracy
+    if a is None or b is None or a - b > min_gain:
+        return best
+    return kept[-1]

@@ -150,7 +150,8 @@ class MoEModel:
             if self.gate is not None and self.settings.blocking_miss_budget is not None
             else None
         )
-        self.dispatch_counts = {"planned": 0, "rebound": 0, "late": 0, "bad_plans": 0, "guarded": 0}
+        self.dispatch_counts = {"planned": 0, "rebound": 0, "late": 0, "bad_plans": 0, "guarded": 0,
+                                "kept_pair": 0}
         self._tokens = itertools.count(1)
         # Streams: started; finished (all their tokens); cancelled (the client left: the replica
         # stopped at its next step); failed (the backend raised).
@@ -301,6 +302,12 @@ class MoEModel:
         def start_ms(o: PlanOption) -> float:
             return device.drain_ms(o.knobs)
 
+        # Pair affinity (model.pair_switch_min_gain): prefer the pairs of the decode batches running
+        # now; none running (an idle device) leaves every pair free.
+        min_gain, running = self.settings.pair_switch_min_gain, device.running_pairs()
+        stay = (None if min_gain is None or not running
+                else (lambda o: (o.knobs.top_k, o.knobs.num_active_blocks) in running))
+
         # The device's own queue comes first: prefills handed to it and not begun (and a drain).
         ahead_ms, groups = self.device.backlog_ms() * scale, set()
         for pos, i in enumerate(order):
@@ -311,12 +318,13 @@ class MoEModel:
                 # decode steps are shared with whoever joins the batch (serving.replica.device).
                 m.choice = choose(m.plan, (m.deadline - now) * 1000 - ahead_ms, tokens=0, scale=scale,
                                   behind=[w.shifted(ahead_ms) for w in later], too_long=too_long,
-                                  start_ms=start_ms)
+                                  start_ms=start_ms, stay=stay, switch_min_gain=min_gain or 0.0)
                 o = m.plan.options[m.choice.index]
                 if o.knobs != m.knobs:
                     self.dispatch_counts["rebound"] += 1
                 self.dispatch_counts["late"] += not m.choice.fits
                 self.dispatch_counts["guarded"] += m.choice.guarded
+                self.dispatch_counts["kept_pair"] += m.choice.kept_pair
                 m.knobs = o.knobs
                 m.request = replace(m.request, expected_ms=o.service_ms, decode_ms_per_token=o.decode_ms_per_token)
             if m.knobs not in groups:  # a call of its own (first token + decode): later members wait
@@ -433,7 +441,8 @@ class MoEModel:
     def dispatch_stats(self) -> dict[str, Any]:
         """Requests with a plan, those whose knobs changed at dispatch, those no option fitted,
         and calls the blocking guard made shorter."""
-        return {**self.dispatch_counts, "blocking_miss_budget": self.settings.blocking_miss_budget}
+        return {**self.dispatch_counts, "blocking_miss_budget": self.settings.blocking_miss_budget,
+                "pair_switch_min_gain": self.settings.pair_switch_min_gain}
 
     def supported_ranges(self) -> dict[str, Any]:
         """Published to the controller, which refuses tables with configs outside these ranges."""

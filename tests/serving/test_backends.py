@@ -194,3 +194,15 @@ def test_gil_switch_interval_is_set_in_the_replica_process() -> None:
         assert sys.getswitchinterval() == pytest.approx(0.0005)
     finally:
         sys.setswitchinterval(before)
+
+
+@pytest.mark.parametrize("bad", [-0.01, 1.5, float("nan"), float("inf"), "0.03", True])
+def test_pair_switch_min_gain_refuses_values_outside_its_range(bad: object) -> None:
+    from pydantic import ValidationError
+
+    from serving.config import ModelSettings
+
+    with pytest.raises(ValidationError, match="pair_switch_min_gain"):
+        ModelSettings.model_validate({"pair_switch_min_gain": bad})
+    assert ModelSettings.model_validate({"pair_switch_min_gain": 0.03}).pair_switch_min_gain == 0.03
+

@@ -177,3 +177,60 @@ def test_deadline_gate_lists_who_waits_with_their_fastest_option() -> None:
         return behind
 
     assert asyncio.run(run()) == [(1.0, None), (5.0, 45.0), (9.0, 40.0)]
+
+
+def _pair_plan() -> DispatchPlan:
+    """A ladder that crosses knob pairs, as the H100 table's does: fastest first, more accurate each."""
+    rows = [(Knobs("low", 4, 12), 14.0, 0.41), (Knobs("low", 8, 16), 19.0, 0.589),
+            (Knobs("medium", 8, 16), 35.0, 0.703), (Knobs("high", 8, 14), 50.7, 0.728),
+            (Knobs("high", 8, 16), 55.0, 0.74)]
+    return DispatchPlan(tuple(Option(k, ms, ms * 0.9, 4.0, acc) for k, ms, acc in rows), 0.0)
+
+
+def _running(*pairs: tuple[int, int]):  # type: ignore[no-untyped-def]
+    return lambda o: (o.knobs.top_k, o.knobs.num_active_blocks) in pairs
+
+
+def test_late_binding_keeps_the_running_pair_unless_another_gains_more_than_the_setting() -> None:
+    plan = _pair_plan()
+    # 52 ms left: high_8_14 (0.728) fits, high_8_16 does not; (8, 16) runs: medium_8_16 (0.703) is
+    # 0.025 less accurate. At a 0.03 threshold the running pair is kept; at 0.02 the switch is worth it.
+    kept = choose(plan, 52, stay=_running((8, 16)), switch_min_gain=0.03)
+    assert plan.options[kept.index].knobs == Knobs("medium", 8, 16) and kept.kept_pair and kept.fits
+    switched = choose(plan, 52, stay=_running((8, 16)), switch_min_gain=0.02)
+    assert plan.options[switched.index].knobs == Knobs("high", 8, 14) and not switched.kept_pair
+    # No preference given (the setting unset, or an idle device): accuracy alone.
+    assert choose(plan, 52).index == switched.index
+    # The best option is of the running pair anyway: nothing to keep.
+    same = choose(plan, 60, stay=_running((8, 16)), switch_min_gain=0.5)
+    assert plan.options[same.index].knobs == Knobs("high", 8, 16) and not same.kept_pair
+
+
+def test_a_switch_is_taken_when_no_option_of_the_running_pair_fits() -> None:
+    plan = _pair_plan()
+    # 16 ms left: only low_4_12 fits; (8, 16) runs but none of its options fits.
+    c = choose(plan, 16, stay=_running((8, 16)), switch_min_gain=1.0)
+    assert plan.options[c.index].knobs == Knobs("low", 4, 12) and c.fits and not c.kept_pair
+
+
+def test_an_option_of_unknown_accuracy_is_not_traded_for_the_running_pair() -> None:
+    plan = _pair_plan()
+    blind = DispatchPlan(tuple(Option(o.knobs, o.latency_ms, o.service_ms, o.decode_ms_per_token)
+                               for o in plan.options), 0.0)
+    c = choose(blind, 52, stay=_running((8, 16)), switch_min_gain=1.0)
+    assert blind.options[c.index].knobs == Knobs("high", 8, 14) and not c.kept_pair
+
+
+@pytest.mark.parametrize("accuracy", [math.nan, math.inf, -0.1, 1.5])
+def test_a_plan_option_with_a_meaningless_accuracy_is_refused(accuracy: float) -> None:
+    option = Option(Knobs("low", 4, 12), 10.0, 9.0, 1.0, accuracy)
+    with pytest.raises(PlanError, match="accuracy"):
+        DispatchPlan((option,), 0.0).checked()
+
+
+def test_plans_carry_the_table_accuracy_of_each_rung() -> None:
+    table = synthetic_table(latency_scale=0.5, decode_ms_per_token=2.0)
+    rungs = ladder(table)
+    plan = DispatchPlan.from_rungs(rungs, 0.05)
+    assert [o.accuracy for o in plan.options] == [r.stats.accuracy for r in rungs]
+    assert plan.checked() is plan
