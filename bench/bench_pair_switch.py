@@ -1,0 +1,192 @@
+"""Knob-pair switches on one device, as on the H100 (issue 17): pair affinity off and on, same arrivals.
+
+    python -m bench.bench_pair_switch [--requests N] [--out rows.json]
+
+The H100 runs of bench.gpu_streams missed budgets where late binding switched the device from one
+(top_k, num_active_blocks) pair to another: the engine runs one decode batch at a time, so a switch
+waits for the running batch to drain and then holds the running pair's newcomers for its whole
+call (93 ms median wait against 23 for the running pair, docs/BENCHMARKS.md). The simulated model
+runs the same device (serving.replica.device: one decode batch at a time, newcomers of its pair join
+between steps, prefills one after another), so this bench reproduces that on the CPU with an
+H100-like table: first tokens 14-55 ms, decode 4 ms a token, 8 tokens a request.
+
+Two apps in one local Serve, the shipped CPU config with the H100 config's batching (8 a batch, no
+wait), differing only in `model.pair_switch_min_gain` (unset / 0.03). Budgets: four points across
+the frontier plus the idle overhead allowance. Capacity: closed loop on the first app. Then, per
+load (25 / 50 / 75% of it), the same Poisson arrivals (half streamed through the openai client,
+half /v1/generate) on each app, in alternating order. Per app: feasible share, attainment of the
+client-seen first token among the feasible-flagged, mean expected accuracy, and how often the knob
+pair changed between consecutive requests (in arrival order) and late binding kept a pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.bench_streams import SHIPPED, _merge, settle
+from bench.gpu_streams import base_budgets
+from bench.stream_load import as_dicts, open_loop, plan, summarize
+
+LOADS = (0.25, 0.50, 0.75)
+MAX_NEW_TOKENS = 8
+APPS = {"off": None, "on": 0.03}  # model.pair_switch_min_gain
+DECODE_MS_PER_TOKEN = 4.0
+H100 = __import__("yaml").safe_load((SHIPPED.parent / "serving_h100.yaml").read_text())
+
+
+def h100_like_table(samples: int = 200, jitter: float = 0.05) -> Any:
+    """27 configs, first token 14-55 ms (the H100 profile's range), decode 4 ms a token, p99
+    latencies; accuracy grows with every knob as in bench_attainment's table."""
+    import numpy as np
+
+    from controller import BuildParams, SampleColumns, build_table
+    from controller.knobs import TIERS
+    from tests.support.tables import GRID
+
+    rng = np.random.default_rng(0)
+    cols: dict[str, list[Any]] = {k: [] for k in ("tier", "top_k", "num_active_blocks", "accuracy",
+                                                  "latency_prefill", "latency_total", "decode_ms_per_token")}
+    for tier in GRID[0]:
+        ti = TIERS.index(tier)
+        for k in GRID[1]:
+            for b in GRID[2]:
+                # low_4_12 ~14 ms, high_8_16 ~55 ms
+                lat = (14 + 13 * ti + 1.5 * (k - 4) + 1.6 * (b - 12)) * rng.lognormal(0, jitter, samples)
+                cols["tier"] += [ti] * samples
+                cols["top_k"] += [k] * samples
+                cols["num_active_blocks"] += [b] * samples
+                cols["accuracy"] += [0.40 + 0.08 * ti + 0.012 * k + 0.006 * b] * samples
+                cols["latency_prefill"] += list(lat)
+                cols["latency_total"] += list(lat + DECODE_MS_PER_TOKEN * MAX_NEW_TOKENS)
+                cols["decode_ms_per_token"] += [DECODE_MS_PER_TOKEN] * samples
+    n = len(cols["tier"])
+    arrays = {k: np.asarray(v) for k, v in cols.items()}
+    arrays.update(dataset=np.zeros(n), sample_key=np.arange(n), key_from_metadata=np.ones(n, dtype=bool))
+    return build_table(SampleColumns(("synthetic",), arrays), BuildParams(latency_quantile=0.99, tolerance=0.0),
+                       source={"synthetic": {"bench": "bench_pair_switch", "jitter_sigma": jitter}})
+
+
+def app_config(store: str, min_gain: float | None) -> Any:
+    from serving.config import ServingConfig, load_config
+
+    shipped = load_config(SHIPPED).model_dump(mode="json")
+    return ServingConfig.model_validate(_merge(shipped, {
+        "controller": {"store": store, "poll_interval_s": 0.25},
+        "model": {
+            "backend_options": {"latency_source": "table", "latency_scale": 1.0, "jitter_sigma": 0.05,
+                                "decode": "per_token", "seed": 0},
+            "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0},
+            "scheduling": "deadline", "blocking_miss_budget": H100["model"]["blocking_miss_budget"],
+            "pair_switch_min_gain": min_gain,
+        },
+    }))
+
+
+def switches(rows: list[dict[str, Any]]) -> float:
+    """Share of consecutive answered requests (arrival order) whose knob pair differs."""
+    pairs = ["_".join(r["config"].split("_")[1:]) for r in sorted(rows, key=lambda r: r["at_s"])
+             if r["status"] == 200 and r.get("config")]
+    return sum(a != b for a, b in zip(pairs, pairs[1:])) / max(1, len(pairs) - 1)
+
+
+def measure(requests: int) -> dict[str, Any]:
+    from ray import serve
+
+    from bench.attainment_load import closed_loop
+    from bench.attainment_load import summarize as closed_summary
+    from controller.store import TableStore
+    from serving.app import build_app_from_config
+    from serving.local import free_port, local_serve, run_routed
+
+    from controller.ladder import ladder
+
+    store = tempfile.mkdtemp(prefix="bench-pairs-")
+    table = h100_like_table()
+    TableStore(store).publish(table)
+    port = free_port()
+    out: dict[str, Any] = {"requests_per_point": requests, "summaries": [], "rows": []}
+    with local_serve(port, num_cpus=8, quiet=True):
+        urls = {}
+        for name, gain in APPS.items():
+            run_routed(build_app_from_config(app_config(store, gain)), http_port=port, name=f"p{name}",
+                       route_prefix=f"/p{name}")
+            urls[name] = f"http://127.0.0.1:{port}/p{name}"
+            asyncio.run(closed_loop(urls[name], [200.0], concurrency=2, requests=20, max_new_tokens=MAX_NEW_TOKENS))
+        overhead = settle(urls["off"], math.inf).get("overhead_at_start_ms") or 2.0
+        # As bench.gpu_streams picks them: six points across the frontier, plus the idle overhead
+        # allowance and one request's time (a request may find one ahead of it).
+        solo = asyncio.run(closed_loop(urls["off"], [200.0], concurrency=1, requests=20, max_new_tokens=MAX_NEW_TOKENS))
+        per = statistics.median(r.latency_ms for r in solo if r.status == 200)
+        frontier = sorted({round(r.latency_ms, 2) for r in ladder(table)})
+        budgets = sorted({round(b + overhead + per, 1) for b in base_budgets(frontier)})
+        knobs = {"frontier_ms": frontier, "request_ms": per}
+        cap = closed_summary(asyncio.run(closed_loop(urls["off"], budgets, concurrency=8, requests=max(60, requests),
+                                                     max_new_tokens=MAX_NEW_TOKENS)))
+        out.update(budgets=budgets, knobs=knobs, capacity_rps=cap["throughput_rps"], idle_overhead_ms=overhead)
+        for i, share in enumerate(LOADS):
+            arrivals = plan(requests, share * out["capacity_rps"], budgets, 0.5, seed=31 + i)
+            order = list(APPS) if i % 2 == 0 else list(reversed(APPS))
+            for name in order:
+                settle(urls[name], overhead + 5)
+                handle = serve.get_deployment_handle("MoEModel", f"p{name}")
+                kept_before = handle.dispatch_stats.remote().result()["kept_pair"]
+                got = as_dicts(asyncio.run(open_loop(urls[name], arrivals, MAX_NEW_TOKENS)), app=name, load=share)
+                kept = handle.dispatch_stats.remote().result()["kept_pair"] - kept_before
+                out["rows"] += got
+                s = summarize([_row(r) for r in got])
+                out["summaries"].append({"app": name, "load": share, "rate_rps": share * out["capacity_rps"],
+                                         "switch_share": switches(got), "kept_pair": kept, **s})
+                print(f"{100 * share:.0f}% {name}: feasible {s['feasible_share']:.3f}, met of feasible "
+                      f"{s['attainment_when_feasible']:.3f}, accuracy {s['mean_expected_accuracy']:.3f}, "
+                      f"pair changes {switches(got):.3f}, kept {kept}", flush=True)
+        for name in APPS:
+            serve.delete(f"p{name}")
+    return out
+
+
+def _row(d: dict[str, Any]) -> Any:
+    from bench.stream_load import Row
+
+    fields = Row.__dataclass_fields__
+    return Row(**{k: v for k, v in d.items() if k in fields})
+
+
+def table(m: dict[str, Any]) -> list[str]:
+    lines = ["| load | req/s | pair affinity | flagged feasible | met, of feasible | feasible misses | "
+             "mean exp. acc | pair changes | kept a pair | first token p50 / p99 ms |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for s in m["summaries"]:
+        lines.append(f"| {100 * s['load']:.0f}% | {s['rate_rps']:.1f} | {s['app']} | {100 * s['feasible_share']:.1f}% | "
+                     f"{100 * s['attainment_when_feasible']:.1f}% | {s['feasible_missed']} | "
+                     f"{s['mean_expected_accuracy']:.3f} | {100 * s['switch_share']:.1f}% | {s['kept_pair']} | "
+                     f"{s['first_token_p50_ms']:.0f} / {s['first_token_p99_ms']:.0f} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=120, help="requests per load point and app")
+    p.add_argument("--out", default=None, help="write the raw rows and summaries to this JSON file")
+    a = p.parse_args(argv)
+    started = time.monotonic()
+    m = measure(a.requests)
+    m["wall_s"] = time.monotonic() - started
+    print(f"capacity {m['capacity_rps']:.1f} req/s, budgets {m['budgets']}, idle overhead {m['idle_overhead_ms']:.1f} ms")
+    print("\n".join(table(m)))
+    print(f"median pair changes: off {statistics.median(s['switch_share'] for s in m['summaries'] if s['app'] == 'off'):.3f}")
+    if a.out:
+        Path(a.out).write_text(json.dumps(m, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
