@@ -247,8 +247,8 @@ class ModelSettings(_Strict):
     # device thread runs Python. None: leave Python's default (on an H100, 0.5 ms made 8 clients'
     # overhead 59 ms p50 instead of 4: docs/serving.md).
     gil_switch_interval_ms: float | None = Field(default=None, ge=0.05, le=100, strict=True)
-    # Late binding keeps the knob pair of the decode batch the device is running when one of that
-    # pair's options fits and another pair's best option is at most this much more accurate
+    # Late binding keeps the knob pair of a decode batch the device is running (or has work waiting
+    # for) when one of that pair's options fits and another pair's best option is at most this much more accurate
     # (serving.replica.dispatch): a switch makes the running pair's newcomers wait for a drain and
     # the other batch's whole call. None: every option competes on accuracy alone.
     pair_switch_min_gain: float | None = Field(default=None, ge=0, le=1, strict=True)

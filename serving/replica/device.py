@@ -72,6 +72,7 @@ class Device:
         self._lock = threading.Lock()  # guards the views read from the event loop (drain_ms, running)
         self._running_pairs: dict[tuple[int, int], float] = {}  # knob pair -> ms until its session drains
         self._blocked = False  # some work waits for a session to drain
+        self._waiting_pairs: frozenset[tuple[int, int]] = frozenset()  # of the work in _waiting
         self._queued_ms = 0.0  # table first tokens of the work handed in and not begun
         self._seq = itertools.count()
         self.steps = 0
@@ -112,10 +113,11 @@ class Device:
             return max(pairs.values())
         return 0.0 if len(pairs) < self.backend.max_sessions else min(pairs.values())
 
-    def running_pairs(self) -> frozenset[tuple[int, int]]:
-        """The (top_k, num_active_blocks) pairs of the decode batches running now."""
+    def busy_pairs(self) -> frozenset[tuple[int, int]]:
+        """The (top_k, num_active_blocks) pairs of the decode batches running now and of the work
+        waiting for one (it will open its batch when the running one drains)."""
         with self._lock:
-            return frozenset(self._running_pairs)
+            return frozenset(self._running_pairs) | self._waiting_pairs
 
     def stop(self) -> None:
         self._stop = True
@@ -229,3 +231,4 @@ class Device:
         pairs = {(s.knobs.top_k, s.knobs.num_active_blocks): s.remaining_ms() for s, _ in self._sessions}
         with self._lock:
             self._running_pairs, self._blocked = pairs, bool(self._waiting)
+            self._waiting_pairs = frozenset((w.knobs.top_k, w.knobs.num_active_blocks) for w in self._waiting)

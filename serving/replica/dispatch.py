@@ -10,11 +10,12 @@ down while that would
 - with a blocking budget set, cost more expected misses among the requests that arrive while it
   runs than the budget allows (`BlockingGuard`): a non-preemptive server makes every newcomer wait
   for the call in progress, so one long call can sink a tight budget that arrives just after it.
-And with `stay` given (`model.pair_switch_min_gain`), it keeps the knob pair the device is running
-when one of that pair's options fits and another pair would gain at most that much expected accuracy:
-the engine runs one decode batch at a time, so a request of another pair waits for the running
-batch to drain and then holds every newcomer of the running pair for its whole call (on the H100,
-such switches waited 93 ms median against 23 for the running pair, docs/BENCHMARKS.md).
+And with `stay` given (`model.pair_switch_min_gain`), it keeps a knob pair the device is running
+(or has work waiting for) when one of that pair's options fits and another pair would gain at most
+that much expected accuracy: the engine runs one decode batch at a time, so a request of another
+pair waits for the running batch to drain and then holds every newcomer of the running pair for its
+whole call (on the H100, such switches waited 93 ms median against 23 for the running pair,
+docs/BENCHMARKS.md).
 Pure: no Ray, time is an argument.
 """
 

@@ -303,8 +303,8 @@ class MoEModel:
             return device.drain_ms(o.knobs)
 
         # Pair affinity (model.pair_switch_min_gain): prefer the pairs of the decode batches running
-        # now; none running (an idle device) leaves every pair free.
-        min_gain, running = self.settings.pair_switch_min_gain, device.running_pairs()
+        # now or waiting to run; an idle device leaves every pair free.
+        min_gain, running = self.settings.pair_switch_min_gain, device.busy_pairs()
         stay = (None if min_gain is None or not running
                 else (lambda o: (o.knobs.top_k, o.knobs.num_active_blocks) in running))
 
