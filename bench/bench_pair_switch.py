@@ -38,7 +38,8 @@ from bench.stream_load import as_dicts, open_loop, plan, summarize
 
 LOADS = (0.25, 0.50, 0.75)
 MAX_NEW_TOKENS = 8
-APPS = {"off": None, "on": 0.10}  # model.pair_switch_min_gain
+# model.pair_switch_min_gain, model.rebind_on_device
+APPS = {"off": (None, False), "affinity": (0.10, False), "both": (0.10, True)}
 DECODE_MS_PER_TOKEN = 4.0
 H100 = __import__("yaml").safe_load((SHIPPED.parent / "serving_h100.yaml").read_text())
 
@@ -75,7 +76,7 @@ def h100_like_table(samples: int = 200, jitter: float = 0.05) -> Any:
                        source={"synthetic": {"bench": "bench_pair_switch", "jitter_sigma": jitter}})
 
 
-def app_config(store: str, min_gain: float | None) -> Any:
+def app_config(store: str, knobs: tuple[float | None, bool]) -> Any:
     from serving.config import ServingConfig, load_config
 
     shipped = load_config(SHIPPED).model_dump(mode="json")
@@ -86,7 +87,7 @@ def app_config(store: str, min_gain: float | None) -> Any:
                                 "decode": "per_token", "seed": 0},
             "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0},
             "scheduling": "deadline", "blocking_miss_budget": H100["model"]["blocking_miss_budget"],
-            "pair_switch_min_gain": min_gain,
+            "pair_switch_min_gain": knobs[0], "rebind_on_device": knobs[1],
         },
     }))
 
@@ -115,8 +116,8 @@ def measure(requests: int) -> dict[str, Any]:
     out: dict[str, Any] = {"requests_per_point": requests, "summaries": [], "rows": []}
     with local_serve(port, num_cpus=8, quiet=True):
         urls = {}
-        for name, gain in APPS.items():
-            run_routed(build_app_from_config(app_config(store, gain)), http_port=port, name=f"p{name}",
+        for name, setting in APPS.items():
+            run_routed(build_app_from_config(app_config(store, setting)), http_port=port, name=f"p{name}",
                        route_prefix=f"/p{name}")
             urls[name] = f"http://127.0.0.1:{port}/p{name}"
             asyncio.run(closed_loop(urls[name], [200.0], concurrency=2, requests=20, max_new_tokens=MAX_NEW_TOKENS))
@@ -133,20 +134,23 @@ def measure(requests: int) -> dict[str, Any]:
         out.update(budgets=budgets, knobs=knobs, capacity_rps=cap["throughput_rps"], idle_overhead_ms=overhead)
         for i, share in enumerate(LOADS):
             arrivals = plan(requests, share * out["capacity_rps"], budgets, 0.5, seed=31 + i)
-            order = list(APPS) if i % 2 == 0 else list(reversed(APPS))
+            order = list(APPS)[i % len(APPS):] + list(APPS)[:i % len(APPS)]  # each app first once
             for name in order:
                 settle(urls[name], overhead + 5)
                 handle = serve.get_deployment_handle("MoEModel", f"p{name}")
-                kept_before = handle.dispatch_stats.remote().result()["kept_pair"]
+                counts = handle.dispatch_stats.remote().result()
                 got = as_dicts(asyncio.run(open_loop(urls[name], arrivals, MAX_NEW_TOKENS)), app=name, load=share)
-                kept = handle.dispatch_stats.remote().result()["kept_pair"] - kept_before
+                after = handle.dispatch_stats.remote().result()
+                kept = after["kept_pair"] - counts["kept_pair"]
+                moved = after["rebound_on_device"] - counts["rebound_on_device"]
                 out["rows"] += got
                 s = summarize([_row(r) for r in got])
                 out["summaries"].append({"app": name, "load": share, "rate_rps": share * out["capacity_rps"],
-                                         "switch_share": switches(got), "kept_pair": kept, **s})
+                                         "switch_share": switches(got), "kept_pair": kept,
+                                         "rebound_on_device": moved, **s})
                 print(f"{100 * share:.0f}% {name}: feasible {s['feasible_share']:.3f}, met of feasible "
                       f"{s['attainment_when_feasible']:.3f}, accuracy {s['mean_expected_accuracy']:.3f}, "
-                      f"pair changes {switches(got):.3f}, kept {kept}", flush=True)
+                      f"pair changes {switches(got):.3f}, kept {kept}, rebound on device {moved}", flush=True)
         for name in APPS:
             serve.delete(f"p{name}")
     return out
@@ -160,14 +164,15 @@ def _row(d: dict[str, Any]) -> Any:
 
 
 def table(m: dict[str, Any]) -> list[str]:
-    lines = ["| load | req/s | pair affinity | flagged feasible | met, of feasible | feasible misses | "
-             "mean exp. acc | pair changes | kept a pair | first token p50 / p99 ms |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| load | req/s | app | flagged feasible | met, of feasible | feasible misses | "
+             "mean exp. acc | pair changes | kept a pair | rebound on device | first token p50 / p99 ms |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in m["summaries"]:
         lines.append(f"| {100 * s['load']:.0f}% | {s['rate_rps']:.1f} | {s['app']} | "
                      f"{100 * s['feasible_share']:.1f}% | "
                      f"{100 * s['attainment_when_feasible']:.1f}% | {s['feasible_missed']} | "
                      f"{s['mean_expected_accuracy']:.3f} | {100 * s['switch_share']:.1f}% | {s['kept_pair']} | "
+                     f"{s['rebound_on_device']} | "
                      f"{s['first_token_p50_ms']:.0f} / {s['first_token_p99_ms']:.0f} |")
     return lines
 

@@ -252,6 +252,10 @@ class ModelSettings(_Strict):
     # (serving.replica.dispatch): a switch makes the running pair's newcomers wait for a drain and
     # the other batch's whole call. None: every option competes on accuracy alone.
     pair_switch_min_gain: float | None = Field(default=None, ge=0, le=1, strict=True)
+    # A lone request that, once bound, would wait on the device for a running decode batch of
+    # another knob pair to drain and then miss, runs an option of the running pair that still fits
+    # instead (serving.replica.dispatch.rebind_while_waiting). False: it waits with its knobs.
+    rebind_on_device: bool = Field(default=False, strict=True)
 
 
 class LimitSettings(_Strict):

@@ -22,7 +22,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from controller.knobs import Knobs
@@ -43,6 +43,9 @@ class Work:
     started: float | None = None  # monotonic: when it joined a session (its backend call began)
     ids: list[int] = field(default_factory=list)
     outputs: dict[int, ModelOutput] = field(default_factory=dict)
+    # What it may switch to while it waits for a drain (`Rebinder`), or None; set by the caller.
+    rebind: Rebinder | None = None
+    queued_ms: float = 0.0  # its first_ms() when handed in (what _begun takes off the backlog)
 
     def first_ms(self) -> float:
         """Its members' table first tokens: the device's time to prefill them."""
@@ -61,6 +64,20 @@ class Work:
             self.loop.call_soon_threadsafe(deliver)
         except RuntimeError:  # its event loop is closed: nobody waits for this any more
             pass
+
+
+Alternative = tuple[Knobs, list[ModelRequest], Callable[[bool], None]]
+
+
+class Rebinder:
+    """Late binding again on the device thread: `pick(pairs, drain_ms)` gives other knobs (and the
+    requests as they run with them) that would join a running batch of one of `pairs` now, and
+    the callback that tells the event loop: True before the join is tried (so that the first
+    token, which the join may already send, is reported with the new knobs), False if no batch
+    took them after all; None: keep waiting."""
+
+    def __init__(self, pick: Callable[[frozenset[tuple[int, int]], float], Alternative | None]) -> None:
+        self.pick = pick
 
 
 class Device:
@@ -87,12 +104,21 @@ class Device:
                deadline: float = math.inf) -> asyncio.Future[tuple[list[ModelOutput], float]]:
         """The group's outputs and when the device began it (monotonic s: its join). Groups that
         wait are taken earliest `deadline` first (monotonic s; its tightest member's)."""
-        loop = asyncio.get_running_loop()
-        work = Work(knobs, list(requests), list(sinks), loop.create_future(), loop, deadline, next(self._seq))
-        with self._lock:
-            self._queued_ms += work.first_ms()
-        self._inbox.put(work)
+        work = self.work(knobs, requests, sinks, deadline)
+        self.hand_in(work)
         return work.future
+
+    def work(self, knobs: Knobs, requests: Sequence[ModelRequest], sinks: Sequence[OnText | None],
+             deadline: float = math.inf) -> Work:
+        """A group of equal knobs, not handed in yet (`hand_in`): the caller may set its `rebind`."""
+        loop = asyncio.get_running_loop()
+        return Work(knobs, list(requests), list(sinks), loop.create_future(), loop, deadline, next(self._seq))
+
+    def hand_in(self, work: Work) -> None:
+        work.queued_ms = work.first_ms()
+        with self._lock:
+            self._queued_ms += work.queued_ms
+        self._inbox.put(work)
 
     def backlog_ms(self) -> float:
         """What a request handed in now waits for before its prefill begins, if it can join: the
@@ -181,9 +207,37 @@ class Device:
                     self._sessions.append((session, works))
                 else:  # refused, failed, or already done: nothing runs on it
                     session.close()
+            if not placed and w.rebind is not None and self._sessions:
+                placed = self._rebound(w, still)
             if not placed:
                 still.append(w)
         self._waiting = still
+
+    def _rebound(self, w: Work, still: list[Work]) -> bool:
+        """Whether `w`, which would wait for a drain, joined a running batch with other knobs."""
+        assert w.rebind is not None
+        pairs = frozenset((s.knobs.top_k, s.knobs.num_active_blocks) for s, _ in self._sessions)
+        drain = max(s.remaining_ms() for s, _ in self._sessions)
+        alternative = w.rebind.pick(pairs, drain)
+        if alternative is None:
+            return False
+        knobs, requests, tell = alternative
+        longest = max((r.max_new_tokens for r in requests), default=0)
+        open_to = [(s, works) for s, works in self._sessions
+                   # as in _admit: it must not outlive the batch that waiting work must see end
+                   if (s.knobs.top_k, s.knobs.num_active_blocks) == (knobs.top_k, knobs.num_active_blocks)
+                   and not (still and longest > s.remaining_steps)]
+        if not open_to:
+            return False
+        was = (w.knobs, w.requests)
+        w.knobs, w.requests = knobs, requests
+        tell(True)
+        for session, works in open_to:
+            if self._join(session, works, w):
+                return True
+        w.knobs, w.requests = was
+        tell(False)
+        return False
 
     def _join(self, session: Session, works: list[Work], w: Work) -> bool:
         """Whether `w` was placed: it joined `session` (and is in `works` until its members are
@@ -206,7 +260,7 @@ class Device:
 
     def _begun(self, w: Work) -> None:
         with self._lock:
-            self._queued_ms = max(0.0, self._queued_ms - w.first_ms())
+            self._queued_ms = max(0.0, self._queued_ms - w.queued_ms)
 
     def _step(self) -> None:
         for session, works in list(self._sessions):

@@ -24,8 +24,8 @@ from serving.replica.attainment_scaling import FlagWindow, unmeetable
 from serving.replica.backends.base import Backend, ModelOutput, ModelRequest
 from serving.replica.backends.registry import create_backend
 from serving.replica.deadline_gate import DeadlineGate
-from serving.replica.device import Device
-from serving.replica.dispatch import BlockingGuard, Choice, Waiting, call_ms, choose
+from serving.replica.device import Alternative, Device, Rebinder
+from serving.replica.dispatch import BlockingGuard, Choice, Waiting, call_ms, choose, rebind_while_waiting
 from serving.replica.engine_prep import EnginePreparer
 from serving.replica.placement import ReplicaView
 from serving.replica.replica_queue import ReplicaQueue
@@ -65,6 +65,7 @@ class Pending:
     plan: DispatchPlan | None = None
     deadline: float = float("inf")
     choice: Choice | None = None
+    scale: float = 1.0  # the measured / table first-token ratio its choice was made with
 
     @property
     def expected_ms(self) -> float | None:
@@ -151,7 +152,7 @@ class MoEModel:
             else None
         )
         self.dispatch_counts = {"planned": 0, "rebound": 0, "late": 0, "bad_plans": 0, "guarded": 0,
-                                "kept_pair": 0}
+                                "kept_pair": 0, "rebound_on_device": 0}
         self._tokens = itertools.count(1)
         # Streams: started; finished (all their tokens); cancelled (the client left: the replica
         # stopped at its next step); failed (the backend raised).
@@ -316,6 +317,7 @@ class MoEModel:
                 later = [w for j in order[pos + 1:] if (w := members[j]) is not None] + gated
                 # tokens=0: a member holds the device ahead of others for its prefill only; its
                 # decode steps are shared with whoever joins the batch (serving.replica.device).
+                m.scale = scale
                 m.choice = choose(m.plan, (m.deadline - now) * 1000 - ahead_ms, tokens=0, scale=scale,
                                   behind=[w.shifted(ahead_ms) for w in later], too_long=too_long,
                                   start_ms=start_ms, stay=stay, switch_min_gain=min_gain or 0.0)
@@ -375,8 +377,11 @@ class MoEModel:
         started = time.monotonic()
         self.queue.started(group, [m.token for m in members], started)
         try:
-            outputs, began = await self.device.submit(k, [m.request for m in members], sinks,
-                                                      min(m.deadline for m in members))
+            work = self.device.work(k, [m.request for m in members], sinks, min(m.deadline for m in members))
+            if self.settings.rebind_on_device and len(members) == 1:
+                work.rebind = self._rebinder(members[0])
+            self.device.hand_in(work)
+            outputs, began = await work.future
         finally:
             ended = time.monotonic()
             self.queue.finished(group, (ended - started) * 1000)
@@ -394,8 +399,43 @@ class MoEModel:
         if ratio is not None:
             self.queue.first_token(max(firsts), sum(known))
         batch = (f"{self._replica}:{group}", len(members), serve_batch)
-        return [self._result(m, o, k, waits[j], service_ms, firsts[j], ratio, report, batch=batch)
+        # m.knobs: what ran (the device may have bound a lone member again: _rebinder)
+        return [self._result(m, o, m.knobs, waits[j], service_ms, firsts[j], ratio, report, batch=batch)
                 for j, (m, o) in enumerate(zip(members, outputs, strict=True))]
+
+    def _rebinder(self, m: Pending) -> Rebinder | None:
+        """Late binding once more, on the device thread, for a lone member that would wait for a
+        running batch of another knob pair to drain (model.rebind_on_device): an option of the
+        running pair that fits the time left then, if its own would not fit after the drain
+        (serving.replica.dispatch.rebind_while_waiting)."""
+        plan, chosen = m.plan, m.choice
+        if plan is None or chosen is None:
+            return None
+        loop, request, deadline, scale = asyncio.get_running_loop(), m.request, m.deadline, m.scale
+
+        def pick(pairs: frozenset[tuple[int, int]], drain_ms: float) -> Alternative | None:
+            left_ms = (deadline - time.monotonic()) * 1000
+            j = rebind_while_waiting(plan, chosen.index, left_ms, scale=scale, drain_ms=drain_ms, pairs=pairs)
+            if j is None:
+                return None
+            o = plan.options[j]
+            req = replace(request, expected_ms=o.service_ms, decode_ms_per_token=o.decode_ms_per_token)
+            choice = Choice(j, True, left_ms)
+
+            def tell(joined: bool) -> None:  # on the device thread: the member's state is the loop's
+                loop.call_soon_threadsafe(self._rebound, m, choice if joined else chosen, req if joined else request,
+                                          1 if joined else -1)
+
+            return o.knobs, [req], tell
+
+        return Rebinder(pick)
+
+    def _rebound(self, m: Pending, choice: Choice, request: ModelRequest, count: int) -> None:
+        """On the loop: the member runs `choice` (count +1), or back to its first choice (-1: no
+        running batch took the other knobs after all)."""
+        if m.plan is not None:
+            m.knobs, m.request, m.choice = m.plan.options[choice.index].knobs, request, choice
+            self.dispatch_counts["rebound_on_device"] += count
 
     def _result(self, m: Pending, o: ModelOutput, k: Knobs, wait_ms: float, service_ms: float, first_ms: float,
                 ratio: float | None, report: Any, batch: tuple[str, int, int]) -> ModelResult:

@@ -206,3 +206,14 @@ def test_pair_switch_min_gain_refuses_values_outside_its_range(bad: object) -> N
         ModelSettings.model_validate({"pair_switch_min_gain": bad})
     assert ModelSettings.model_validate({"pair_switch_min_gain": 0.03}).pair_switch_min_gain == 0.03
 
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, 0, None])
+def test_rebind_on_device_takes_a_boolean_only(bad: object) -> None:
+    from pydantic import ValidationError
+
+    from serving.config import ModelSettings
+
+    with pytest.raises(ValidationError, match="rebind_on_device"):
+        ModelSettings.model_validate({"rebind_on_device": bad})
+    assert ModelSettings.model_validate({"rebind_on_device": True}).rebind_on_device is True

@@ -120,3 +120,58 @@ def test_while_a_pair_waits_only_joins_that_end_within_the_batch_go_ahead() -> N
     short_at, waiting_at, too_long_at, _ = asyncio.run(run())
     assert short_at < waiting_at, (short_at, waiting_at)  # joined the running batch at once
     assert too_long_at >= waiting_at, (too_long_at, waiting_at)  # waited behind the other pair
+
+
+def test_work_waiting_for_a_drain_is_bound_again_to_the_running_pair() -> None:
+    """A lone request of another pair would wait ~0.3 s for the running batch to drain; its Rebinder
+    offers the running pair's knobs, so it joins that batch between two steps and runs with them,
+    and the event loop is told before its first token."""
+    from serving.replica.device import Rebinder
+
+    async def run() -> tuple[float, list[object], Knobs, float]:
+        device = Device(_backend())
+        t0 = time.monotonic()
+        long = device.submit(LONG, [_req(150)], [None])  # ~0.3 s of decode
+        await asyncio.sleep(0.05)
+        told: list[object] = []
+        asked: list[tuple[frozenset[tuple[int, int]], float]] = []
+
+        def pick(pairs, drain_ms):  # type: ignore[no-untyped-def]
+            asked.append((pairs, drain_ms))
+            return Knobs("high", 4, 12), [_req(2, first_ms=10.0)], told.append
+
+        work = device.work(Knobs("low", 8, 16), [_req(2)], [None])
+        work.rebind = Rebinder(pick)
+        device.hand_in(work)
+        (out,), began = await work.future
+        moved_at = time.monotonic() - t0
+        await long
+        device.stop()
+        assert out.output_tokens == 2 and asked[0][0] == frozenset({(4, 12)}) and 100 < asked[0][1] < 320
+        return moved_at, told, work.knobs, began - t0
+
+    moved_at, told, knobs, began = asyncio.run(run())
+    assert told == [True] and knobs == Knobs("high", 4, 12)
+    assert began < 0.15 and moved_at < 0.2, (began, moved_at)  # it did not wait for the drain
+
+
+def test_work_whose_rebinder_declines_waits_for_the_drain_with_its_knobs() -> None:
+    from serving.replica.device import Rebinder
+
+    async def run() -> tuple[float, Knobs, int]:
+        device = Device(_backend())
+        t0 = time.monotonic()
+        long = device.submit(LONG, [_req(150)], [None])
+        await asyncio.sleep(0.05)
+        asked: list[object] = []
+        work = device.work(Knobs("low", 8, 16), [_req(2)], [None])
+        work.rebind = Rebinder(lambda pairs, drain_ms: asked.append(pairs))  # type: ignore[func-returns-value]
+        device.hand_in(work)
+        await work.future
+        at = time.monotonic() - t0
+        await long
+        device.stop()
+        return at, work.knobs, len(asked)
+
+    at, knobs, asked = asyncio.run(run())
+    assert knobs == Knobs("low", 8, 16) and asked >= 1 and at > 0.25, (at, asked)

@@ -234,3 +234,20 @@ def test_plans_carry_the_table_accuracy_of_each_rung() -> None:
     plan = DispatchPlan.from_rungs(rungs, 0.05)
     assert [o.accuracy for o in plan.options] == [r.stats.accuracy for r in rungs]
     assert plan.checked() is plan
+
+
+def test_a_request_waiting_for_a_drain_is_bound_again_only_when_its_own_option_would_miss() -> None:
+    from serving.replica.dispatch import rebind_while_waiting
+
+    plan = _pair_plan()  # low_4_12 14, low_8_16 19, medium_8_16 35, high_8_14 50.7, high_8_16 55 ms
+    running = frozenset({(8, 16)})
+    # Bound to high_8_14 (index 3), 80 ms left, the (8, 16) batch drains in 20 ms: 50.7 + 20 fits: wait.
+    assert rebind_while_waiting(plan, 3, 80.0, scale=1.0, drain_ms=20.0, pairs=running) is None
+    # It drains in 40 ms: 90.7 > 80, so the most accurate (8, 16) option that fits now: high_8_16.
+    assert rebind_while_waiting(plan, 3, 80.0, scale=1.0, drain_ms=40.0, pairs=running) == 4
+    # 40 ms left: medium_8_16 (35) is the most that fits; a replica running 1.2x slow: low_8_16.
+    assert rebind_while_waiting(plan, 3, 40.0, scale=1.0, drain_ms=40.0, pairs=running) == 2
+    assert rebind_while_waiting(plan, 3, 40.0, scale=1.2, drain_ms=40.0, pairs=running) == 1
+    # Nothing of the running pairs fits, or no running pair in the plan: keep waiting.
+    assert rebind_while_waiting(plan, 3, 10.0, scale=1.0, drain_ms=40.0, pairs=running) is None
+    assert rebind_while_waiting(plan, 3, 80.0, scale=1.0, drain_ms=40.0, pairs=frozenset({(6, 12)})) is None
