@@ -493,10 +493,11 @@ class MoEModel:
         return dict(self.stream_counts)
 
     def engine_stats(self) -> dict[str, Any]:
-        """This replica's streams and queue, and its engine's figures (capture seconds, graph
-        memory, disabled configs: torch backend)."""
+        """This replica's streams, queue and late-binding counts (dispatch_stats), and its engine's
+        figures (capture seconds, graph memory, disabled configs: torch backend)."""
         out: dict[str, Any] = {"replica_id": self._replica, "streams": self.stream_stats(),
                                "queue": self.queue.report(time.monotonic(), self.device.backlog_ms()).to_dict(),
+                               "dispatch": self.dispatch_stats(),
                                "device": {"steps": self.device.steps, "joins": self.device.joins},
                                **self.backend.stats()}
         if self.preparer is not None:

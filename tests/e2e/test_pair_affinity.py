@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from ray import serve
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.serve
 
 
 @pytest.fixture(scope="module")
-def model(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def app(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     store = tmp_path_factory.mktemp("pair_store")
     TableStore(str(store)).publish(synthetic_table())
     config = ServingConfig.model_validate(
@@ -33,7 +34,8 @@ def model(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                    "pair_switch_min_gain": 0.03}}
     )
     run_routed(build_app_from_config(config), name="pairs", route_prefix="/pairs")
-    yield serve.get_deployment_handle("MoEModel", "pairs")
+    yield {"model": serve.get_deployment_handle("MoEModel", "pairs"),
+           "stats": f"http://127.0.0.1:{serve_port}/pairs/v1/stats"}
     serve.delete("pairs")
 
 
@@ -58,15 +60,21 @@ def _beside_a_running_batch(model: Any, plan: DispatchPlan) -> tuple[Knobs, dict
     return result.knobs, model.dispatch_stats.remote().result()
 
 
-def test_a_small_gain_does_not_switch_the_running_pair(model: Any) -> None:
+def test_a_small_gain_does_not_switch_the_running_pair(app: dict[str, Any]) -> None:
+    model = app["model"]
     # high_8_14 (0.728) fits after the drain; medium_8_16 (0.703) of the running pair is 0.025 less.
     before = model.dispatch_stats.remote().result()["kept_pair"]
     ran, counts = _beside_a_running_batch(model, _plan(0.728))
     assert ran == Knobs("medium", 8, 16)
     assert counts["kept_pair"] == before + 1
+    # /v1/stats shows the replica's late-binding counts too
+    stats = httpx.get(app["stats"], timeout=10).json()
+    assert stats["model"]["dispatch"]["kept_pair"] == before + 1
+    assert stats["model"]["dispatch"]["pair_switch_min_gain"] == 0.03
 
 
-def test_a_large_gain_switches_it(model: Any) -> None:
+def test_a_large_gain_switches_it(app: dict[str, Any]) -> None:
+    model = app["model"]
     before = model.dispatch_stats.remote().result()["kept_pair"]
     ran, counts = _beside_a_running_batch(model, _plan(0.80))  # 0.097 more than medium_8_16
     assert ran == Knobs("high", 8, 14)
