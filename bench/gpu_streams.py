@@ -223,6 +223,17 @@ def publish(tree: Path, table: Path, store: Path, log: Path) -> None:
 
 # ---- requests -------------------------------------------------------------------------------------
 
+def _budget(text: str) -> float:
+    """A budget on the command line: a finite number of ms in (0, 60000]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budget {text!r} is not a number of ms") from None
+    if not (0 < value <= 60_000):  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"budget {text!r} must be a number of ms in (0, 60000]")
+    return value
+
+
 def app_stats() -> dict[str, Any] | None:
     """The app's /v1/stats after a load step (the doors' wait estimate and its correction, the
     replica's dispatch counts), or None where the tree has no such figures or the call fails."""
@@ -470,7 +481,8 @@ def run_tree(name: str, tree: Path, a: argparse.Namespace, table: Path, result: 
                               "median_request_ms": per, "room_requests": a.room, "tree": name}
             result["budgets"] = sorted({round(b + overhead + a.room * per, 1) for b in base})
         budgets = result["budgets"]
-        phase(f"[{name}] soak done ({len(soak)} requests); budgets {budgets} ms; soak {result['soak']}")
+        phase(f"[{name}] soak done ({len(soak)} requests); budgets {budgets} ms; "
+              f"soak {result.get('soak', 'not used: --budgets')}")
         save()
         if a.capacity_rps:
             res["capacity_rps"], res["capacity_rows"] = a.capacity_rps, []
@@ -535,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--capacity_s", type=float, default=12.0)
     p.add_argument("--capacity_warm_s", type=float, default=2.0)
     p.add_argument("--capacity_rps", type=float, default=None, help="skip the closed loop: use this capacity")
+    p.add_argument("--budgets", type=_budget, nargs="+", default=None,
+                   help="these budgets (ms) instead of the first tree's soak: a run of one tree then compares "
+                        "with an earlier run of two (its JSON's `budgets`)")
     p.add_argument("--room", type=float, default=1.0,
                    help="budgets get this many median requests on top, for the queue an open loop meets")
     p.add_argument("--samples", type=int, default=24)
@@ -568,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "card": card(a.device),
-                              "args": vars(a), "grid": gse.GRID, "budgets": None, "trees": {}}
+                              "args": vars(a), "grid": gse.GRID, "budgets": sorted(a.budgets) if a.budgets else None,
+                              "trees": {}}
     lock = threading.Lock()
 
     def save() -> None:
