@@ -22,6 +22,7 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,15 @@ def bench_table(scale: float = 0.5, samples: int = 200, jitter: float = 0.05) ->
     """A 27-config table built like a profile: `samples` lognormal draws per config around the
     synthetic grid's latency, decode statistics, and p99 latencies (a budget should hold for most
     requests, not the average one)."""
+    return grid_table(lambda ti, k, b: (40 + 35 * ti + 3 * k + 2.5 * b) * scale, lambda b: 2.0 * b / 16 * scale,
+                      20.0, "bench_attainment", samples, jitter)
+
+
+def grid_table(first_ms: Callable[[int, int, int], float], decode_ms: Callable[[int], float], total_extra_ms: float,
+               bench: str, samples: int = 200, jitter: float = 0.05) -> Any:
+    """The synthetic grid's 27 configs as a p99 table: per config, `samples` lognormal draws around
+    `first_ms(tier index, top_k, blocks)` as the first token (+ `total_extra_ms` for the whole
+    request), `decode_ms(blocks)` a token, and an accuracy that grows with every knob."""
     import numpy as np
 
     from controller import BuildParams, SampleColumns, build_table
@@ -59,19 +69,19 @@ def bench_table(scale: float = 0.5, samples: int = 200, jitter: float = 0.05) ->
         ti = TIERS.index(tier)
         for k in GRID[1]:
             for b in GRID[2]:
-                lat = (40 + 35 * ti + 3 * k + 2.5 * b) * scale * rng.lognormal(0, jitter, samples)
+                lat = first_ms(ti, k, b) * rng.lognormal(0, jitter, samples)
                 cols["tier"] += [ti] * samples
                 cols["top_k"] += [k] * samples
                 cols["num_active_blocks"] += [b] * samples
                 cols["accuracy"] += [0.40 + 0.08 * ti + 0.012 * k + 0.006 * b] * samples
                 cols["latency_prefill"] += list(lat)
-                cols["latency_total"] += list(lat + 20)
-                cols["decode_ms_per_token"] += [2.0 * b / 16 * scale] * samples
+                cols["latency_total"] += list(lat + total_extra_ms)
+                cols["decode_ms_per_token"] += [decode_ms(b)] * samples
     n = len(cols["tier"])
     arrays = {k: np.asarray(v) for k, v in cols.items()}
     arrays.update(dataset=np.zeros(n), sample_key=np.arange(n), key_from_metadata=np.ones(n, dtype=bool))
     return build_table(SampleColumns(("synthetic",), arrays), BuildParams(latency_quantile=0.99, tolerance=0.0),
-                       source={"synthetic": {"bench": "bench_attainment", "jitter_sigma": jitter}})
+                       source={"synthetic": {"bench": bench, "jitter_sigma": jitter}})
 
 
 def _config(store: str, *, queue_aware: bool, proxy_ms: float = 1.0, slowdown: float = 1.0,

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.bench_attainment import grid_table
 from bench.bench_streams import SHIPPED, _merge, settle
 from bench.gpu_streams import base_budgets
 from bench.stream_load import as_dicts, open_loop, plan, summarize
@@ -45,35 +46,10 @@ H100 = __import__("yaml").safe_load((SHIPPED.parent / "serving_h100.yaml").read_
 
 
 def h100_like_table(samples: int = 200, jitter: float = 0.05) -> Any:
-    """27 configs, first token 14-55 ms (the H100 profile's range), decode 4 ms a token, p99
-    latencies; accuracy grows with every knob as in bench_attainment's table."""
-    import numpy as np
-
-    from controller import BuildParams, SampleColumns, build_table
-    from controller.knobs import TIERS
-    from tests.support.tables import GRID
-
-    rng = np.random.default_rng(0)
-    cols: dict[str, list[Any]] = {k: [] for k in ("tier", "top_k", "num_active_blocks", "accuracy",
-                                                  "latency_prefill", "latency_total", "decode_ms_per_token")}
-    for tier in GRID[0]:
-        ti = TIERS.index(tier)
-        for k in GRID[1]:
-            for b in GRID[2]:
-                # low_4_12 ~14 ms, high_8_16 ~55 ms
-                lat = (14 + 13 * ti + 1.5 * (k - 4) + 1.6 * (b - 12)) * rng.lognormal(0, jitter, samples)
-                cols["tier"] += [ti] * samples
-                cols["top_k"] += [k] * samples
-                cols["num_active_blocks"] += [b] * samples
-                cols["accuracy"] += [0.40 + 0.08 * ti + 0.012 * k + 0.006 * b] * samples
-                cols["latency_prefill"] += list(lat)
-                cols["latency_total"] += list(lat + DECODE_MS_PER_TOKEN * MAX_NEW_TOKENS)
-                cols["decode_ms_per_token"] += [DECODE_MS_PER_TOKEN] * samples
-    n = len(cols["tier"])
-    arrays = {k: np.asarray(v) for k, v in cols.items()}
-    arrays.update(dataset=np.zeros(n), sample_key=np.arange(n), key_from_metadata=np.ones(n, dtype=bool))
-    return build_table(SampleColumns(("synthetic",), arrays), BuildParams(latency_quantile=0.99, tolerance=0.0),
-                       source={"synthetic": {"bench": "bench_pair_switch", "jitter_sigma": jitter}})
+    """27 configs, first token 14-55 ms (the H100 profile's range: low_4_12 ~14 ms, high_8_16 ~55),
+    decode 4 ms a token, p99 latencies; accuracy grows with every knob as in bench_attainment's table."""
+    return grid_table(lambda ti, k, b: 14 + 13 * ti + 1.5 * (k - 4) + 1.6 * (b - 12), lambda b: DECODE_MS_PER_TOKEN,
+                      DECODE_MS_PER_TOKEN * MAX_NEW_TOKENS, "bench_pair_switch", samples, jitter)
 
 
 def app_config(store: str, knobs: tuple[float | None, bool]) -> Any:

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.bench_streams import app_config, pick_budgets, run_header, settle
+from bench.bench_streams import app_config, pick_budgets, run_header, settle, write_section
 from bench.stream_load import Row, as_dicts, generate, open_loop, plan, summarize
 
 SECTION = "Replica choice across replicas (issue 20), CPU"
@@ -315,19 +315,6 @@ def section(m: dict[str, Any], command: str, elapsed_s: float) -> str:
     return "\n".join([f"## {SECTION}", "", head, "", *table(m), "", *figs, *(f"- {n}" for n in r["notes"]), ""])
 
 
-def write_section(text: str, path: Path = DOC) -> None:
-    """Replace this benchmark's section (its heading up to the next `## `) or append it at the end."""
-    old = path.read_text() if path.exists() else ""
-    heading = f"## {SECTION}"
-    start = old.find(heading)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(heading))
-        new = old[:start] + text + ("" if end < 0 else old[end:])
-    path.write_text(new if new.endswith("\n") else new + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="shorter steps and fewer cost requests")
@@ -351,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         Path(a.out).write_text(json.dumps(m, indent=1, default=str))
     if not a.no_doc:
-        write_section(section(m, command, elapsed))
+        write_section(section(m, command, elapsed), DOC, SECTION)
     return 0
 
 

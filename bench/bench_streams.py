@@ -397,10 +397,10 @@ def section(m: dict[str, Any], command: str, elapsed_s: float) -> str:
     return "\n".join([f"## {SECTION}", "", head, "", *tables(m), "", *figs, *(f"- {n}" for n in notes(m)), ""])
 
 
-def write_section(text: str, path: Path = DOC) -> None:
-    """Replace the section (its heading up to the next `## `) or append it."""
+def write_section(text: str, path: Path = DOC, section: str = SECTION) -> None:
+    """Replace the section `section` (its heading up to the next `## `) or append it."""
     old = path.read_text() if path.exists() else ""
-    heading = f"## {SECTION}"
+    heading = f"## {section}"
     start = old.find(heading)
     if start < 0:
         new = old.rstrip("\n") + "\n\n" + text

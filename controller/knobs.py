@@ -45,6 +45,12 @@ class Knobs:
         return (tier_index(self.tier), self.top_k, self.num_active_blocks)
 
     @property
+    def pair(self) -> tuple[int, int]:
+        """(top_k, num_active_blocks): what an engine's decode batch shares (the tier only changes
+        the image's prefill), so requests of one pair can join one batch."""
+        return (self.top_k, self.num_active_blocks)
+
+    @property
     def key(self) -> str:
         """The reference implementation's "tier_k_n" key, for its table format only."""
         return f"{self.tier}_{self.top_k}_{self.num_active_blocks}"

@@ -106,7 +106,7 @@ class CaptureReport:
 
 
 def pair_of(knobs: Knobs) -> Pair:
-    return (knobs.top_k, knobs.num_active_blocks)
+    return knobs.pair
 
 
 def pair_name(pair: Pair) -> str:

@@ -31,6 +31,15 @@ from serving.replica.backends.base import Backend, ModelOutput, ModelRequest, On
 log = logging.getLogger("ray.serve")
 
 
+Alternative = tuple[Knobs, list[ModelRequest], Callable[[bool], None]]
+# Late binding again on the device thread: rebind(pairs, drain_ms) gives other knobs (and the
+# requests as they run with them) that would join a running batch of one of `pairs` now, and the
+# callback that tells the event loop: True before the join is tried (so that the first token,
+# which the join may already send, is reported with the new knobs), False if no batch took them
+# after all; None: keep waiting.
+Rebind = Callable[[frozenset[tuple[int, int]], float], Alternative | None]
+
+
 @dataclass
 class Work:
     knobs: Knobs
@@ -43,8 +52,8 @@ class Work:
     started: float | None = None  # monotonic: when it joined a session (its backend call began)
     ids: list[int] = field(default_factory=list)
     outputs: dict[int, ModelOutput] = field(default_factory=dict)
-    # What it may switch to while it waits for a drain (`Rebinder`), or None; set by the caller.
-    rebind: Rebinder | None = None
+    # What it may switch to while it waits for a drain (`Rebind`), or None; set by the caller.
+    rebind: Rebind | None = None
     queued_ms: float = 0.0  # its first_ms() when handed in (what _begun takes off the backlog)
 
     def first_ms(self) -> float:
@@ -64,20 +73,6 @@ class Work:
             self.loop.call_soon_threadsafe(deliver)
         except RuntimeError:  # its event loop is closed: nobody waits for this any more
             pass
-
-
-Alternative = tuple[Knobs, list[ModelRequest], Callable[[bool], None]]
-
-
-class Rebinder:
-    """Late binding again on the device thread: `pick(pairs, drain_ms)` gives other knobs (and the
-    requests as they run with them) that would join a running batch of one of `pairs` now, and
-    the callback that tells the event loop: True before the join is tried (so that the first
-    token, which the join may already send, is reported with the new knobs), False if no batch
-    took them after all; None: keep waiting."""
-
-    def __init__(self, pick: Callable[[frozenset[tuple[int, int]], float], Alternative | None]) -> None:
-        self.pick = pick
 
 
 class Device:
@@ -133,7 +128,7 @@ class Device:
         drain (the longest of them while other work already waits for one)."""
         with self._lock:
             pairs, blocked = dict(self._running_pairs), self._blocked
-        if not pairs or (knobs.top_k, knobs.num_active_blocks) in pairs:
+        if not pairs or knobs.pair in pairs:
             return 0.0  # it joins at the next step (while work waits: if it ends within the batch)
         if blocked:
             return max(pairs.values())
@@ -216,16 +211,16 @@ class Device:
     def _rebound(self, w: Work, still: list[Work]) -> bool:
         """Whether `w`, which would wait for a drain, joined a running batch with other knobs."""
         assert w.rebind is not None
-        pairs = frozenset((s.knobs.top_k, s.knobs.num_active_blocks) for s, _ in self._sessions)
+        pairs = frozenset(s.knobs.pair for s, _ in self._sessions)
         drain = max(s.remaining_ms() for s, _ in self._sessions)
-        alternative = w.rebind.pick(pairs, drain)
+        alternative = w.rebind(pairs, drain)
         if alternative is None:
             return False
         knobs, requests, tell = alternative
         longest = max((r.max_new_tokens for r in requests), default=0)
         open_to = [(s, works) for s, works in self._sessions
                    # as in _admit: it must not outlive the batch that waiting work must see end
-                   if (s.knobs.top_k, s.knobs.num_active_blocks) == (knobs.top_k, knobs.num_active_blocks)
+                   if s.knobs.pair == knobs.pair
                    and not (still and longest > s.remaining_steps)]
         if not open_to:
             return False
@@ -282,7 +277,7 @@ class Device:
                 works.remove(w)
 
     def _publish(self) -> None:
-        pairs = {(s.knobs.top_k, s.knobs.num_active_blocks): s.remaining_ms() for s, _ in self._sessions}
+        pairs = {s.knobs.pair: s.remaining_ms() for s, _ in self._sessions}
         with self._lock:
             self._running_pairs, self._blocked = pairs, bool(self._waiting)
-            self._waiting_pairs = frozenset((w.knobs.top_k, w.knobs.num_active_blocks) for w in self._waiting)
+            self._waiting_pairs = frozenset(w.knobs.pair for w in self._waiting)

@@ -202,6 +202,6 @@ def rebind_while_waiting(plan: DispatchPlan, current: int, left_ms: float, *, sc
     if plan.options[current].latency_ms * scale + drain_ms <= threshold:
         return None  # it still fits after the drain: keep the more accurate choice
     fits = [j for j, o in enumerate(plan.options)
-            if j != current and (o.knobs.top_k, o.knobs.num_active_blocks) in pairs
+            if j != current and o.knobs.pair in pairs
             and o.latency_ms * scale <= threshold]
     return fits[-1] if fits else None

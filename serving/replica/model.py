@@ -24,7 +24,7 @@ from serving.replica.attainment_scaling import FlagWindow, unmeetable
 from serving.replica.backends.base import Backend, ModelOutput, ModelRequest
 from serving.replica.backends.registry import create_backend
 from serving.replica.deadline_gate import DeadlineGate
-from serving.replica.device import Alternative, Device, Rebinder
+from serving.replica.device import Alternative, Device, Rebind
 from serving.replica.dispatch import BlockingGuard, Choice, Waiting, call_ms, choose, rebind_while_waiting
 from serving.replica.engine_prep import EnginePreparer
 from serving.replica.placement import ReplicaView
@@ -305,9 +305,9 @@ class MoEModel:
 
         # Pair affinity (model.pair_switch_min_gain): prefer the pairs of the decode batches running
         # now or waiting to run; an idle device leaves every pair free.
-        min_gain, running = self.settings.pair_switch_min_gain, device.busy_pairs()
-        stay = (None if min_gain is None or not running
-                else (lambda o: (o.knobs.top_k, o.knobs.num_active_blocks) in running))
+        min_gain = self.settings.pair_switch_min_gain
+        running = device.busy_pairs() if min_gain is not None else frozenset()
+        stay = None if not running else (lambda o: o.knobs.pair in running)
 
         # The device's own queue comes first: prefills handed to it and not begun (and a drain).
         ahead_ms, groups = self.device.backlog_ms() * scale, set()
@@ -403,7 +403,7 @@ class MoEModel:
         return [self._result(m, o, m.knobs, waits[j], service_ms, firsts[j], ratio, report, batch=batch)
                 for j, (m, o) in enumerate(zip(members, outputs, strict=True))]
 
-    def _rebinder(self, m: Pending) -> Rebinder | None:
+    def _rebinder(self, m: Pending) -> Rebind | None:
         """Late binding once more, on the device thread, for a lone member that would wait for a
         running batch of another knob pair to drain (model.rebind_on_device): an option of the
         running pair that fits the time left then, if its own would not fit after the drain
@@ -428,7 +428,7 @@ class MoEModel:
 
             return o.knobs, [req], tell
 
-        return Rebinder(pick)
+        return pick
 
     def _rebound(self, m: Pending, choice: Choice, request: ModelRequest, count: int) -> None:
         """On the loop: the member runs `choice` (count +1), or back to its first choice (-1: no

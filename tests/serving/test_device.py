@@ -123,11 +123,9 @@ def test_while_a_pair_waits_only_joins_that_end_within_the_batch_go_ahead() -> N
 
 
 def test_work_waiting_for_a_drain_is_bound_again_to_the_running_pair() -> None:
-    """A lone request of another pair would wait ~0.3 s for the running batch to drain; its Rebinder
+    """A lone request of another pair would wait ~0.3 s for the running batch to drain; its rebind
     offers the running pair's knobs, so it joins that batch between two steps and runs with them,
     and the event loop is told before its first token."""
-    from serving.replica.device import Rebinder
-
     async def run() -> tuple[float, list[object], Knobs, float]:
         device = Device(_backend())
         t0 = time.monotonic()
@@ -141,7 +139,7 @@ def test_work_waiting_for_a_drain_is_bound_again_to_the_running_pair() -> None:
             return Knobs("high", 4, 12), [_req(2, first_ms=10.0)], told.append
 
         work = device.work(Knobs("low", 8, 16), [_req(2)], [None])
-        work.rebind = Rebinder(pick)
+        work.rebind = pick
         device.hand_in(work)
         (out,), began = await work.future
         moved_at = time.monotonic() - t0
@@ -155,9 +153,7 @@ def test_work_waiting_for_a_drain_is_bound_again_to_the_running_pair() -> None:
     assert began < 0.15 and moved_at < 0.2, (began, moved_at)  # it did not wait for the drain
 
 
-def test_work_whose_rebinder_declines_waits_for_the_drain_with_its_knobs() -> None:
-    from serving.replica.device import Rebinder
-
+def test_work_whose_rebind_declines_waits_for_the_drain_with_its_knobs() -> None:
     async def run() -> tuple[float, Knobs, int]:
         device = Device(_backend())
         t0 = time.monotonic()
@@ -165,7 +161,7 @@ def test_work_whose_rebinder_declines_waits_for_the_drain_with_its_knobs() -> No
         await asyncio.sleep(0.05)
         asked: list[object] = []
         work = device.work(Knobs("low", 8, 16), [_req(2)], [None])
-        work.rebind = Rebinder(lambda pairs, drain_ms: asked.append(pairs))  # type: ignore[func-returns-value]
+        work.rebind = lambda pairs, drain_ms: asked.append(pairs)  # type: ignore[func-returns-value]
         device.hand_in(work)
         await work.future
         at = time.monotonic() - t0
