@@ -6,8 +6,9 @@ infeasible. Here the device runs *sessions* (a decode batch of one knob pair, `B
 a step at a time, and work that arrives between two steps joins a running session when it can
 (its prefill runs at that step boundary, so its first token waits for one decode step, not for a
 whole call). Work that cannot join (another knob pair while the backend holds its most sessions,
-or no room left) waits in arrival order until it can; late binding is told how long that is
-(`drain_ms`) and may pick the running pair's option instead.
+or no room left) waits until it can, in the order serving.replica.device_schedule gives (handed-in
+order, lost work last); late binding is told how long that is (`wait_ms`, from the same schedule)
+and may pick the running pair's option instead.
 
 The event loop hands work in (`submit`, a future per group of members with equal knobs) and never
 waits on the device; the device thread hands results back with `call_soon_threadsafe`.
@@ -27,16 +28,18 @@ from dataclasses import dataclass, field
 
 from controller.knobs import Knobs
 from serving.replica.backends.base import Backend, ModelOutput, ModelRequest, OnText, Session
+from serving.replica.device_schedule import Queued, in_order, leaves_room, starts, wait_ms
 
 log = logging.getLogger("ray.serve")
 
 
 Alternative = tuple[Knobs, list[ModelRequest], Callable[[bool], None]]
-# Late binding again on the device thread: rebind(pairs, drain_ms) gives other knobs (and the
+# Late binding again on the device thread: rebind(pairs, wait_ms) gives other knobs (and the
 # requests as they run with them) that would join a running batch of one of `pairs` now, and the
 # callback that tells the event loop: True before the join is tried (so that the first token,
 # which the join may already send, is reported with the new knobs), False if no batch took them
-# after all; None: keep waiting.
+# after all; None: keep waiting. wait_ms: how long it would wait for its own knobs' batch (the
+# schedule's start: the drain and the waiting pairs' batches before it).
 Rebind = Callable[[frozenset[tuple[int, int]], float], Alternative | None]
 
 
@@ -60,6 +63,11 @@ class Work:
         """Its members' table first tokens: the device's time to prefill them."""
         return sum(r.expected_ms or 0.0 for r in self.requests)
 
+    def queued(self, now: float) -> Queued:
+        """What the schedule needs to know of it at monotonic `now`."""
+        span = max(((r.decode_ms_per_token or 0.0) * r.max_new_tokens for r in self.requests), default=0.0)
+        return Queued(self.knobs.pair, self.first_ms(), span, (self.deadline - now) * 1000)
+
     def resolve(self, result: list[ModelOutput] | BaseException) -> None:
         def deliver() -> None:
             if self.future.done():
@@ -79,12 +87,14 @@ class Device:
     def __init__(self, backend: Backend, name: str = "device") -> None:
         self.backend = backend
         self._inbox: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
-        self._waiting: list[Work] = []  # could not join yet, in arrival order
+        self._waiting: list[Work] = []  # could not join yet, in the order handed in
         self._sessions: list[tuple[Session, list[Work]]] = []
-        self._lock = threading.Lock()  # guards the views read from the event loop (drain_ms, running)
-        self._running_pairs: dict[tuple[int, int], float] = {}  # knob pair -> ms until its session drains
-        self._blocked = False  # some work waits for a session to drain
-        self._waiting_pairs: frozenset[tuple[int, int]] = frozenset()  # of the work in _waiting
+        self._lock = threading.Lock()  # guards the views read from the event loop (wait_ms, busy_pairs)
+        # Published after every step for the event loop: knob pair -> (ms until its session drains,
+        # decode steps it has left), the waiting work as the schedule sees it, and when (monotonic).
+        self._running_pairs: dict[tuple[int, int], tuple[float, int]] = {}
+        self._queue: list[Queued] = []
+        self._published = time.monotonic()
         self._queued_ms = 0.0  # table first tokens of the work handed in and not begun
         self._seq = itertools.count()
         self.steps = 0
@@ -117,28 +127,31 @@ class Device:
 
     def backlog_ms(self) -> float:
         """What a request handed in now waits for before its prefill begins, if it can join: the
-        prefills handed in and not begun, one after another. (A drain depends on the knob pair:
-        `drain_ms`, which late binding adds per option.)"""
+        prefills handed in and not begun, one after another. (Waiting for decode batches depends
+        on the knob pair: `wait_ms`, which late binding adds per option.)"""
         with self._lock:
             return self._queued_ms
 
-    def drain_ms(self, knobs: Knobs) -> float:
-        """How long work with these knobs would wait for a drain before it can start: 0 when a
-        running session takes its pair (or the backend can open another), else until the sessions
-        drain (the longest of them while other work already waits for one)."""
+    def wait_ms(self, knobs: Knobs, first_ms: float = 0.0, tokens: int = 0) -> float:
+        """How long work with these knobs (its prefill `first_ms`, `tokens` to decode), handed in now,
+        would wait for decode batches before it can begin (the prefills ahead are `backlog_ms`):
+        0 when it joins the running batch of its pair (it ends within that batch and leaves room for
+        the work that waits) or opens one at once, else the drain plus every waiting pair's batch
+        that opens before its own (serving.replica.device_schedule.wait_ms)."""
         with self._lock:
-            pairs, blocked = dict(self._running_pairs), self._blocked
-        if not pairs or knobs.pair in pairs:
-            return 0.0  # it joins at the next step (while work waits: if it ends within the batch)
-        if blocked:
-            return max(pairs.values())
-        return 0.0 if len(pairs) < self.backend.max_sessions else min(pairs.values())
+            pairs, queue, published = dict(self._running_pairs), list(self._queue), self._published
+        elapsed = (time.monotonic() - published) * 1000
+        queue = [q.later(elapsed) for q in queue]
+        drain = max((max(0.0, ms - elapsed) for ms, _ in pairs.values()), default=0.0)
+        mine = pairs.get(knobs.pair)
+        return wait_ms(queue, drain, knobs.pair, running=mine is not None, joins=mine is not None and tokens <= mine[1],
+                       first_ms=first_ms, opens=len(pairs) < self.backend.max_sessions)
 
     def busy_pairs(self) -> frozenset[tuple[int, int]]:
         """The (top_k, num_active_blocks) pairs of the decode batches running now and of the work
         waiting for one (it will open its batch when the running one drains)."""
         with self._lock:
-            return frozenset(self._running_pairs) | self._waiting_pairs
+            return frozenset(self._running_pairs) | frozenset(q.pair for q in self._queue)
 
     def stop(self) -> None:
         self._stop = True
@@ -173,14 +186,17 @@ class Device:
             pass
 
     def _admit(self) -> None:
-        """Each waiting group, earliest deadline first, joins a running session of its pair or opens
-        one if the backend allows another. Once a group has to wait (its pair cannot run until a
-        session drains), a later group may still join a running session, but only if it ends
-        within the steps that session has left anyway: joins must not keep the running batch alive
-        and starve the waiting pair."""
-        still: list[Work] = []
-        # Earliest deadline first, as the deadline gate orders entry into the batcher.
-        for w in sorted(self._waiting, key=lambda w: (w.deadline, w.seq)):
+        """Each waiting group, in the schedule's order (handed-in order, lost work last), joins a
+        running session of its pair or opens one if the backend allows another. Once a group has
+        to wait (its pair cannot run until a session drains), a later group may still join a
+        running session, but only if it ends within the steps that session has left anyway and its
+        prefill, which runs at once, leaves every waiting group that can still be met still met:
+        joins must not keep the running batch alive past the promise made to the waiting pair."""
+        still: list[Work] = []  # could not be placed, in the order taken
+        now = time.monotonic()
+        snapshot = [w.queued(now) for w in self._waiting]
+        for i in in_order(snapshot):
+            w = self._waiting[i]
             if w.future.done():  # cancelled while waiting (its caller left)
                 self._begun(w)
                 continue
@@ -188,11 +204,10 @@ class Device:
                 self._begun(w)
                 w.resolve([ModelOutput(text="", output_tokens=0, finish_reason="cancelled") for _ in w.requests])
                 continue
-            longest = max((r.max_new_tokens for r in w.requests), default=0)
             placed = False
             for session, works in self._sessions:
-                if still and longest > session.remaining_steps:
-                    continue  # it would outlive the batch that waiting work must see end
+                if not self._may_join(session, w.requests, still):
+                    continue
                 if (placed := self._join(session, works, w)):
                     break
             if not placed and not still and len(self._sessions) < self.backend.max_sessions:
@@ -208,20 +223,32 @@ class Device:
                 still.append(w)
         self._waiting = still
 
+    def _may_join(self, session: Session, requests: Sequence[ModelRequest], still: list[Work]) -> bool:
+        """Whether `requests` may join `session` while `still` waits: they end within the steps it
+        has left, and their prefill leaves room for every waiting group that can still be met."""
+        if not still:
+            return True
+        if max((r.max_new_tokens for r in requests), default=0) > session.remaining_steps:
+            return False  # it would outlive the batch that waiting work must see end
+        now = time.monotonic()
+        drain = max(s.remaining_ms() for s, _ in self._sessions)
+        return leaves_room([w.queued(now) for w in still], drain, sum(r.expected_ms or 0.0 for r in requests))
+
     def _rebound(self, w: Work, still: list[Work]) -> bool:
         """Whether `w`, which would wait for a drain, joined a running batch with other knobs."""
         assert w.rebind is not None
         pairs = frozenset(s.knobs.pair for s, _ in self._sessions)
+        now = time.monotonic()
+        ahead = [x.queued(now) for x in still]
         drain = max(s.remaining_ms() for s, _ in self._sessions)
-        alternative = w.rebind(pairs, drain)
+        # When its own batch would open: after the drain and the waiting pairs' batches before it.
+        own = starts([*ahead, w.queued(now)], drain)[-1]
+        alternative = w.rebind(pairs, own)
         if alternative is None:
             return False
         knobs, requests, tell = alternative
-        longest = max((r.max_new_tokens for r in requests), default=0)
         open_to = [(s, works) for s, works in self._sessions
-                   # as in _admit: it must not outlive the batch that waiting work must see end
-                   if s.knobs.pair == knobs.pair
-                   and not (still and longest > s.remaining_steps)]
+                   if s.knobs.pair == knobs.pair and self._may_join(s, requests, still)]
         if not open_to:
             return False
         was = (w.knobs, w.requests)
@@ -277,7 +304,8 @@ class Device:
                 works.remove(w)
 
     def _publish(self) -> None:
-        pairs = {s.knobs.pair: s.remaining_ms() for s, _ in self._sessions}
+        pairs = {s.knobs.pair: (s.remaining_ms(), s.remaining_steps) for s, _ in self._sessions}
+        now = time.monotonic()
+        queue = [w.queued(now) for w in self._waiting]
         with self._lock:
-            self._running_pairs, self._blocked = pairs, bool(self._waiting)
-            self._waiting_pairs = frozenset(w.knobs.pair for w in self._waiting)
+            self._running_pairs, self._queue, self._published = pairs, queue, now

@@ -143,7 +143,7 @@ def choose(
     `scale`: the replica's measured / table first-token time (>= 1 when it runs slow), applied to
     every option; `too_long(call_ms)`: the blocking guard, or None; `start_ms(option)`: how long
     the option would wait before it can start (the device runs a decode batch of another knob
-    pair: serving.replica.device.drain_ms), or None for no wait; `stay(option)`: whether the option
+    pair: serving.replica.device.wait_ms), or None for no wait; `stay(option)`: whether the option
     is of the pair the device runs (None: no preference), and `switch_min_gain` the expected
     accuracy another pair must add to be taken over the best fitting option of that pair."""
     threshold = Budget(left_ms, plan.tolerance).threshold_ms

@@ -29,6 +29,7 @@ from serving.replica.dispatch import BlockingGuard, Choice, Waiting, call_ms, ch
 from serving.replica.engine_prep import EnginePreparer
 from serving.replica.placement import ReplicaView
 from serving.replica.replica_queue import ReplicaQueue
+from serving.replica.start_error import StartError
 from serving.replica.stream_sink import StreamSink
 from serving.wire import Dispatched, DispatchPlan, ModelCall, ModelResult, PlanError, PlanOption, StreamPiece
 
@@ -66,6 +67,11 @@ class Pending:
     deadline: float = float("inf")
     choice: Choice | None = None
     scale: float = 1.0  # the measured / table first-token ratio its choice was made with
+    # When it was bound (monotonic s), and the schedule's prediction then of how long until the
+    # device begins it (ms, uncorrected) and whether that meant waiting for batches to drain.
+    bound: float | None = None
+    predicted_ms: float = 0.0
+    waits: bool = False
 
     @property
     def expected_ms(self) -> float | None:
@@ -151,6 +157,8 @@ class MoEModel:
             if self.gate is not None and self.settings.blocking_miss_budget is not None
             else None
         )
+        # How much later the device began work than binding predicted (added to the next predictions).
+        self.start_error = StartError()
         self.dispatch_counts = {"planned": 0, "rebound": 0, "late": 0, "bad_plans": 0, "guarded": 0,
                                 "kept_pair": 0, "rebound_on_device": 0}
         self._tokens = itertools.count(1)
@@ -300,9 +308,6 @@ class MoEModel:
         too_long = None if guard is None else (lambda ms: guard.too_long(ms, now))
         device = self.device
 
-        def start_ms(o: PlanOption) -> float:
-            return device.drain_ms(o.knobs)
-
         # Pair affinity (model.pair_switch_min_gain): prefer the pairs of the decode batches running
         # now or waiting to run; an idle device leaves every pair free.
         min_gain = self.settings.pair_switch_min_gain
@@ -318,6 +323,16 @@ class MoEModel:
                 # tokens=0: a member holds the device ahead of others for its prefill only; its
                 # decode steps are shared with whoever joins the batch (serving.replica.device).
                 m.scale = scale
+                tokens = m.request.max_new_tokens
+
+                waits: dict[Knobs, float] = {}
+
+                def start_ms(o: PlanOption, tokens: int = tokens, waits: dict[Knobs, float] = waits) -> float:
+                    # What it would wait for decode batches on the device (serving.replica.device_schedule),
+                    # plus the tail of how much later than predicted starts of that kind came.
+                    w = waits.setdefault(o.knobs, device.wait_ms(o.knobs, o.service_ms * scale, tokens))
+                    return w + self.start_error.ms(now, w > 0)
+
                 m.choice = choose(m.plan, (m.deadline - now) * 1000 - ahead_ms, tokens=0, scale=scale,
                                   behind=[w.shifted(ahead_ms) for w in later], too_long=too_long,
                                   start_ms=start_ms, stay=stay, switch_min_gain=min_gain or 0.0)
@@ -327,6 +342,8 @@ class MoEModel:
                 self.dispatch_counts["late"] += not m.choice.fits
                 self.dispatch_counts["guarded"] += m.choice.guarded
                 self.dispatch_counts["kept_pair"] += m.choice.kept_pair
+                m.bound, m.waits = now, waits.get(o.knobs, 0.0) > 0
+                m.predicted_ms = ahead_ms + waits.get(o.knobs, 0.0)
                 m.knobs = o.knobs
                 m.request = replace(m.request, expected_ms=o.service_ms, decode_ms_per_token=o.decode_ms_per_token)
             if m.knobs not in groups:  # a call of its own (first token + decode): later members wait
@@ -387,6 +404,9 @@ class MoEModel:
             self.queue.finished(group, (ended - started) * 1000)
         # Its wait: arrival to the device beginning its prefill; its service: from then on.
         waits = [(began - m.arrived) * 1000 for m in members]
+        for m in members:
+            if m.bound is not None:
+                self.start_error.add(ended, m.waits, (began - m.bound) * 1000 - m.predicted_ms)
         service_ms = (ended - began) * 1000
         if self.guard is not None:
             self.guard.ran(began, began + sum(m.expected_ms or 0.0 for m in members) / 1000)
@@ -413,9 +433,9 @@ class MoEModel:
             return None
         loop, request, deadline, scale = asyncio.get_running_loop(), m.request, m.deadline, m.scale
 
-        def pick(pairs: frozenset[tuple[int, int]], drain_ms: float) -> Alternative | None:
+        def pick(pairs: frozenset[tuple[int, int]], wait_ms: float) -> Alternative | None:
             left_ms = (deadline - time.monotonic()) * 1000
-            j = rebind_while_waiting(plan, chosen.index, left_ms, scale=scale, drain_ms=drain_ms, pairs=pairs)
+            j = rebind_while_waiting(plan, chosen.index, left_ms, scale=scale, drain_ms=wait_ms, pairs=pairs)
             if j is None:
                 return None
             o = plan.options[j]
@@ -481,7 +501,8 @@ class MoEModel:
     def dispatch_stats(self) -> dict[str, Any]:
         """Requests with a plan, those whose knobs changed at dispatch, those no option fitted,
         and calls the blocking guard made shorter."""
-        return {**self.dispatch_counts, "blocking_miss_budget": self.settings.blocking_miss_budget,
+        return {**self.dispatch_counts, "start_error_ms": self.start_error.to_dict(time.monotonic()),
+                "blocking_miss_budget": self.settings.blocking_miss_budget,
                 "pair_switch_min_gain": self.settings.pair_switch_min_gain}
 
     def supported_ranges(self) -> dict[str, Any]:

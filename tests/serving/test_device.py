@@ -48,8 +48,8 @@ def test_another_pair_waits_for_the_batch_to_drain_and_its_wait_is_published() -
         t0 = time.monotonic()
         long = device.submit(LONG, [_req(150)], [None])  # ~0.3 s of decode
         await asyncio.sleep(0.08)
-        drain = device.drain_ms(Knobs("low", 8, 16))
-        same = device.drain_ms(Knobs("medium", 4, 12))
+        drain = device.wait_ms(Knobs("low", 8, 16))
+        same = device.wait_ms(Knobs("medium", 4, 12))
         other, _ = await device.submit(Knobs("low", 8, 16), [_req(1)], [None])
         assert other[0].output_tokens == 1
         other_at = time.monotonic() - t0
@@ -79,24 +79,67 @@ def test_a_stream_whose_reader_left_stops_at_the_next_step() -> None:
     assert reason == "cancelled" and tokens < 100 and took < 0.5, (tokens, reason, took)
 
 
-def test_groups_waiting_for_a_drain_start_earliest_deadline_first() -> None:
+def test_groups_waiting_for_a_drain_start_in_handed_in_order_and_lost_ones_last() -> None:
+    """Late binding promised each group a start counting everything handed in before it, so a group
+    handed in later does not overtake (even with a tighter deadline); a group that can no longer
+    meet its deadline goes after every group that still can."""
     async def run() -> dict[str, float]:
         device = Device(_backend())
         other = Knobs("low", 8, 16)
         long = device.submit(LONG, [_req(60)], [None])  # ~0.12 s of decode holds the device
         await asyncio.sleep(0.03)
         now = time.monotonic()
-        loose = [device.submit(other, [_req(2)], [None], deadline=now + 60) for _ in range(3)]
-        tight = device.submit(other, [_req(2)], [None], deadline=now + 1)
-        began = {"tight": (await tight)[1]}
-        for i, f in enumerate(loose):
-            began[f"loose{i}"] = (await f)[1]
+        lost = device.submit(Knobs("low", 6, 14), [_req(2)], [None], deadline=now + 0.01)
+        first = device.submit(Knobs("low", 4, 14), [_req(2)], [None], deadline=now + 60)
+        tighter = device.submit(other, [_req(2)], [None], deadline=now + 1)
+        began = {"lost": (await lost)[1], "first": (await first)[1], "tighter": (await tighter)[1]}
         await long
         device.stop()
         return began
 
     began = asyncio.run(run())
-    assert began["tight"] < min(v for k, v in began.items() if k != "tight"), began
+    assert began["first"] < began["tighter"] < began["lost"], began
+
+
+def test_a_join_that_would_make_a_waiting_group_late_waits_instead() -> None:
+    """While a group of another pair waits for the running batch to drain, a newcomer of the running
+    pair joins only if its prefill (which runs at once) leaves the waiting group in time."""
+    async def run() -> tuple[float, float, float]:
+        device = Device(_backend())
+        t0 = time.monotonic()
+        long = device.submit(LONG, [_req(40, decode_ms=5.0)], [None])  # ~0.2 s of decode
+        await asyncio.sleep(0.05)
+        # ~150 ms of drain left; its deadline leaves it ~40 ms of slack
+        waiting = device.submit(Knobs("low", 8, 16), [_req(2)], [None], deadline=time.monotonic() + 0.21)
+        await asyncio.sleep(0.01)
+        slow = device.submit(Knobs("medium", 4, 12), [_req(2, first_ms=80.0)], [None])  # would eat the slack
+        quick = device.submit(Knobs("medium", 4, 12), [_req(2, first_ms=5.0)], [None])  # fits in it
+        (_, waiting_began), (_, slow_began), (_, quick_began) = await waiting, await slow, await quick
+        await long
+        device.stop()
+        return waiting_began - t0, slow_began - t0, quick_began - t0
+
+    waiting_at, slow_at, quick_at = asyncio.run(run())
+    assert quick_at < waiting_at < slow_at, (quick_at, waiting_at, slow_at)
+
+
+def test_the_wait_published_for_a_pair_counts_the_waiting_pairs_batches_before_it() -> None:
+    async def run() -> tuple[float, float, float]:
+        device = Device(_backend())
+        long = device.submit(LONG, [_req(100)], [None])  # ~0.2 s of decode
+        await asyncio.sleep(0.03)
+        queued = device.submit(Knobs("low", 8, 16), [_req(20, decode_ms=4.0)], [None])  # an 80 ms batch
+        await asyncio.sleep(0.01)
+        drain_only = device.wait_ms(Knobs("low", 8, 16))  # joins the waiting pair's batch
+        after_both = device.wait_ms(Knobs("low", 6, 14))  # waits for that batch too
+        await queued
+        await long
+        device.stop()
+        return drain_only, after_both, after_both - drain_only
+
+    drain_only, after_both, gap = asyncio.run(run())
+    assert 100 < drain_only < 200, drain_only
+    assert abs(gap - 80.0) < 1.0, (drain_only, after_both)
 
 
 def test_while_a_pair_waits_only_joins_that_end_within_the_batch_go_ahead() -> None:
