@@ -191,17 +191,20 @@ def _kept_pair(plan: DispatchPlan, fitting: list[int], best: int, stay: Callable
 
 
 def rebind_while_waiting(plan: DispatchPlan, current: int, left_ms: float, *, scale: float, drain_ms: float,
-                         pairs: frozenset[tuple[int, int]]) -> int | None:
+                         pairs: frozenset[tuple[int, int]]) -> tuple[int, bool] | None:
     """For a request bound to option `current` that cannot start until the device's running batch
     drains (`drain_ms`): the most accurate option of a running pair (`pairs`: it joins that batch
-    now) that fits the time left, if its own option would not fit once the batch has drained; None
+    now) that fits the time left, if its own option would not fit once the batch has drained; when
+    none fits, the fastest running-pair option (it is late either way: joining now answers sooner
+    and spares the device a switch of pair for a lost request). (option, whether it fits), or None
     to keep waiting. Late binding chose `current` when the request left the replica's queue, but
     on the device it may still wait behind other pairs' batches (on the H100-like CPU bench, 60-110
     ms after the choice): this is the choice made again when the device could start it."""
     threshold = Budget(left_ms, plan.tolerance).threshold_ms
     if plan.options[current].latency_ms * scale + drain_ms <= threshold:
         return None  # it still fits after the drain: keep the more accurate choice
-    fits = [j for j, o in enumerate(plan.options)
-            if j != current and o.knobs.pair in pairs
-            and o.latency_ms * scale <= threshold]
-    return fits[-1] if fits else None
+    running = [j for j, o in enumerate(plan.options) if j != current and o.knobs.pair in pairs]
+    fits = [j for j in running if plan.options[j].latency_ms * scale <= threshold]
+    if fits:
+        return fits[-1], True
+    return (running[0], False) if running else None

@@ -435,12 +435,15 @@ class MoEModel:
 
         def pick(pairs: frozenset[tuple[int, int]], wait_ms: float) -> Alternative | None:
             left_ms = (deadline - time.monotonic()) * 1000
-            j = rebind_while_waiting(plan, chosen.index, left_ms, scale=scale, drain_ms=wait_ms, pairs=pairs)
-            if j is None:
+            again = rebind_while_waiting(plan, chosen.index, left_ms, scale=scale, drain_ms=wait_ms, pairs=pairs)
+            if again is None:
                 return None
+            j, fits = again
             o = plan.options[j]
             req = replace(request, expected_ms=o.service_ms, decode_ms_per_token=o.decode_ms_per_token)
-            choice = Choice(j, True, left_ms)
+            # A late request keeps the flag it was bound with: the promise made then was broken,
+            # and the answer must say so.
+            choice = Choice(j, fits or chosen.fits, left_ms)
 
             def tell(joined: bool) -> None:  # on the device thread: the member's state is the loop's
                 loop.call_soon_threadsafe(self._rebound, m, choice if joined else chosen, req if joined else request,

@@ -244,10 +244,12 @@ def test_a_request_waiting_for_a_drain_is_bound_again_only_when_its_own_option_w
     # Bound to high_8_14 (index 3), 80 ms left, the (8, 16) batch drains in 20 ms: 50.7 + 20 fits: wait.
     assert rebind_while_waiting(plan, 3, 80.0, scale=1.0, drain_ms=20.0, pairs=running) is None
     # It drains in 40 ms: 90.7 > 80, so the most accurate (8, 16) option that fits now: high_8_16.
-    assert rebind_while_waiting(plan, 3, 80.0, scale=1.0, drain_ms=40.0, pairs=running) == 4
+    assert rebind_while_waiting(plan, 3, 80.0, scale=1.0, drain_ms=40.0, pairs=running) == (4, True)
     # 40 ms left: medium_8_16 (35) is the most that fits; a replica running 1.2x slow: low_8_16.
-    assert rebind_while_waiting(plan, 3, 40.0, scale=1.0, drain_ms=40.0, pairs=running) == 2
-    assert rebind_while_waiting(plan, 3, 40.0, scale=1.2, drain_ms=40.0, pairs=running) == 1
-    # Nothing of the running pairs fits, or no running pair in the plan: keep waiting.
-    assert rebind_while_waiting(plan, 3, 10.0, scale=1.0, drain_ms=40.0, pairs=running) is None
+    assert rebind_while_waiting(plan, 3, 40.0, scale=1.0, drain_ms=40.0, pairs=running) == (2, True)
+    assert rebind_while_waiting(plan, 3, 40.0, scale=1.2, drain_ms=40.0, pairs=running) == (1, True)
+    # Nothing of the running pairs fits: it is late either way, so it joins with the running pair's
+    # fastest option (no switch of pair for a lost request), flagged as not fitting.
+    assert rebind_while_waiting(plan, 3, 10.0, scale=1.0, drain_ms=40.0, pairs=running) == (1, False)
+    # No running pair in the plan: keep waiting.
     assert rebind_while_waiting(plan, 3, 80.0, scale=1.0, drain_ms=40.0, pairs=frozenset({(6, 12)})) is None
