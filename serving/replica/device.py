@@ -83,6 +83,29 @@ class Work:
             pass
 
 
+@dataclass(frozen=True)
+class DeviceView:
+    """What the event loop knows of the device: the running pairs (ms until each drains, decode
+    steps left) and the waiting work, as of one read."""
+
+    running: dict[tuple[int, int], tuple[float, int]]
+    queue: list[Queued]
+    max_sessions: int
+
+    @property
+    def busy_pairs(self) -> frozenset[tuple[int, int]]:
+        """Device.busy_pairs, on this read."""
+        return frozenset(self.running) | frozenset(q.pair for q in self.queue)
+
+    def wait_ms(self, knobs: Knobs, first_ms: float = 0.0, tokens: int = 0) -> float:
+        """Device.wait_ms, on this read."""
+        drain = max((ms for ms, _ in self.running.values()), default=0.0)
+        mine = self.running.get(knobs.pair)
+        return wait_ms(self.queue, drain, knobs.pair, running=mine is not None,
+                       joins=mine is not None and tokens <= mine[1], first_ms=first_ms,
+                       opens=len(self.running) < self.max_sessions)
+
+
 class Device:
     def __init__(self, backend: Backend, name: str = "device") -> None:
         self.backend = backend
@@ -138,14 +161,16 @@ class Device:
         0 when it joins the running batch of its pair (it ends within that batch and leaves room for
         the work that waits) or opens one at once, else the drain plus every waiting pair's batch
         that opens before its own (serving.replica.device_schedule.wait_ms)."""
+        return self.view().wait_ms(knobs, first_ms, tokens)
+
+    def view(self) -> DeviceView:
+        """The device as last published, aged to now: one read for all the options late binding
+        weighs for a batch."""
         with self._lock:
             pairs, queue, published = dict(self._running_pairs), list(self._queue), self._published
         elapsed = (time.monotonic() - published) * 1000
-        queue = [q.later(elapsed) for q in queue]
-        drain = max((max(0.0, ms - elapsed) for ms, _ in pairs.values()), default=0.0)
-        mine = pairs.get(knobs.pair)
-        return wait_ms(queue, drain, knobs.pair, running=mine is not None, joins=mine is not None and tokens <= mine[1],
-                       first_ms=first_ms, opens=len(pairs) < self.backend.max_sessions)
+        return DeviceView({p: (max(0.0, ms - elapsed), steps) for p, (ms, steps) in pairs.items()},
+                          [q.later(elapsed) for q in queue], self.backend.max_sessions)
 
     def busy_pairs(self) -> frozenset[tuple[int, int]]:
         """The (top_k, num_active_blocks) pairs of the decode batches running now and of the work

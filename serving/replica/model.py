@@ -306,12 +306,12 @@ class MoEModel:
         members = {i: waiting(meta[i].deadline, meta[i].fastest()) for i in order}
         guard = self.guard
         too_long = None if guard is None else (lambda ms: guard.too_long(ms, now))
-        device = self.device
+        view = self.device.view()  # one read of the device for every option weighed below
 
         # Pair affinity (model.pair_switch_min_gain): prefer the pairs of the decode batches running
         # now or waiting to run; an idle device leaves every pair free.
         min_gain = self.settings.pair_switch_min_gain
-        running = device.busy_pairs() if min_gain is not None else frozenset()
+        running = view.busy_pairs if min_gain is not None else frozenset()
         stay = None if not running else (lambda o: o.knobs.pair in running)
 
         # The device's own queue comes first: prefills handed to it and not begun (and a drain).
@@ -330,7 +330,9 @@ class MoEModel:
                 def start_ms(o: PlanOption, tokens: int = tokens, waits: dict[Knobs, float] = waits) -> float:
                     # What it would wait for decode batches on the device (serving.replica.device_schedule),
                     # plus the tail of how much later than predicted starts of that kind came.
-                    w = waits.setdefault(o.knobs, device.wait_ms(o.knobs, o.service_ms * scale, tokens))
+                    w = waits.get(o.knobs)
+                    if w is None:
+                        w = waits[o.knobs] = view.wait_ms(o.knobs, o.service_ms * scale, tokens)
                     return w + self.start_error.ms(now, w > 0)
 
                 m.choice = choose(m.plan, (m.deadline - now) * 1000 - ahead_ms, tokens=0, scale=scale,

@@ -20,6 +20,9 @@ class StartError:
     def __init__(self, window_s: float = 10.0, quantile: float = 0.9, min_samples: int = 5) -> None:
         self.quantile, self.min_samples = quantile, min_samples
         self._windows = {False: TimedWindow(window_s), True: TimedWindow(window_s)}
+        # Late binding asks for every option of every request: keep each figure until its window
+        # changes (a sample added or expired), instead of sorting the window each time.
+        self._cached: dict[bool, tuple[int, float]] = {}
 
     def add(self, now: float, waits: bool, error_ms: float) -> None:
         """A start `error_ms` later (negative: sooner) than predicted; `waits`: the prediction
@@ -29,10 +32,15 @@ class StartError:
     def ms(self, now: float, waits: bool) -> float:
         """What to add to a prediction of this kind: the tail of recent errors, never negative; 0
         until there are `min_samples` of them."""
-        values = self._windows[waits].values(now)
-        if len(values) < self.min_samples:
-            return 0.0
-        return max(0.0, upper_quantile(values, self.quantile) or 0.0)
+        window = self._windows[waits]
+        window.expire(now)
+        cached = self._cached.get(waits)
+        if cached is not None and cached[0] == window.version:
+            return cached[1]
+        values = window.values()
+        ms = 0.0 if len(values) < self.min_samples else max(0.0, upper_quantile(values, self.quantile) or 0.0)
+        self._cached[waits] = (window.version, ms)
+        return ms
 
     def to_dict(self, now: float) -> dict[str, float]:
         return {"join_ms": self.ms(now, False), "wait_ms": self.ms(now, True)}
