@@ -94,7 +94,8 @@ class DeviceView:
 
     @property
     def busy_pairs(self) -> frozenset[tuple[int, int]]:
-        """Device.busy_pairs, on this read."""
+        """The (top_k, num_active_blocks) pairs of the decode batches running and of the work
+        waiting for one (it will open its batch when the running one drains)."""
         return frozenset(self.running) | frozenset(q.pair for q in self.queue)
 
     def wait_ms(self, knobs: Knobs, first_ms: float = 0.0, tokens: int = 0) -> float:
@@ -112,7 +113,7 @@ class Device:
         self._inbox: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
         self._waiting: list[Work] = []  # could not join yet, in the order handed in
         self._sessions: list[tuple[Session, list[Work]]] = []
-        self._lock = threading.Lock()  # guards the views read from the event loop (wait_ms, busy_pairs)
+        self._lock = threading.Lock()  # guards what view() reads from the event loop
         # Published after every step for the event loop: knob pair -> (ms until its session drains,
         # decode steps it has left), the waiting work as the schedule sees it, and when (monotonic).
         self._running_pairs: dict[tuple[int, int], tuple[float, int]] = {}
@@ -171,12 +172,6 @@ class Device:
         elapsed = (time.monotonic() - published) * 1000
         return DeviceView({p: (max(0.0, ms - elapsed), steps) for p, (ms, steps) in pairs.items()},
                           [q.later(elapsed) for q in queue], self.backend.max_sessions)
-
-    def busy_pairs(self) -> frozenset[tuple[int, int]]:
-        """The (top_k, num_active_blocks) pairs of the decode batches running now and of the work
-        waiting for one (it will open its batch when the running one drains)."""
-        with self._lock:
-            return frozenset(self._running_pairs) | frozenset(q.pair for q in self._queue)
 
     def stop(self) -> None:
         self._stop = True
