@@ -43,6 +43,11 @@ Alternative = tuple[Knobs, list[ModelRequest], Callable[[bool], None]]
 Rebind = Callable[[frozenset[tuple[int, int]], float], Alternative | None]
 
 
+def prefill_ms(requests: Sequence[ModelRequest]) -> float:
+    """Requests' table first tokens: the device's time to prefill them, one after another."""
+    return sum(r.expected_ms or 0.0 for r in requests)
+
+
 @dataclass
 class Work:
     knobs: Knobs
@@ -61,7 +66,7 @@ class Work:
 
     def first_ms(self) -> float:
         """Its members' table first tokens: the device's time to prefill them."""
-        return sum(r.expected_ms or 0.0 for r in self.requests)
+        return prefill_ms(self.requests)
 
     def queued(self, now: float) -> Queued:
         """What the schedule needs to know of it at monotonic `now`."""
@@ -252,7 +257,7 @@ class Device:
             return False  # it would outlive the batch that waiting work must see end
         now = time.monotonic()
         drain = max(s.remaining_ms() for s, _ in self._sessions)
-        return leaves_room([w.queued(now) for w in still], drain, sum(r.expected_ms or 0.0 for r in requests))
+        return leaves_room([w.queued(now) for w in still], drain, prefill_ms(requests))
 
     def _rebound(self, w: Work, still: list[Work]) -> bool:
         """Whether `w`, which would wait for a drain, joined a running batch with other knobs."""

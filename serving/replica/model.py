@@ -344,8 +344,8 @@ class MoEModel:
                 self.dispatch_counts["late"] += not m.choice.fits
                 self.dispatch_counts["guarded"] += m.choice.guarded
                 self.dispatch_counts["kept_pair"] += m.choice.kept_pair
-                m.bound, m.waits = now, waits.get(o.knobs, 0.0) > 0
-                m.predicted_ms = ahead_ms + waits.get(o.knobs, 0.0)
+                chosen_wait = waits.get(o.knobs, 0.0)
+                m.bound, m.waits, m.predicted_ms = now, chosen_wait > 0, ahead_ms + chosen_wait
                 m.knobs = o.knobs
                 m.request = replace(m.request, expected_ms=o.service_ms, decode_ms_per_token=o.decode_ms_per_token)
             if m.knobs not in groups:  # a call of its own (first token + decode): later members wait
