@@ -17,7 +17,11 @@ The shapes are fixed up front:
   (rotary positions come from `position_ids`, so the cache index need not equal the position), and
   a request can join between two steps (continuous batching);
 - decode runs at batch buckets (1, 2, 4, 8); spare rows compute on an empty history and are dropped;
-- the vision stand-in runs per image count.
+- the vision stand-in runs per image count;
+- `decode_slots` decode batches can run at once, each in its own rows of the buffer with its own
+  decode state (write index, positions, tokens) and its own decode graphs: a batch of one pair can
+  start beside a long stream of another instead of waiting for it to end (the caller steps them in
+  turn). Prefill is shared: one staging row, after every slot's rows.
 
 Graphs are captured per `(top_k, num_active_blocks)` pair: the knobs pick which blocks run and how
 many experts each token takes while the graph is recorded (moe.knob_patch), so a replay carries
@@ -58,6 +62,8 @@ class EngineOptions:
     prefill_step: int = 256
     max_new_tokens: int = 512
     decode_buckets: tuple[int, ...] = (1, 2, 4, 8)
+    # Decode batches at once (each its own KV rows and decode graphs: memory and capture grow with it).
+    decode_slots: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in ("graph", "eager"):
@@ -69,6 +75,8 @@ class EngineOptions:
             )
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if not 1 <= self.decode_slots <= 4:
+            raise ValueError(f"decode_slots={self.decode_slots} must be an integer in [1, 4]")
         if not self.decode_buckets or sorted(set(self.decode_buckets)) != list(self.decode_buckets) or (
             self.decode_buckets[0] < 1
         ):
@@ -139,8 +147,29 @@ class _RowsCache(Cache):
         return 0
 
 
+@dataclass
+class _Slot:
+    """One decode batch's place in the engine: its rows of the KV buffer (a view, fixed addresses
+    for its graphs) and its decode state, advanced inside the step."""
+
+    index: int
+    kv: torch.Tensor
+    tok: torch.Tensor
+    pos: torch.Tensor
+    cpos: torch.Tensor
+    key_valid: torch.Tensor
+    decode_logits: torch.Tensor
+
+    def reset(self) -> None:
+        self.cpos.zero_()
+        self.pos.zero_()
+        self.tok.zero_()
+        self.key_valid.zero_()
+
+
 class GenerationEngine:
-    """Greedy generation with fixed shapes; thread-safe (one batch at a time, under a lock)."""
+    """Greedy generation with fixed shapes; thread-safe (batches hold the engine's lock while they
+    run; the decode slots let one thread run several batches in turn)."""
 
     def __init__(self, runner: MoERunner, options: EngineOptions | None = None) -> None:
         self.runner = runner
@@ -164,6 +193,7 @@ class GenerationEngine:
         self._disabled: dict[Pair, str] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self._alloc_buffers()
+        self._free_slots = list(range(o.decode_slots))
 
     # ---- buffers -----------------------------------------------------------------------------
     def _alloc_buffers(self) -> None:
@@ -171,12 +201,13 @@ class GenerationEngine:
         heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
         head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         hidden, vocab = int(cfg.hidden_size), int(cfg.vocab_size)
-        B, C = self.max_batch, self.context
+        B, C, S = self.max_batch, self.context, o.decode_slots
         with torch.inference_mode():
-            # Rows 0..B-1 decode; row B is the prefill's staging row, so a request can be prefilled
-            # while a batch decodes in the others (a newcomer joins a running batch).
-            self.kv = torch.zeros(self.model.num_blocks, 2, B + 1, heads, C, head_dim, device=dev, dtype=self.dtype)
-            self.kv_stage = self.kv[:, :, B:]
+            # Slot s decodes in rows s*B..(s+1)*B-1; the last row is the prefill's staging row, so a
+            # request can be prefilled while batches decode in the others (a newcomer joins a
+            # running batch).
+            self.kv = torch.zeros(self.model.num_blocks, 2, S * B + 1, heads, C, head_dim, device=dev, dtype=self.dtype)
+            self.kv_stage = self.kv[:, :, S * B:]
             self.report.kv_cache_bytes = self.kv.numel() * self.kv.element_size()
             # prefill inputs and outputs (batch 1, row 0)
             self.embeds = torch.zeros(1, o.max_prompt_tokens, hidden, device=dev, dtype=self.dtype)
@@ -184,12 +215,16 @@ class GenerationEngine:
             self.arange = {P: torch.arange(P, device=dev) for P in self.buckets}
             self.prefill_logits = torch.zeros(1, vocab, device=dev, dtype=torch.float32)
             self.prefill_token = torch.zeros(1, device=dev, dtype=torch.long)
-            # decode state: advanced inside the step, so a replay needs no host work
-            self.tok = torch.zeros(B, device=dev, dtype=torch.long)
-            self.pos = torch.zeros(B, 1, device=dev, dtype=torch.long)
-            self.cpos = torch.zeros(1, device=dev, dtype=torch.long)
-            self.key_valid = torch.zeros(B, C, device=dev, dtype=torch.bool)
-            self.decode_logits = torch.zeros(B, vocab, device=dev, dtype=torch.float32)
+            # decode state per slot: advanced inside the step, so a replay needs no host work
+            self.slots = [
+                _Slot(s, self.kv[:, :, s * B:(s + 1) * B],
+                      torch.zeros(B, device=dev, dtype=torch.long),
+                      torch.zeros(B, 1, device=dev, dtype=torch.long),
+                      torch.zeros(1, device=dev, dtype=torch.long),
+                      torch.zeros(B, C, device=dev, dtype=torch.bool),
+                      torch.zeros(B, vocab, device=dev, dtype=torch.float32))
+                for s in range(S)
+            ]
         self.pixels: dict[int, torch.Tensor] = {}
         self.vision_out: dict[int, torch.Tensor] = {}
 
@@ -225,21 +260,21 @@ class GenerationEngine:
         self.prefill_logits.copy_(logits)
         self.prefill_token.copy_(logits.argmax(-1))
 
-    def _decode_step(self, b: int) -> None:
-        self.key_valid[:b].index_fill_(1, self.cpos, True)
-        cache = _RowsCache(self.kv, b, self.cpos, self.context)
+    def _decode_step(self, slot: _Slot, b: int) -> None:
+        slot.key_valid[:b].index_fill_(1, slot.cpos, True)
+        cache = _RowsCache(slot.kv, b, slot.cpos, self.context)
         out = self._decoder(
-            input_ids=self.tok[:b, None],
-            attention_mask=self.key_valid[:b, None, None, :],
-            position_ids=self.pos[:b],
+            input_ids=slot.tok[:b, None],
+            attention_mask=slot.key_valid[:b, None, None, :],
+            position_ids=slot.pos[:b],
             use_cache=True,
             **{_CACHE_KW: cache},
         )
         logits = self._lm_head(out.last_hidden_state[:, -1]).float()
-        self.decode_logits[:b].copy_(logits)
-        self.tok[:b].copy_(logits.argmax(-1))
-        self.pos[:b].add_(1)
-        self.cpos.add_(1)
+        slot.decode_logits[:b].copy_(logits)
+        slot.tok[:b].copy_(logits.argmax(-1))
+        slot.pos[:b].add_(1)
+        slot.cpos.add_(1)
 
     def _run(self, key: tuple[Any, ...], step: Callable[[], None]) -> None:
         graph = self._graphs.get(key)
@@ -297,11 +332,13 @@ class GenerationEngine:
             with knob_context(fk):
                 self._reset_decode_state()
                 self._prefill_step(self.buckets[0])
-                self._decode_step(self.options.decode_buckets[0])
+                for slot in self.slots:
+                    self._decode_step(slot, self.options.decode_buckets[0])
             self._reset_decode_state()
             return
-        for b in self.options.decode_buckets:
-            self._capture(("decode", pair, b), partial(self._decode_step, b), fk)
+        for slot in self.slots:
+            for b in self.options.decode_buckets:
+                self._capture(("decode", slot.index, pair, b), partial(self._decode_step, slot, b), fk)
         for P in self.buckets:
             self._capture(("prefill", pair, P), partial(self._prefill_step, P), fk)
 
@@ -323,14 +360,21 @@ class GenerationEngine:
         self._graphs[key] = graph
 
     def _drop_pair(self, pair: Pair) -> None:
-        for key in [k for k in self._graphs if len(k) == 3 and k[1] == pair]:
+        for key in [k for k in self._graphs if k[0] != "vision" and pair in k]:
             del self._graphs[key]
 
     def _reset_decode_state(self) -> None:
-        self.cpos.zero_()
-        self.pos.zero_()
-        self.tok.zero_()
-        self.key_valid.zero_()
+        for slot in self.slots:
+            slot.reset()
+
+    def take_slot(self) -> _Slot | None:
+        """A free decode slot for a new batch (None: every slot holds one)."""
+        return self.slots[self._free_slots.pop(0)] if self._free_slots else None
+
+    def give_back(self, slot: _Slot) -> None:
+        if slot.index not in self._free_slots:
+            self._free_slots.append(slot.index)
+            self._free_slots.sort()
 
     # ---- the MoERunner surface the profiler and the warm-up use, so either can drive them ------
     def validate(self, knobs: Knobs) -> None:
@@ -466,12 +510,13 @@ class _Member:
 
 
 class DecodeBatch:
-    """A running decode batch on the engine's KV buffer: one knob pair, rows 0..B-1, every row
-    written at one cache index per step. Requests join between two steps (continuous batching):
-    each is prefilled in the staging row, then its keys and values move to a free row so that its
-    prompt ends at the batch's write index, and from the next step on it decodes with the others.
-    The batch holds the engine's lock from its first join to `close` (one batch at a time: there is
-    one buffer, and a graph capture must not run in between)."""
+    """A running decode batch on the engine's KV buffer: one knob pair, the rows of one decode slot,
+    every row written at one cache index per step. Requests join between two steps (continuous
+    batching): each is prefilled in the staging row, then its keys and values move to a free row so
+    that its prompt ends at the batch's write index, and from the next step on it decodes with the
+    others. The batch holds a decode slot and the engine's lock from its first join to `close` (a
+    graph capture must not run in between); other batches may hold the other slots on the same
+    thread, which steps them in turn."""
 
     def __init__(self, engine: GenerationEngine, knobs: Knobs, keep_logits: bool = False) -> None:
         self.engine, self.knobs, self.pair = engine, knobs, pair_of(knobs)
@@ -479,8 +524,9 @@ class DecodeBatch:
         self.keep_logits = keep_logits
         self.rows: list[_Member | None] = [None] * engine.max_batch
         self._done: dict[int, GenerationResult] = {}
-        self._cpos = 0  # host copy of the write index (engine.cpos)
+        self._cpos = 0  # host copy of the write index (its slot's cpos)
         self._locked = False
+        self.slot: _Slot | None = None  # taken at the first join
         self._step_ms = 0.0  # the last decode step, for remaining_ms
 
     @property
@@ -488,8 +534,10 @@ class DecodeBatch:
         return any(m is not None for m in self.rows)
 
     def can_join(self, knobs: Knobs, n: int, limits: Sequence[int]) -> bool:
-        """Same pair, enough free rows, and room in the cache for their tokens from here."""
+        """Same pair, enough free rows, a decode slot, and room in the cache for their tokens from here."""
         if pair_of(knobs) != self.pair or sum(m is None for m in self.rows) < n:
+            return False
+        if self.slot is None and not self.engine._free_slots:
             return False
         start = self._cpos if self.active else self.engine.options.max_prompt_tokens
         return start + max(limits, default=0) <= self.engine.context
@@ -512,12 +560,17 @@ class DecodeBatch:
         if not self._locked:
             e._lock.acquire()
             self._locked = True
+        if self.slot is None:
+            self.slot = e.take_slot()
+            if self.slot is None:  # another thread took the last one since can_join
+                return None
+        slot = self.slot
         calls = list(on_tokens) if on_tokens is not None else [None] * len(inputs)
         rows = []
         with torch.inference_mode(), knob_context(self.fk):
             if not self.active:  # a fresh batch: every prompt fits before the write index
                 self._cpos = e.options.max_prompt_tokens
-                e.cpos.fill_(self._cpos)
+                slot.cpos.fill_(self._cpos)
             for x, t, limit, call in zip(inputs, ids, limits, calls, strict=True):
                 row = self.rows.index(None)
                 m = _Member(x, t, limit, call)
@@ -525,7 +578,15 @@ class DecodeBatch:
                 self.rows[row] = m
                 rows.append(row)
                 self._emit(row, m, [m.tokens[0]])
+        self._release_if_idle()
         return rows
+
+    def _release_if_idle(self) -> None:
+        """An empty batch gives its slot back (a later join takes one again): its rows hold
+        nothing a later member reads, and another batch may need the slot meanwhile."""
+        if not self.active and self.slot is not None:
+            self.engine.give_back(self.slot)
+            self.slot = None
 
     def _prefill(self, row: int, m: _Member) -> None:
         e, x = self.engine, m.x
@@ -547,12 +608,13 @@ class DecodeBatch:
         e.pad_start.fill_(P - L)
         e._run(("prefill", self.pair, P), partial(e._prefill_step, P))
         # Its prompt's keys and values end at the batch's write index; it attends to them only.
-        c = self._cpos
-        e.kv[:, :, row, :, c - L : c].copy_(e.kv_stage[:, :, 0, :, P - L : P])
-        e.key_valid[row].zero_()
-        e.key_valid[row, c - L : c] = True
-        e.pos[row].fill_(L)
-        e.tok[row : row + 1].copy_(e.prefill_token)
+        c, slot = self._cpos, self.slot
+        assert slot is not None  # taken by join before any prefill
+        slot.kv[:, :, row, :, c - L : c].copy_(e.kv_stage[:, :, 0, :, P - L : P])
+        slot.key_valid[row].zero_()
+        slot.key_valid[row, c - L : c] = True
+        slot.pos[row].fill_(L)
+        slot.tok[row : row + 1].copy_(e.prefill_token)
         first = int(e.prefill_token.item())
         t2 = e._now()
         m.vision_ms, m.prefill_ms, m.first_at = (t1 - t0) * 1e3, (t2 - t1) * 1e3, t2
@@ -564,14 +626,15 @@ class DecodeBatch:
         """One decode step for every row in use (at the smallest batch bucket that holds them)."""
         if not self.active:
             return
-        e = self.engine
+        e, slot = self.engine, self.slot
+        assert slot is not None  # an active batch has joined, so it holds a slot
         top = max(i for i, m in enumerate(self.rows) if m is not None)
         b = next(x for x in e.options.decode_buckets if x > top)
         t = time.perf_counter()
         with torch.inference_mode(), knob_context(self.fk):
-            e._run(("decode", self.pair, b), partial(e._decode_step, b))
+            e._run(("decode", slot.index, self.pair, b), partial(e._decode_step, slot, b))
         self._cpos += 1
-        new = e.tok[:b].tolist()
+        new = slot.tok[:b].tolist()
         ms = (e._now() - t) * 1e3
         self._step_ms = ms
         for row, m in enumerate(self.rows):
@@ -580,8 +643,9 @@ class DecodeBatch:
             m.tokens.append(int(new[row]))
             m.steps_ms.append(ms)
             if self.keep_logits:
-                m.logits.append(e.decode_logits[row].clone())
+                m.logits.append(slot.decode_logits[row].clone())
             self._emit(row, m, [int(new[row])])
+        self._release_if_idle()
 
     def _emit(self, row: int, m: _Member, new: list[int]) -> None:
         """Hand the new token(s) to the member's reader; finish it at its end, its limit, or when
@@ -618,6 +682,7 @@ class DecodeBatch:
 
     def close(self) -> None:
         self.rows = [None] * len(self.rows)
+        self._release_if_idle()
         if self._locked:
             self._locked = False
             self.engine._lock.release()

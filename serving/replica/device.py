@@ -5,10 +5,11 @@ makes every newcomer wait for its last token: two 512-token streams would make e
 infeasible. Here the device runs *sessions* (a decode batch of one knob pair, `Backend.open_session`)
 a step at a time, and work that arrives between two steps joins a running session when it can
 (its prefill runs at that step boundary, so its first token waits for one decode step, not for a
-whole call). Work that cannot join (another knob pair while the backend holds its most sessions,
-or no room left) waits until it can, in the order serving.replica.device_schedule gives (handed-in
-order, lost work last); late binding is told how long that is (`wait_ms`, from the same schedule)
-and may pick the running pair's option instead.
+whole call). A backend with more than one decode slot (`max_sessions`) holds batches of different
+pairs at once and steps them in turn. Work that cannot join (another knob pair while the backend
+holds its most sessions, or no room left) waits until it can, in the order
+serving.replica.device_schedule gives (handed-in order, lost work last); late binding is told how
+long that is (`wait_ms`, from the same schedule) and may pick the running pair's option instead.
 
 The event loop hands work in (`submit`, a future per group of members with equal knobs) and never
 waits on the device; the device thread hands results back with `call_soon_threadsafe`.
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 
 from controller.knobs import Knobs
 from serving.replica.backends.base import Backend, ModelOutput, ModelRequest, OnText, Session
-from serving.replica.device_schedule import Queued, in_order, leaves_room, starts, wait_ms
+from serving.replica.device_schedule import Queued, in_order, interleaved, leaves_room, starts, wait_ms
 
 log = logging.getLogger("ray.serve")
 
@@ -89,26 +90,40 @@ class Work:
 
 
 @dataclass(frozen=True)
-class DeviceView:
-    """What the event loop knows of the device: the running pairs (ms until each drains, decode
-    steps left) and the waiting work, as of one read."""
+class Running:
+    """A decode batch as the event loop sees it: its pair, ms until it drains (stepped in turn with
+    the others), decode steps it has left."""
 
-    running: dict[tuple[int, int], tuple[float, int]]
+    pair: tuple[int, int]
+    drain_ms: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """What the event loop knows of the device: the running batches and the waiting work, as of
+    one read."""
+
+    running: tuple[Running, ...]
     queue: list[Queued]
     max_sessions: int
 
     @property
     def busy_pairs(self) -> frozenset[tuple[int, int]]:
         """The (top_k, num_active_blocks) pairs of the decode batches running and of the work
-        waiting for one (it will open its batch when the running one drains)."""
-        return frozenset(self.running) | frozenset(q.pair for q in self.queue)
+        waiting for one (it will open its batch when a running one drains)."""
+        return frozenset(r.pair for r in self.running) | frozenset(q.pair for q in self.queue)
+
+    @property
+    def lanes(self) -> list[float]:
+        """Ms until each decode slot can open a batch: a running batch's drain, 0 for a free slot."""
+        return [r.drain_ms for r in self.running] + [0.0] * max(0, self.max_sessions - len(self.running))
 
     def wait_ms(self, knobs: Knobs, first_ms: float = 0.0, tokens: int = 0) -> float:
         """Device.wait_ms, on this read."""
-        drain = max((ms for ms, _ in self.running.values()), default=0.0)
-        mine = self.running.get(knobs.pair)
-        return wait_ms(self.queue, drain, knobs.pair, running=mine is not None,
-                       joins=mine is not None and tokens <= mine[1], first_ms=first_ms,
+        mine = max((r.steps for r in self.running if r.pair == knobs.pair), default=None)
+        return wait_ms(self.queue, self.lanes, knobs.pair, running=mine is not None,
+                       joins=mine is not None and tokens <= mine, first_ms=first_ms,
                        opens=len(self.running) < self.max_sessions)
 
 
@@ -119,9 +134,9 @@ class Device:
         self._waiting: list[Work] = []  # could not join yet, in the order handed in
         self._sessions: list[tuple[Session, list[Work]]] = []
         self._lock = threading.Lock()  # guards what view() reads from the event loop
-        # Published after every step for the event loop: knob pair -> (ms until its session drains,
-        # decode steps it has left), the waiting work as the schedule sees it, and when (monotonic).
-        self._running_pairs: dict[tuple[int, int], tuple[float, int]] = {}
+        # Published after every step for the event loop: the running batches, the waiting work as
+        # the schedule sees it, and when (monotonic).
+        self._running: tuple[Running, ...] = ()
         self._queue: list[Queued] = []
         self._published = time.monotonic()
         self._queued_ms = 0.0  # table first tokens of the work handed in and not begun
@@ -165,17 +180,17 @@ class Device:
         """How long work with these knobs (its prefill `first_ms`, `tokens` to decode), handed in now,
         would wait for decode batches before it can begin (the prefills ahead are `backlog_ms`):
         0 when it joins the running batch of its pair (it ends within that batch and leaves room for
-        the work that waits) or opens one at once, else the drain plus every waiting pair's batch
-        that opens before its own (serving.replica.device_schedule.wait_ms)."""
+        the work that waits) or opens one at once, else until a slot frees for its batch after every
+        waiting pair's batch that opens before its own (serving.replica.device_schedule.wait_ms)."""
         return self.view().wait_ms(knobs, first_ms, tokens)
 
     def view(self) -> DeviceView:
         """The device as last published, aged to now: one read for all the options late binding
         weighs for a batch."""
         with self._lock:
-            pairs, queue, published = dict(self._running_pairs), list(self._queue), self._published
+            running, queue, published = self._running, list(self._queue), self._published
         elapsed = (time.monotonic() - published) * 1000
-        return DeviceView({p: (max(0.0, ms - elapsed), steps) for p, (ms, steps) in pairs.items()},
+        return DeviceView(tuple(Running(r.pair, max(0.0, r.drain_ms - elapsed), r.steps) for r in running),
                           [q.later(elapsed) for q in queue], self.backend.max_sessions)
 
     def stop(self) -> None:
@@ -256,8 +271,7 @@ class Device:
         if max((r.max_new_tokens for r in requests), default=0) > session.remaining_steps:
             return False  # it would outlive the batch that waiting work must see end
         now = time.monotonic()
-        drain = max(s.remaining_ms() for s, _ in self._sessions)
-        return leaves_room([w.queued(now) for w in still], drain, prefill_ms(requests))
+        return leaves_room([w.queued(now) for w in still], self._lanes(), prefill_ms(requests))
 
     def _rebound(self, w: Work, still: list[Work]) -> bool:
         """Whether `w`, which would wait for a drain, joined a running batch with other knobs."""
@@ -265,9 +279,8 @@ class Device:
         pairs = frozenset(s.knobs.pair for s, _ in self._sessions)
         now = time.monotonic()
         ahead = [x.queued(now) for x in still]
-        drain = max(s.remaining_ms() for s, _ in self._sessions)
-        # When its own batch would open: after the drain and the waiting pairs' batches before it.
-        own = starts([*ahead, w.queued(now)], drain)[-1]
+        # When its own batch would open: once a slot frees, after the waiting pairs' batches before it.
+        own = starts([*ahead, w.queued(now)], self._lanes())[-1]
         alternative = w.rebind(pairs, own)
         if alternative is None:
             return False
@@ -328,9 +341,18 @@ class Device:
                 w.resolve([w.outputs[i] for i in w.ids])
                 works.remove(w)
 
+    def _drains(self) -> list[float]:
+        """Ms until each running session drains, stepped in turn with the others."""
+        return interleaved([(s.remaining_ms(), s.remaining_steps) for s, _ in self._sessions])
+
+    def _lanes(self) -> list[float]:
+        """Ms until each of the backend's slots can open a session (0: free now)."""
+        return self._drains() + [0.0] * max(0, self.backend.max_sessions - len(self._sessions))
+
     def _publish(self) -> None:
-        pairs = {s.knobs.pair: (s.remaining_ms(), s.remaining_steps) for s, _ in self._sessions}
+        running = tuple(Running(s.knobs.pair, ms, s.remaining_steps)
+                        for (s, _), ms in zip(self._sessions, self._drains(), strict=True))
         now = time.monotonic()
         queue = [w.queued(now) for w in self._waiting]
         with self._lock:
-            self._running_pairs, self._queue, self._published = pairs, queue, now
+            self._running, self._queue, self._published = running, queue, now

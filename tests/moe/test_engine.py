@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from controller.knobs import Knobs
-from moe.engine import EngineOptions, GenerationEngine, pair_of
+from moe.engine import DecodeBatch, EngineOptions, GenerationEngine, pair_of
 from moe.errors import ConfigDisabledError, InputTooLongError
 from moe.knob_patch import knob_context
 from moe.runner import MoERunner, PromptInput
@@ -147,4 +147,58 @@ def test_options_are_checked() -> None:
         EngineOptions(decode_buckets=(4, 2))
     with pytest.raises(ValueError, match="prefill_step"):
         EngineOptions(max_prompt_tokens=100, prefill_step=256)
+    for slots in (0, 5):
+        with pytest.raises(ValueError, match=f"decode_slots={slots} must be an integer in \\[1, 4\\]"):
+            EngineOptions(decode_slots=slots)
     assert EngineOptions(max_prompt_tokens=600, prefill_step=256).prefill_buckets() == [256, 512, 600]
+
+
+def test_two_decode_slots_run_two_pairs_in_turn_and_each_gets_its_answer_alone(runner: MoERunner) -> None:
+    """With decode_slots=2 a batch of another pair starts beside a running one (its own rows and
+    decode state) instead of waiting for it; stepped in turn, each gets the tokens and the logits it
+    gets alone, and a third pair waits for a slot to free."""
+    eng = GenerationEngine(runner, EngineOptions(max_prompt_tokens=512, max_new_tokens=12, decode_slots=2))
+    a_knobs, b_knobs = Knobs("low", 4, 12), Knobs("medium", 8, 16)
+    a, b = DecodeBatch(eng, a_knobs, keep_logits=True), DecodeBatch(eng, b_knobs, keep_logits=True)
+    c = DecodeBatch(eng, Knobs("low", 2, 14))
+    done_a: dict[int, object] = {}
+    done_b: dict[int, object] = {}
+    try:
+        rows_a = a.join(a_knobs, INPUTS[:2], [12, 5])
+        for _ in range(3):
+            a.step()
+        rows_b = b.join(b_knobs, [INPUTS[2]], [6])  # the second slot: no wait for a's 12 tokens
+        assert rows_a is not None and rows_b is not None
+        assert a.slot is not None and b.slot is not None and a.slot.index != b.slot.index
+        assert not c.can_join(Knobs("low", 2, 14), 1, [2])  # both slots hold a batch
+        while a.active or b.active:
+            a.step()
+            b.step()
+            done_a.update(a.finished())
+            done_b.update(b.finished())
+        assert c.can_join(Knobs("low", 2, 14), 1, [2])  # the slots are free again
+    finally:
+        for batch in (a, b, c):
+            batch.close()
+    alone_a = eng.generate(a_knobs, INPUTS[:2], max_new_tokens=12, keep_logits=True)
+    (alone_b,) = eng.generate(b_knobs, [INPUTS[2]], max_new_tokens=6, keep_logits=True)
+    got_a = [done_a[r] for r in rows_a]
+    assert [g.token_ids for g in got_a] == [alone_a[0].token_ids, alone_a[1].token_ids[:5]]  # type: ignore[attr-defined]
+    got_b = done_b[rows_b[0]]
+    assert got_b.token_ids == alone_b.token_ids  # type: ignore[attr-defined]
+    assert torch.allclose(torch.stack(got_b.logits), torch.stack(alone_b.logits or []), atol=1e-4)  # type: ignore[attr-defined]
+
+
+def test_with_one_slot_a_second_pair_cannot_start_until_the_batch_ends(runner: MoERunner) -> None:
+    eng = GenerationEngine(runner, EngineOptions(max_prompt_tokens=512, max_new_tokens=4))
+    a, b = DecodeBatch(eng, Knobs("low", 4, 12)), DecodeBatch(eng, Knobs("low", 8, 16))
+    try:
+        assert a.join(Knobs("low", 4, 12), [INPUTS[2]], [3]) is not None
+        assert not b.can_join(Knobs("low", 8, 16), 1, [2])
+        assert b.join(Knobs("low", 8, 16), [INPUTS[2]], [2]) is None
+        while a.active:
+            a.step()
+        assert b.join(Knobs("low", 8, 16), [INPUTS[2]], [2]) is not None  # a's slot was given back
+    finally:
+        a.close()
+        b.close()

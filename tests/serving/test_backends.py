@@ -39,6 +39,10 @@ def test_registry() -> None:
         create_backend("tensorrt")
     with pytest.raises(ValueError):
         create_backend("simulated", {"no_such_option": 1})
+    for bad in (0, 5, 1.5, "two", None):
+        with pytest.raises(ValueError, match="decode_slots"):
+            create_backend("simulated", {"decode_slots": bad})
+    assert create_backend("simulated", {"decode_slots": 2}).max_sessions == 2
 
 
 def test_check_configs_names_the_bad_config() -> None:

@@ -216,3 +216,29 @@ def test_work_whose_rebind_declines_waits_for_the_drain_with_its_knobs() -> None
 
     at, knobs, asked = asyncio.run(run())
     assert knobs == Knobs("low", 8, 16) and asked >= 1 and at > 0.25, (at, asked)
+
+
+def test_with_two_decode_slots_another_pair_starts_beside_a_long_stream_and_both_share_the_device() -> None:
+    """decode_slots=2: a request of another pair opens the second slot at once instead of waiting
+    for the stream's batch to drain; the two batches are stepped in turn, so the stream's decode
+    stretches by the newcomer's device time, and the wait published for a third pair is the
+    earlier of the two drains (stepped in turn), not the stream's."""
+    async def run() -> tuple[float, float, float, float]:
+        device = Device(SimulatedBackend(latency_source="table", jitter_sigma=0, decode="per_token", decode_slots=2))
+        t0 = time.monotonic()
+        long = device.submit(LONG, [_req(150)], [None])  # ~0.3 s of decode alone
+        await asyncio.sleep(0.05)
+        other = device.submit(Knobs("low", 8, 16), [_req(40, first_ms=10.0, decode_ms=3.0)], [None])
+        await asyncio.sleep(0.03)
+        third = device.wait_ms(Knobs("low", 6, 14))
+        (_, other_began), (outs, _) = await other, await long
+        device.stop()
+        return other_began - t0, time.monotonic() - t0, third, outs[0].timings_ms["decode"]
+
+    other_at, long_end, third, decode_ms = asyncio.run(run())
+    assert other_at < 0.1, other_at  # it did not wait ~0.3 s for the stream
+    # the stream ran 0.3 s of its own decode plus the other's prefill and 40 steps of 3 ms
+    assert long_end > 0.3 + 0.1, long_end
+    assert decode_ms > 300 + 100, decode_ms  # its reported decode holds the other batch's device time
+    # the other batch drains first: ~40 x (3 + 2) ms in turn, minus what had run
+    assert 60.0 < third < 230.0, third

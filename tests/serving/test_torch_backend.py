@@ -84,6 +84,9 @@ def test_small_prompt_shape_drops_tiers_that_cannot_fit() -> None:
         ({"decode_buckets": []}, "decode_buckets"),
         ({"prefill_step": 4096}, "prefill_step=4096 exceeds"),
         ({"max_prompt_tokens": 0}, "max_prompt_tokens"),
+        ({"decode_slots": 0}, "decode_slots"),
+        ({"decode_slots": 5}, "decode_slots"),
+        ({"decode_slots": "two"}, "decode_slots"),
     ],
 )
 def test_engine_options_are_checked(options: dict, pattern: str) -> None:  # type: ignore[type-arg]
@@ -165,3 +168,34 @@ def test_a_newcomer_joins_a_running_decode_batch_between_two_steps(backend: Torc
         assert short.text == alone.text  # joining mid-batch changes nothing in its answer
     finally:
         session.close()
+
+
+def test_two_decode_slots_run_a_second_pair_beside_a_running_stream_through_the_device() -> None:
+    """decode_slots=2 on the real engine, driven by the device thread: a request of another pair
+    starts while a long stream decodes (the stream's reader keeps getting text), and both answers
+    are the ones they get alone."""
+    import asyncio
+
+    from serving.replica.device import Device
+
+    two = TorchBackend(preset="tiny", max_batch_size=2, decode_slots=2, max_new_tokens=64, warmup=False)
+    assert two.max_sessions == 2
+    stream, short = Knobs("low", 4, 12), Knobs("medium", 8, 16)
+    pieces: list[str] = []
+
+    async def run() -> tuple[str, str, int]:
+        device = Device(two)
+        long = device.submit(stream, [ModelRequest("a long stream", 60)], [lambda s: pieces.append(s) or True])
+        while not pieces:
+            await asyncio.sleep(0.005)
+        (other,), _ = await device.submit(short, [ModelRequest("a short one", 3)], [None])
+        seen = len(pieces)
+        (whole,), _ = await long
+        device.stop()
+        return whole.text, other.text, seen
+
+    long_text, short_text, seen = asyncio.run(run())
+    assert seen < 60, seen  # the short answer ended while the stream was still decoding
+    (alone_long,) = two.generate_batch(stream, [ModelRequest("a long stream", 60)])
+    (alone_short,) = two.generate_batch(short, [ModelRequest("a short one", 3)])
+    assert long_text == alone_long.text and short_text == alone_short.text

@@ -50,6 +50,10 @@ class SimulatedOptions(BaseModel):
     # latency seen per config is, from then on, the model's true speed, so that a recalibrated table
     # (which already holds the slowdown) does not feed back into the simulated model.
     ground_truth: Literal["request", "first_table"] = "request"
+    # Decode batches of different knob pairs the device holds at once, stepped in turn (the torch
+    # engine's decode_slots): 1 runs one batch at a time; 2 lets a pair start beside a long stream
+    # of another pair, both then running at the pace of the two together.
+    decode_slots: int = Field(default=1, ge=1, le=4)
     seed: int = 0
 
     @field_validator("slow_replica_ranks")
@@ -74,12 +78,13 @@ class SimulatedOptions(BaseModel):
 class SimulatedBackend:
     name = "simulated"
     needs_preparation = False
-    # One decode batch at a time, as the torch engine (one KV buffer); members are not limited.
-    max_sessions = 1
+    # Members of a batch are not limited; batches at once are (decode_slots, as the torch engine).
     max_batch_rows = 1_000_000
 
     def __init__(self, **options: object) -> None:
         self.options = SimulatedOptions.model_validate(options)
+        self.max_sessions = self.options.decode_slots
+        self._open: list[SimulatedSession] = []  # sessions open now: one's device time stalls the others
         self._rng = random.Random(self.options.seed)
         self._rng_lock = threading.Lock()
         # One device: one call at a time, as a GPU serialises its kernels (and the engine its calls).
@@ -184,7 +189,23 @@ class SimulatedBackend:
 
     def open_session(self, knobs: Knobs) -> SimulatedSession:
         self.validate_knobs(knobs)
-        return SimulatedSession(self, knobs)
+        session = SimulatedSession(self, knobs)
+        self._open.append(session)
+        return session
+
+    def hold(self, by: SimulatedSession, seconds: float) -> None:
+        """`by` holds the device for `seconds` (a prefill, a decode step): every other open
+        session's members wait that long between their steps."""
+        if seconds <= 0:
+            return
+        time.sleep(seconds)
+        for session in self._open:
+            if session is not by:
+                session.stall(seconds * 1000)
+
+    def closed(self, session: SimulatedSession) -> None:
+        if session in self._open:
+            self._open.remove(session)
 
     def generate_batch(
         self, knobs: Knobs, requests: list[ModelRequest], sinks: Sequence[OnText | None] | None = None
@@ -202,7 +223,7 @@ class _Member:
     timings: dict[str, float]
     words: list[str]
     step_s: float
-    stalled_ms: float = 0.0  # other members' prefills that ran between its decode steps
+    stalled_ms: float = 0.0  # device time between its decode steps that was others' (prefills, other batches)
     produced: int = 1
 
     def reported(self) -> dict[str, float]:
@@ -242,9 +263,8 @@ class SimulatedSession:
             # one-token answer has no decode steps: its whole time is its first token.
             first_s = (t["total"] - (t["decode"] if r.max_new_tokens > 1 else 0.0)) / 1000
             if first_s > 0:
-                time.sleep(first_s)
-                for other in self._members.values():
-                    other.stalled_ms += first_s * 1000
+                self.backend.hold(self, first_s)
+                self.stall(first_s * 1000)
             i = next(self._ids)
             ids.append(i)
             m = _Member(r, sink, t, _fake_text(knobs, r).split(" "), t["decode"] / max(1, r.max_new_tokens - 1) / 1000)
@@ -257,9 +277,7 @@ class SimulatedSession:
     def step(self) -> None:
         if not self._members:
             return
-        step_s = max(m.step_s for m in self._members.values())
-        if step_s > 0:
-            time.sleep(step_s)
+        self.backend.hold(self, max(m.step_s for m in self._members.values()))
         for i, m in list(self._members.items()):
             m.produced += 1
             if m.sink is not None:
@@ -270,6 +288,11 @@ class SimulatedSession:
                     continue
             if m.produced >= m.request.max_new_tokens:
                 self._finish(i, "length")
+
+    def stall(self, ms: float) -> None:
+        """Every member waits `ms` of device time that is not its own decode."""
+        for m in self._members.values():
+            m.stalled_ms += ms
 
     def _finish(self, i: int, reason: str) -> None:
         m = self._members.pop(i)
@@ -293,6 +316,7 @@ class SimulatedSession:
 
     def close(self) -> None:
         self._members.clear()
+        self.backend.closed(self)
 
 
 def _replica_rank() -> int | None:

@@ -42,6 +42,10 @@ class TorchOptions(BaseModel):
     prefill_step: int = Field(default=256, ge=1)
     max_new_tokens: int = Field(default=512, ge=1, le=32768)
     decode_buckets: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
+    # Decode batches of different knob pairs at once (moe.engine decode slots), stepped in turn: 2
+    # lets a pair start beside a long stream of another pair. Each slot adds max_batch_size rows of
+    # KV cache and its own decode graphs.
+    decode_slots: int = Field(default=1, ge=1, le=4)
 
     @model_validator(mode="after")
     def _one_source(self) -> TorchOptions:
@@ -66,13 +70,13 @@ class TorchOptions(BaseModel):
             prefill_step=self.prefill_step,
             max_new_tokens=self.max_new_tokens,
             decode_buckets=tuple(self.decode_buckets),
+            decode_slots=self.decode_slots,
         )
 
 
 class TorchBackend:
     name = "torch"
     needs_preparation = True
-    max_sessions = 1  # one KV buffer: one decode batch at a time, which newcomers of its pair join
 
     def __init__(self, **options: Any) -> None:
         from moe.engine import GenerationEngine
@@ -91,6 +95,8 @@ class TorchBackend:
         )
         self.runner = MoERunner(model, block_order=o.block_order, checkpoint=o.checkpoint)
         self.engine = GenerationEngine(self.runner, o.engine_options())
+        # Decode batches at once (the engine's slots); newcomers of a running pair join its batch.
+        self.max_sessions = o.decode_slots
 
     @property
     def max_batch_rows(self) -> int:
