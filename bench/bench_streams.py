@@ -72,12 +72,15 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def app_config(store: str, *, queue_aware: bool, proxy_ms: float) -> Any:
+def app_config(store: str, *, queue_aware: bool, proxy_ms: float, decode_slots: int | None = None) -> Any:
     """The shipped CPU config, with this bench's store, a model that follows the table at scale 1
-    (decode per token) and one request per backend call, so that load makes a queue."""
+    (decode per token) and one request per backend call, so that load makes a queue; `decode_slots`
+    overrides the shipped device's (the isolation baseline)."""
     from serving.config import ServingConfig, load_config
 
     shipped = load_config(SHIPPED).model_dump(mode="json")
+    if decode_slots is not None:
+        shipped = _merge(shipped, {"model": {"backend_options": {"decode_slots": decode_slots}}})
     return ServingConfig.model_validate(_merge(shipped, {
         "budget": {"queue_aware": queue_aware, "proxy_overhead_ms": proxy_ms},
         "controller": {"store": store, "poll_interval_s": 0.25},
@@ -155,8 +158,10 @@ def settle(url: str, overhead_ms: float, limit_s: float = SETTLE_S) -> dict[str,
         time.sleep(0.5)
 
 
-def measure(quick: bool = False, per_point: int | None = None) -> dict[str, Any]:
-    """Start a local Serve, set up, run both scenarios; the raw rows and what the setup measured."""
+def measure(quick: bool = False, per_point: int | None = None, baseline_slots: int | None = None) -> dict[str, Any]:
+    """Start a local Serve, set up, run both scenarios; the raw rows and what the setup measured.
+    `baseline_slots`: also run the isolation scenario (same arrivals) on an app whose device holds
+    that many decode batches, the baseline the shipped device is compared with."""
     import httpx
     from ray import serve
 
@@ -225,6 +230,27 @@ def measure(quick: bool = False, per_point: int | None = None) -> dict[str, Any]
                               "rate_rps": ISOLATION_LOAD * capacity, **st, **summarize(got)})
         setup["long_streams"] = _long_summary(long)
         setup["isolation_noise"] = paired_share_noise(alone, beside)
+        setup["decode_slots"] = app_config(store, queue_aware=True, proxy_ms=proxy_ms).model.backend_options.get(
+            "decode_slots", 1)
+        if baseline_slots is not None:
+            run_routed(build_app_from_config(app_config(store, queue_aware=True, proxy_ms=proxy_ms,
+                                                        decode_slots=baseline_slots)),
+                       http_port=port, name="s2", route_prefix="/s2")
+            url2 = f"{base}/s2"
+            asyncio.run(closed_loop(url2, [250.0], concurrency=2, requests=20, max_new_tokens=MAX_NEW_TOKENS))
+            start = settle(url2, overhead, limit_s)
+            alone2 = asyncio.run(open_loop(url2, arrivals, MAX_NEW_TOKENS))
+            start_beside = settle(url2, overhead, limit_s)
+            beside2, long2 = asyncio.run(open_loop_with_streams(url2, arrivals, MAX_NEW_TOKENS, LONG_STREAMS,
+                                                                budgets[-1], LONG_TOKENS))
+            tag = f" ({baseline_slots} slot{'s' if baseline_slots > 1 else ''})"
+            for name, got, st in (("alone", alone2, start), ("beside long streams", beside2, start_beside)):
+                rows += as_dicts(got, scenario=name + tag, load=ISOLATION_LOAD)
+                summaries.append({"scenario": name + tag, "load": ISOLATION_LOAD, "kind": GENERATE,
+                                  "rate_rps": ISOLATION_LOAD * capacity, **st, **summarize(got)})
+            setup["baseline"] = {"decode_slots": baseline_slots, "tag": tag, "long_streams": _long_summary(long2),
+                                 "isolation_noise": paired_share_noise(alone2, beside2)}
+            serve.delete("s2")
         try:
             setup["router_stats"] = httpx.get(f"{url}/v1/stats", timeout=5).json()
         except Exception as e:  # noqa: BLE001 - diagnostics only
@@ -275,6 +301,20 @@ def tables(m: dict[str, Any]) -> list[str]:
     acc = _rel(beside["mean_expected_accuracy"], alone["mean_expected_accuracy"])
     lines.append(f"| relative change | {_pct(fs)} (chance alone: +-{_pct(_share_noise(m))}) | | "
                  f"{_pct(acc)} | | |")
+    base = m["setup"].get("baseline")
+    if base:
+        tag = base["tag"]
+        a2, b2 = _pick(m, "alone" + tag, GENERATE), _pick(m, "beside long streams" + tag, GENERATE)
+        lines += ["", f"| baseline{tag}, same arrivals | flagged feasible | met, of feasible | mean exp. acc | "
+                  "first token p50 / p99 ms | proxy + client p50 ms |", "| --- | --- | --- | --- | --- | --- |"]
+        for name, s2 in (("alone", a2), (f"beside {LONG_STREAMS} long streams", b2)):
+            lines.append(f"| {name} | {_pct(s2['feasible_share'])} | {_pct(s2['attainment_when_feasible'])} | "
+                         f"{s2['mean_expected_accuracy']:.3f} | {s2['first_token_p50_ms']:.0f} / "
+                         f"{s2['first_token_p99_ms']:.0f} | {s2['outside_router_p50_ms']:.1f} |")
+        noise = float(base.get("isolation_noise", math.nan))
+        lines.append(f"| relative change | {_pct(_rel(b2['feasible_share'], a2['feasible_share']))} (chance alone: "
+                     f"+-{_pct(noise)}) | | "
+                     f"{_pct(_rel(b2['mean_expected_accuracy'], a2['mean_expected_accuracy']))} | | |")
     return lines
 
 
@@ -315,7 +355,15 @@ def notes(m: dict[str, Any]) -> list[str]:
         f"long streams beside the non-streamed load: {long['finished']} finished, {long['chunks']} chunks, "
         f"first token p50 {long['first_token_p50_ms']:.0f} ms, a stream p50 {long['stream_p50_ms']:.0f} ms, "
         f"{long['error_count']} errors" + (f" ({long['errors'][0]})" if long["errors"] else ""),
+        f"the app's device holds {st.get('decode_slots', 1)} decode batch(es) of different knob pairs at once "
+        "(model.backend_options.decode_slots)",
     ]
+    base = st.get("baseline")
+    if base:
+        lb = base["long_streams"]
+        out.append(f"baseline{base['tag']}: the same arrivals on an app whose device holds {base['decode_slots']} "
+                   f"decode batch(es); its long streams: {lb['finished']} finished, a stream p50 "
+                   f"{lb['stream_p50_ms']:.0f} ms, {lb['error_count']} errors")
     odd = [s for s in m["summaries"] if s["flag_mismatch"] or s["flag_missing"] or s["errors"]]
     for s in odd:
         out.append(f"{s['scenario']} {100 * s['load']:.0f}% {s['kind']}: feasible header missing on "
@@ -362,13 +410,24 @@ def report(m: dict[str, Any]) -> dict[str, Any]:
             "goal": f"within {100 * GOAL_CHANGE:g}%",
             "passed": None if math.isnan(change) else abs(change) <= GOAL_CHANGE,
         })
+    base = m["setup"].get("baseline")
+    if base:
+        a2, b2 = _pick(m, "alone" + base["tag"], GENERATE), _pick(m, "beside long streams" + base["tag"], GENERATE)
+        change = _rel(b2["feasible_share"], a2["feasible_share"])
+        figures.append({
+            "name": f"the same, on a device of {base['decode_slots']} decode slot(s) (baseline)",
+            "value": f"{_pct(b2['feasible_share'])} ({'n/a' if math.isnan(change) else f'{100 * change:+.1f}%'}; "
+                     f"chance alone +-{_pct(float(base.get('isolation_noise', math.nan)))})",
+            "unit": "", "baseline": _pct(a2["feasible_share"]), "baseline_name": "its arrivals alone, same run",
+            "goal": "info", "passed": None,
+        })
     return {"title": "Streams and non-streams under open-loop load, client-measured first token (issue 17)"
                      + (" [quick]" if m["quick"] else ""),
             "figures": figures, "notes": notes(m)}
 
 
 def run(quick: bool = False, per_point: int | None = None) -> dict[str, Any]:
-    return report(measure(quick, per_point))
+    return report(measure(quick, per_point, baseline_slots=1))
 
 
 def _git(*args: str) -> str:
@@ -416,12 +475,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=None, help="requests per load point (default 80, --quick 30)")
     p.add_argument("--out", default=None, help="write the raw rows and summaries to this JSON file")
     p.add_argument("--no-doc", action="store_true", help=f"do not write the section to {DOC.relative_to(ROOT)}")
+    p.add_argument("--baseline-slots", type=int, default=1,
+                   help="also run the isolation scenario on a device with this many decode slots (0: skip)")
     a = p.parse_args(argv)
+    if not 0 <= a.baseline_slots <= 4:
+        raise SystemExit(f"bench_streams: error: --baseline-slots={a.baseline_slots} must be in [0, 4]")
     if a.requests is not None and not 10 <= a.requests <= 100_000:
         raise SystemExit(f"bench_streams: error: --requests={a.requests} must be in [10, 100000]")
     command = " ".join(["python -m bench.bench_streams", *(argv if argv is not None else sys.argv[1:])])
     started = time.perf_counter()
-    m = measure(a.quick, a.requests)
+    m = measure(a.quick, a.requests, baseline_slots=a.baseline_slots or None)
     elapsed = time.perf_counter() - started
     r = report(m)
     print(r["title"])

@@ -125,14 +125,28 @@ def base_budgets(frontier: list[float]) -> list[float]:
 
 # ---- one tree's app -------------------------------------------------------------------------------
 
-def write_tree_configs(tree: Path, work: Path, store: Path, a: argparse.Namespace) -> Path:
+def parse_slots(items: list[str], names: list[str]) -> dict[str, int]:
+    """--slots NAME=N: a tree's decode_slots override (the same path may be given twice under two
+    names, e.g. --trees one=.after two=.after --slots one=1 two=2)."""
+    out = {}
+    for item in items:
+        name, sep, n = item.partition("=")
+        if not sep or name not in names or not n.isdigit() or not 1 <= int(n) <= 4:
+            raise SystemExit(f"--slots {item!r}: expected NAME=N with NAME one of {names} and N in 1..4")
+        out[name] = int(n)
+    return out
+
+
+def write_tree_configs(tree: Path, work: Path, store: Path, a: argparse.Namespace, slots: int | None = None) -> Path:
     """gpu_serve_engine.write_configs for the graph engine, read from the tree's own YAML files (a
-    tree's config models forbid fields another tree may have added)."""
+    tree's config models forbid fields another tree may have added); `slots` sets decode_slots."""
     serving = yaml.safe_load((tree / "configs/serving_h100.yaml").read_text())
     serving["controller"]["store"] = str(store)
     options = serving["model"]["backend_options"]
     options.pop("checkpoint", None)
     options.update(preset=a.preset, engine="graph", device=a.device)
+    if slots is not None:
+        options["decode_slots"] = slots
     serving["controller"]["feedback"]["auto"]["enabled"] = False  # one table for the whole run
     (work / "serving.yaml").write_text(yaml.safe_dump(serving))
     deploy = yaml.safe_load((tree / "deploy/serve_h100.yaml").read_text())
@@ -453,7 +467,9 @@ def run_tree(name: str, tree: Path, a: argparse.Namespace, table: Path, result: 
     store = work / "store"
     log = Path(a.out) / "gpu_streams_build.log"
     publish(tree, table, store, log)
-    cfg = write_tree_configs(tree, work, store, a)
+    slots = a.slots_by_tree.get(name)
+    res["decode_slots"] = slots
+    cfg = write_tree_configs(tree, work, store, a, slots)
     gpu = a.device.startswith("cuda")
     phase(f"[{name}] start the app from {tree} (commit {res['commit']}, sources {res['digest']})")
     t = time.time()
@@ -538,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--trees", nargs="+", default=["after=."], metavar="NAME=PATH")
+    p.add_argument("--slots", nargs="*", default=[], metavar="NAME=N",
+                   help="a tree's decode_slots (moe.engine), overriding its configs/serving_h100.yaml")
     p.add_argument("--rates", nargs="+", type=float, default=[0.25, 0.5, 0.75], help="fractions of the capacity")
     p.add_argument("--rates_of", choices=["own", "first"], default="own",
                    help="each tree's own capacity, or the first tree's for every tree (equal absolute load)")
@@ -579,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     gse.PORT = a.port  # gse.post and gse.wait_healthy read it at each call
     sys.setswitchinterval(0.001)  # many client threads: a reply's thread should not wait 5 ms for the GIL
     trees = parse_trees(a.trees)
+    # refused before any device time is spent
+    a.slots_by_tree = parse_slots(a.slots, [name for name, _ in trees])
     out, work = Path(a.out), Path(a.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
