@@ -3,20 +3,22 @@
     python -m bench.bench_pair_switch [--requests N] [--out rows.json]
 
 The H100 runs of bench.gpu_streams missed budgets where late binding switched the device from one
-(top_k, num_active_blocks) pair to another: the engine runs one decode batch at a time, so a switch
-waits for the running batch to drain and then holds the running pair's newcomers for its whole
+(top_k, num_active_blocks) pair to another: the engine ran one decode batch at a time, so a switch
+waited for the running batch to drain and then holds the running pair's newcomers for its whole
 call (93 ms median wait against 23 for the running pair, docs/BENCHMARKS.md). The simulated model
-runs the same device (serving.replica.device: one decode batch at a time, newcomers of its pair join
+runs the same device (serving.replica.device: one decode batch per slot, newcomers of its pair join
 between steps, prefills one after another), so this bench reproduces that on the CPU with an
 H100-like table: first tokens 14-55 ms, decode 4 ms a token, 8 tokens a request.
 
-Two apps in one local Serve, the shipped CPU config with the H100 config's batching (8 a batch, no
-wait), differing only in `model.pair_switch_min_gain` (unset / 0.03). Budgets: four points across
-the frontier plus the idle overhead allowance. Capacity: closed loop on the first app. Then, per
-load (25 / 50 / 75% of it), the same Poisson arrivals (half streamed through the openai client,
-half /v1/generate) on each app, in alternating order. Per app: feasible share, attainment of the
-client-seen first token among the feasible-flagged, mean expected accuracy, and how often the knob
-pair changed between consecutive requests (in arrival order) and late binding kept a pair.
+Four apps in one local Serve, the shipped CPU config with the H100 config's batching (8 a batch, no
+wait), differing in `model.pair_switch_min_gain` (unset / 0.10), `model.rebind_on_device`, and, for
+"both-1slot", a device of one decode slot (the shipped CPU config holds two: `decode_slots`).
+Budgets: four points across the frontier plus the idle overhead allowance. Capacity: closed loop on
+the first app. Then, per load (25 / 50 / 75% of it), the same Poisson arrivals (half streamed
+through the openai client, half /v1/generate) on each app, in alternating order. Per app: feasible
+share, attainment of the client-seen first token among the feasible-flagged, mean expected accuracy,
+and how often the knob pair changed between consecutive requests (in arrival order) and late binding
+kept a pair.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ from bench.stream_load import as_dicts, open_loop, plan, summarize
 
 LOADS = (0.25, 0.50, 0.75)
 MAX_NEW_TOKENS = 8
-# model.pair_switch_min_gain, model.rebind_on_device
-APPS = {"off": (None, False), "affinity": (0.10, False), "both": (0.10, True)}
+# model.pair_switch_min_gain, model.rebind_on_device, decode_slots (None: the shipped config's)
+APPS: dict[str, tuple[float | None, bool, int | None]] = {
+    "off": (None, False, None), "affinity": (0.10, False, None), "both": (0.10, True, None),
+    "both-1slot": (0.10, True, 1)}
 DECODE_MS_PER_TOKEN = 4.0
 H100 = __import__("yaml").safe_load((SHIPPED.parent / "serving_h100.yaml").read_text())
 
@@ -52,15 +56,16 @@ def h100_like_table(samples: int = 200, jitter: float = 0.05) -> Any:
                       DECODE_MS_PER_TOKEN * MAX_NEW_TOKENS, "bench_pair_switch", samples, jitter)
 
 
-def app_config(store: str, knobs: tuple[float | None, bool]) -> Any:
+def app_config(store: str, knobs: tuple[float | None, bool, int | None]) -> Any:
     from serving.config import ServingConfig, load_config
 
     shipped = load_config(SHIPPED).model_dump(mode="json")
+    slots = {"decode_slots": knobs[2]} if knobs[2] is not None else {}
     return ServingConfig.model_validate(_merge(shipped, {
         "controller": {"store": store, "poll_interval_s": 0.25},
         "model": {
             "backend_options": {"latency_source": "table", "latency_scale": 1.0, "jitter_sigma": 0.05,
-                                "decode": "per_token", "seed": 0},
+                                "decode": "per_token", "seed": 0, **slots},
             "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0},
             "scheduling": "deadline", "blocking_miss_budget": H100["model"]["blocking_miss_budget"],
             "pair_switch_min_gain": knobs[0], "rebind_on_device": knobs[1],
@@ -174,6 +179,13 @@ def report(m: dict[str, Any]) -> dict[str, Any]:
             "baseline_name": "neither setting, same arrivals, same run", "goal": f">= {100 * GOAL_ATTAINMENT:g}%",
             "passed": None if math.isnan(att) else att >= GOAL_ATTAINMENT,
         })
+        if "both-1slot" in by:
+            figures.append({
+                "name": f"{100 * load:.0f}% load, the same on a device of one decode slot",
+                "value": fig(by["both-1slot"]), "unit": "", "baseline": fig(by["both"]),
+                "baseline_name": "the shipped device's slots, same arrivals, same run", "goal": "info",
+                "passed": None,
+            })
     return {"title": "Knob-pair switches on one device: pair affinity and device rebinding (issue 17)",
             "figures": figures,
             "notes": [f"capacity {m['capacity_rps']:.1f} req/s, budgets {m['budgets']} ms, "
