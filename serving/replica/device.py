@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from controller.knobs import Knobs
 from serving.replica.backends.base import Backend, ModelOutput, ModelRequest, OnText, Session
-from serving.replica.device_schedule import Queued, in_order, interleaved, leaves_room, starts, wait_ms
+from serving.replica.device_schedule import Queued, in_order, interleaved, lanes, leaves_room, starts, wait_ms
 
 log = logging.getLogger("ray.serve")
 
@@ -117,7 +117,7 @@ class DeviceView:
     @property
     def lanes(self) -> list[float]:
         """Ms until each decode slot can open a batch: a running batch's drain, 0 for a free slot."""
-        return [r.drain_ms for r in self.running] + [0.0] * max(0, self.max_sessions - len(self.running))
+        return lanes([r.drain_ms for r in self.running], self.max_sessions)
 
     def wait_ms(self, knobs: Knobs, first_ms: float = 0.0, tokens: int = 0) -> float:
         """Device.wait_ms, on this read."""
@@ -347,7 +347,7 @@ class Device:
 
     def _lanes(self) -> list[float]:
         """Ms until each of the backend's slots can open a session (0: free now)."""
-        return self._drains() + [0.0] * max(0, self.backend.max_sessions - len(self._sessions))
+        return lanes(self._drains(), self.backend.max_sessions)
 
     def _publish(self) -> None:
         running = tuple(Running(s.knobs.pair, ms, s.remaining_steps)

@@ -67,6 +67,12 @@ def interleaved(running: Sequence[tuple[float, int]]) -> list[float]:
             for ms, si in running]
 
 
+def lanes(drains: Sequence[float], slots: int) -> list[float]:
+    """Ms until each of a device's `slots` can open a batch: the running batches' `drains`, 0 for
+    each free slot."""
+    return [*drains, *[0.0] * max(0, slots - len(drains))]
+
+
 def _first_free(free: list[float]) -> int:
     return min(range(len(free)), key=free.__getitem__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from serving.replica.device_schedule import Queued, in_order, interleaved, leaves_room, starts, wait_ms
+from serving.replica.device_schedule import Queued, in_order, interleaved, lanes, leaves_room, starts, wait_ms
 
 A, B, C = (4, 12), (8, 16), (6, 14)
 
@@ -56,6 +56,8 @@ def test_batches_stepped_in_turn_drain_at_the_pace_of_all_of_them() -> None:
     assert interleaved([(200.0, 100)]) == [200.0]
     assert interleaved([]) == []
     assert interleaved([(0.0, 0), (40.0, 4)]) == [0.0, 40.0]
+    # a device's slots: the running batches' drains, then 0 for each free slot
+    assert lanes([250.0], 2) == [250.0, 0.0] and lanes([250.0], 1) == [250.0] and lanes([], 2) == [0.0, 0.0]
 
 
 def test_with_two_lanes_a_waiting_batch_opens_in_the_lane_that_frees_first() -> None:
