@@ -26,7 +26,9 @@ controller and the HTTP ingress read them, not only the replicas.
   the ingress handle. One more: Ray 2.60's direct ingress decodes that header as strict UTF-8 and
   answers 500 to other bytes, before our doors can refuse the value with a 400;
   `keep_undecodable_session_header` (called where the HTTP-facing replicas build their Resolver: the
-  doors of either topology, the ReplicaChooser) makes it keep them instead.
+  doors of either topology, the ReplicaChooser) makes it keep them instead. The same entry decodes
+  `x-request-id` and Serve's multiplexed-model-id header as strict UTF-8 too;
+  `refuse_undecodable_serve_headers` (called beside it) answers those with a 400 naming the header.
 
 bench/bench_overhead_paths.py measures this path against Serve's default one and against a no-op
 app on the same settings (docs/architecture.md, "Serving path").
@@ -35,10 +37,12 @@ app on the same settings (docs/architecture.md, "Serving path").
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 FAST_PATH_ENV: Mapping[str, str] = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -118,3 +122,56 @@ def keep_undecodable_session_header() -> None:
         return ""
 
     names["parse_session_id_header"] = parse
+
+
+# Headers Ray 2.60's direct ingress decodes as strict UTF-8 before any code of ours runs (a 500 for
+# other bytes), lower-case, "-" and "_" alike: the request id and the multiplexed model id.
+SERVE_UTF8_HEADERS = frozenset({"x_request_id", "serve_multiplexed_model_id"})
+
+
+def undecodable_serve_header(headers: list[tuple[bytes, bytes]]) -> tuple[str, bytes] | None:
+    """The first of SERVE_UTF8_HEADERS in an ASGI scope's `headers` whose value is not UTF-8: (its
+    name as sent, its value), else None."""
+    for key, value in headers:
+        name = key.decode("latin-1")
+        if name.lower().replace("-", "_") in SERVE_UTF8_HEADERS:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                return name, value
+    return None
+
+
+def refuse_undecodable_serve_headers() -> None:
+    """In this replica process, answer a request whose x-request-id (or Serve's multiplexed model id
+    header) is not UTF-8 with a 400 that names the header, before Ray 2.60's direct ingress decodes
+    it and answers 500. Idempotent; a Ray without that entry (another version) is left alone."""
+    try:
+        from ray.serve._private import replica
+    except ImportError:
+        return
+    cls = getattr(replica, "Replica", None)
+    original = getattr(cls, "_direct_ingress_asgi", None)
+    if cls is None or original is None:
+        logging.getLogger("ray.serve").info("fast_path: no direct-ingress entry to guard in this Ray")
+        return
+    if getattr(original, "_refuses_undecodable", False):
+        return
+
+    async def guarded(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        bad = undecodable_serve_header(scope.get("headers") or []) if scope.get("type") == "http" else None
+        if bad is None:
+            await original(self, scope, receive, send)
+            return
+        from serving.errors import BadInput
+
+        # The field is our canonical name for the header, never the client's spelling of it.
+        field = "x-request-id" if bad[0].lower().replace("-", "_") == "x_request_id" else "serve_multiplexed_model_id"
+        error = BadInput(field, bad[1], "is not UTF-8", "a header value of UTF-8 text (or no such header)")
+        body = json.dumps(error.to_dict()).encode()
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    guarded._refuses_undecodable = True  # type: ignore[attr-defined]
+    cls._direct_ingress_asgi = guarded

@@ -16,7 +16,7 @@ from controller.errors import UnknownDatasetError
 from controller.ladder import Rung, ladder
 from serving.config import ControllerSettings, FallbackSettings
 from serving.errors import BadInput
-from serving.fast_path import keep_undecodable_session_header
+from serving.fast_path import keep_undecodable_session_header, refuse_undecodable_serve_headers
 from serving.ingress.answer import Answer
 
 log = logging.getLogger("ray.serve")
@@ -135,8 +135,10 @@ class Resolver:
     def __init__(self, controller: Any, settings: ControllerSettings, fallback: FallbackSettings) -> None:
         # Every replica of ours that takes HTTP (the doors of either topology, the ReplicaChooser)
         # reads budgets through one Resolver: the budget header is Serve's session header on the
-        # fast path, which Ray 2.60 would refuse with a 500 for bytes that are not UTF-8.
+        # fast path, which Ray 2.60 would refuse with a 500 for bytes that are not UTF-8, as it would
+        # a request id or multiplexed model id that is not UTF-8 (those get a 400 naming them).
         keep_undecodable_session_header()
+        refuse_undecodable_serve_headers()
         self.controller, self.settings, self.fallback = controller, settings, fallback
         self.local = LocalTable(controller, watch_timeout_s=max(1.0, 4 * settings.poll_interval_s))
         self.ladders = LadderCache()

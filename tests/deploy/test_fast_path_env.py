@@ -43,3 +43,14 @@ def test_the_forwarded_header_is_the_shipped_budget_header() -> None:
     for name in ("serving_local.yaml", "serving_h100.yaml"):
         budget = load_config(ROOT / "configs" / name).headers.budget
         assert FAST_PATH_ENV["RAY_SERVE_SESSION_ID_HEADER_KEY"] == budget.lower(), name
+
+
+def test_the_serve_headers_decoded_as_utf8_are_found_in_any_spelling() -> None:
+    from serving.fast_path import undecodable_serve_header
+
+    assert undecodable_serve_header([(b"x-request-id", "caf\u00e9".encode())]) is None
+    assert undecodable_serve_header([(b"X-Request-ID", b"\xff")]) == ("X-Request-ID", b"\xff")
+    model_id = "serve-multiplexed-model-id"
+    assert undecodable_serve_header([(model_id.encode(), b"\xe9")]) == (model_id, b"\xe9")
+    assert undecodable_serve_header([(b"x-latency-budget-ms", b"\xff"), (b"x-other", b"\xff")]) is None
+    assert undecodable_serve_header([]) is None

@@ -152,6 +152,23 @@ def test_strict_policy_edge_cases_and_bad_policy(apps: dict[str, Any]) -> None:
     assert stats["router"]["bad_requests_by_reason"].get(POLICY, 0) >= 3
 
 
+def test_serve_headers_that_are_not_utf8_are_a_400_naming_them(apps: dict[str, Any]) -> None:
+    """Ray's direct ingress decodes x-request-id and the multiplexed model id as strict UTF-8 before
+    our doors run, and answered 500 to other bytes (serving.fast_path.refuse_undecodable_serve_headers)."""
+    with httpx.Client(base_url=f"{apps['base']}/qaware", timeout=30) as c:
+        for name, field in (("x-request-id", "x-request-id"), ("X-Request-Id", "x-request-id"),
+                            ("serve_multiplexed_model_id", "serve_multiplexed_model_id")):
+            for bad in (b"\xff\xfe\x80", "\u00e9".encode("latin-1")):
+                r = c.post("/v1/generate", json={"prompt": "hi"}, headers={BUDGET: b"100", name: bad})
+                assert r.status_code == 400, (name, bad, r.status_code, r.text)
+                err = r.json()["error"]
+                assert err["field"] == field and "UTF-8" in err["accepted"], err
+        utf8_id = "caf\u00e9-1".encode()
+        ok = c.post("/v1/generate", json={"prompt": "hi"}, headers={BUDGET: "100", "x-request-id": utf8_id})
+        assert ok.status_code == 200, ok.text  # UTF-8 beyond ASCII is a request id like any other
+        assert c.get("/v1/stats").status_code == 200  # the replica still serves
+
+
 def test_drift_publishes_recalibrated_table_and_rollback_holds(
     serve_port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
