@@ -24,7 +24,7 @@ the ReplicaChooser, which runs the budget-aware request router on the replicas' 
    Beside it, what the doors flagged feasible and the requests that met their budget per second:
    a policy that flags less feasible passes the goal more easily.
 
-Prints a table and writes the section SECTION at the end of docs/BENCHMARKS.md (replaced if there).
+Prints a table and writes the section SECTION at the end of docs/BENCHMARKS.latest.md (replaced if there).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from bench.stream_load import Row, as_dicts, generate, open_loop, plan, summariz
 
 SECTION = "Replica choice across replicas (issue 20), CPU"
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "BENCHMARKS.md"
+DOC = ROOT / "docs" / "BENCHMARKS.latest.md"  # as bench_streams: never the record
 POLICIES = ("haproxy", "chooser")  # app names: HAProxy's leastconn, the budget-aware chooser
 REPLICAS, SLOW = 3, {1: 2.0}
 MAX_NEW_TOKENS = 16

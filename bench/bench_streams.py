@@ -15,7 +15,7 @@ the share the router flagged feasible (X-Budget-Feasible), attainment of the cli
 among those (goal >= 99%), mean expected accuracy of the chosen knobs.
 Scenario 2: the same non-streamed arrivals at 50%, alone and beside two long streams (512 tokens,
 restarted when they end): feasible share and mean expected accuracy should move by at most 5%.
-Prints a table and writes the section SECTION of docs/BENCHMARKS.md (replaced if there).
+Prints a table and writes the section SECTION of docs/BENCHMARKS.latest.md (replaced if there).
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ MAX_NEW_TOKENS = 16
 LONG_STREAMS, LONG_TOKENS = 2, 512
 SECTION = "Streams and non-streams, open loop (issue 17)"
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "BENCHMARKS.md"
+# The generated report (bench.run_all's file), never docs/BENCHMARKS.md: a section written there
+# replaces everything up to the next "## ", runs recorded under it by hand included.
+DOC = ROOT / "docs" / "BENCHMARKS.latest.md"
 SHIPPED = ROOT / "configs" / "serving_local.yaml"
 
 

@@ -1,4 +1,4 @@
-"""docs/BENCHMARKS.md from the results of every benchmark in one run.
+"""docs/BENCHMARKS.latest.md from the results of every benchmark in one run.
 
 Each benchmark module exposes `run(quick: bool) -> dict` returning this shape (JSON-able):
 

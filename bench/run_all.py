@@ -1,6 +1,6 @@
-"""Run every benchmark under bench/ and write docs/BENCHMARKS.md (what `make bench` calls).
+"""Run every benchmark under bench/ and write docs/BENCHMARKS.latest.md (what `make bench` calls).
 
-    python -m bench.run_all [--quick] [--only bench_library bench_build] [--out docs/BENCHMARKS.md]
+    python -m bench.run_all [--quick] [--only bench_library bench_build] [--out docs/BENCHMARKS.latest.md]
 
 Each benchmark runs in its own interpreter (its imports, memory and a crash stay its own) under a
 time limit; a missing, failing or slow one is reported in the doc and never stops the run. The whole
@@ -49,6 +49,11 @@ ROOT = Path(__file__).resolve().parent.parent
 EXIT_MISSING, EXIT_NO_RUN = 3, 4
 
 
+# Its own file, rewritten whole each run: docs/BENCHMARKS.md is the record of named runs (GPU runs
+# among them) that no tool rewrites, so that `make bench` can never erase one.
+DEFAULT_OUT = ROOT / "docs" / "BENCHMARKS.latest.md"
+
+
 def _child(module: str, quick: bool, result_path: str) -> int:
     """Inside the benchmark's own interpreter: import, run, write the dict as JSON."""
     try:
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smaller inputs and fewer rounds in every benchmark")
     p.add_argument("--only", nargs="+", default=None, help="benchmark module names (bench_library or bench.x)")
-    p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
