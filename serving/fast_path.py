@@ -29,6 +29,8 @@ controller and the HTTP ingress read them, not only the replicas.
   doors of either topology, the ReplicaChooser) makes it keep them instead. The same entry decodes
   `x-request-id` and Serve's multiplexed-model-id header as strict UTF-8 too;
   `refuse_undecodable_serve_headers` (called beside it) answers those with a 400 naming the header.
+  Both replace Ray internals (`replica.parse_session_id_header`, `Replica._direct_ingress_asgi`),
+  to be checked at each Ray upgrade; each leaves a Ray without them alone and says so in the log.
 
 bench/bench_overhead_paths.py measures this path against Serve's default one and against a no-op
 app on the same settings (docs/architecture.md, "Serving path").
