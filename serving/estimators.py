@@ -60,3 +60,8 @@ class TimedWindow:
         if now is not None:
             self.expire(now)
         return [v for _, v in self._items]
+
+    @property
+    def newest(self) -> float | None:
+        """When the newest sample in the window was added (None: the window is empty)."""
+        return self._items[-1][0] if self._items else None
