@@ -31,10 +31,11 @@ baseline the graphs are compared against), so both modes compute the same number
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -188,6 +189,11 @@ class GenerationEngine:
         self.max_batch = o.decode_buckets[-1]
         self.context = o.max_prompt_tokens + o.max_new_tokens
         self._lock = threading.RLock()
+        # Captures waiting for the lock: the caller that runs batches (serving.replica.device) opens
+        # and joins none while one waits, so that its batches drain and the capture gets its turn
+        # (joins would otherwise keep a batch, and so the lock, alive for as long as traffic lasts).
+        self._captures_waiting = 0
+        self._waiting_lock = threading.Lock()
         self._graphs: dict[tuple[Any, ...], torch.cuda.CUDAGraph] = {}
         self._ready: set[Pair] = set()  # pairs whose graphs are all captured (or, eager, dry-run)
         self._disabled: dict[Pair, str] = {}
@@ -300,19 +306,19 @@ class GenerationEngine:
         # The lock is taken per pair, not for the whole capture: a replica that captures the new
         # configs of a reloaded table keeps serving between pairs.
         with torch.inference_mode():
-            with self._lock:
+            with self._exclusive():
                 if self.use_graphs:
                     for n in counts:
                         self._capture(("vision", n), partial(self._vision_step, n), ForwardKnobs())
             for pair in pairs:
                 try:
                     self.runner.validate(Knobs("low", *pair))
-                    with self._lock:
+                    with self._exclusive():
                         self._prepare_pair(pair)
                         self._ready.add(pair)
                     self.report.pairs.append(pair)
                 except Exception as e:  # noqa: BLE001 - any failure disables this pair only
-                    with self._lock:
+                    with self._exclusive():
                         self._drop_pair(pair)
                     reason = f"{'capture' if self.use_graphs else 'dry run'} failed: {type(e).__name__}: {e}"
                     self._disabled[pair] = reason[:300]
@@ -325,6 +331,26 @@ class GenerationEngine:
         self.report.seconds += time.perf_counter() - started
         log.info("engine: %s", self.report.to_dict())
         return self.report
+
+    @property
+    def capture_waiting(self) -> bool:
+        """A capture (or dry run) waits for the batches to let go of the engine."""
+        return self._captures_waiting > 0
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The engine's lock for a capture, announced while it is awaited (`capture_waiting`)."""
+        with self._waiting_lock:
+            self._captures_waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._waiting_lock:
+                self._captures_waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _prepare_pair(self, pair: Pair) -> None:
         fk = self.runner.forward_knobs(Knobs("low", *pair))

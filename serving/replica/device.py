@@ -232,6 +232,12 @@ class Device:
         running session, but only if it ends within the steps that session has left anyway and its
         prefill, which runs at once, leaves every waiting group that can still be met still met:
         joins must not keep the running batch alive past the promise made to the waiting pair."""
+        if self.backend.preparing():
+            # A graph capture waits for the engine: let the running batches drain (no joins, no
+            # new batches) so that it gets its turn; the work waits, then joins as usual.
+            if not self._sessions:
+                time.sleep(0.001)  # the capture is taking the engine: do not spin meanwhile
+            return
         still: list[Work] = []  # could not be placed, in the order taken
         now = time.monotonic()
         snapshot = [w.queued(now) for w in self._waiting]

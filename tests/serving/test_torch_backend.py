@@ -199,3 +199,42 @@ def test_two_decode_slots_run_a_second_pair_beside_a_running_stream_through_the_
     (alone_long,) = two.generate_batch(stream, [ModelRequest("a long stream", 60)])
     (alone_short,) = two.generate_batch(short, [ModelRequest("a short one", 3)])
     assert long_text == alone_long.text and short_text == alone_short.text
+
+
+def test_a_capture_gets_the_engine_while_traffic_keeps_a_batch_alive() -> None:
+    """Newcomers keep joining the running batch, so it never drains on its own and the engine's
+    lock is never free; a preparation (a newly published table's pair) announces itself, the device
+    stops joining until the batch drains, the preparation runs, and the traffic goes on."""
+    import asyncio
+    import threading
+    import time
+
+    from serving.replica.device import Device
+
+    backend = TorchBackend(preset="tiny", max_batch_size=4, max_new_tokens=64, warmup=False)
+    knobs, new = Knobs("low", 4, 12), Knobs("low", 8, 16)
+    backend.prepare([knobs])
+    prepared_after: list[float] = []
+
+    async def run() -> list[int]:
+        device = Device(backend)
+        started = time.monotonic()
+
+        def prepare() -> None:
+            backend.prepare([new])
+            prepared_after.append(time.monotonic() - started)
+
+        futures = []
+        for i in range(40):  # a join every 25 ms, 12 tokens each: the batch never empties on its own
+            futures.append(device.submit(knobs, [ModelRequest(f"request {i}", 12)], [None]))
+            if i == 8:
+                threading.Thread(target=prepare, daemon=True).start()
+            await asyncio.sleep(0.025)
+        outs = [await f for f in futures]
+        device.stop()
+        return [o[0][0].output_tokens for o in outs]
+
+    tokens = asyncio.run(run())
+    assert prepared_after and prepared_after[0] < 5.0, prepared_after  # it did not wait for the traffic
+    assert backend.engine.is_ready(new)
+    assert tokens == [12] * 40  # every request was answered, before and after the capture

@@ -136,6 +136,11 @@ class Backend(Protocol):
         """The part of a call of `service_ms` that the table's latency describes."""
         ...
 
+    def preparing(self) -> bool:
+        """True while `prepare` waits for the device: the device then opens and joins no batch, so
+        that its batches drain and the preparation gets its turn."""
+        ...
+
     def prepare(self, configs: list[Knobs]) -> dict[str, Any]:
         """Make `configs` ready to serve (idempotent); a report for engine_stats."""
         ...

@@ -169,6 +169,9 @@ class SimulatedBackend:
     def prepare(self, configs: list[Knobs]) -> dict[str, Any]:
         return {}
 
+    def preparing(self) -> bool:
+        return False
+
     def stats(self) -> dict[str, Any]:
         return {}
 

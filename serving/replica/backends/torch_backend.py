@@ -127,6 +127,9 @@ class TorchBackend:
             freeze_heap()
         return report.to_dict()
 
+    def preparing(self) -> bool:
+        return bool(self.engine.capture_waiting)
+
     def stats(self) -> dict[str, Any]:
         return {"engine": self.engine.report.to_dict()}
 
