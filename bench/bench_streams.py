@@ -194,8 +194,8 @@ def measure(quick: bool = False, per_point: int | None = None, baseline_slots: i
         outside = sorted(r.latency_ms - r.router_ms for r in calib if r.status == 200 and r.router_ms is not None)
         proxy_ms = round(outside[int(0.99 * (len(outside) - 1))], 1)
 
-        run_routed(build_app_from_config(app_config(store, queue_aware=True, proxy_ms=proxy_ms)), http_port=port,
-                   name="s1", route_prefix="/s1")
+        shipped = app_config(store, queue_aware=True, proxy_ms=proxy_ms)
+        run_routed(build_app_from_config(shipped), http_port=port, name="s1", route_prefix="/s1")
         url = f"{base}/s1"
         asyncio.run(closed_loop(url, [250.0], concurrency=2, requests=20, max_new_tokens=MAX_NEW_TOKENS))
         warm = asyncio.run(_warm_streams(url, 250.0, 4))
@@ -221,37 +221,31 @@ def measure(quick: bool = False, per_point: int | None = None, baseline_slots: i
                                   **start, **summarize([r for r in got if r.kind == kind])})
 
         arrivals = plan(ISOLATION_FACTOR * requests, ISOLATION_LOAD * capacity, budgets, 0.0, seed=23)
-        start = settle(url, overhead, limit_s)
-        alone = asyncio.run(open_loop(url, arrivals, MAX_NEW_TOKENS))
-        start_beside = settle(url, overhead, limit_s)
-        beside, long = asyncio.run(open_loop_with_streams(url, arrivals, MAX_NEW_TOKENS, LONG_STREAMS, budgets[-1],
-                                                          LONG_TOKENS))
-        for name, got, st in (("alone", alone, start), ("beside long streams", beside, start_beside)):
-            rows += as_dicts(got, scenario=name, load=ISOLATION_LOAD)
-            summaries.append({"scenario": name, "load": ISOLATION_LOAD, "kind": GENERATE,
-                              "rate_rps": ISOLATION_LOAD * capacity, **st, **summarize(got)})
-        setup["long_streams"] = _long_summary(long)
-        setup["isolation_noise"] = paired_share_noise(alone, beside)
-        setup["decode_slots"] = app_config(store, queue_aware=True, proxy_ms=proxy_ms).model.backend_options.get(
-            "decode_slots", 1)
+
+        def isolation(app_url: str, tag: str) -> dict[str, Any]:
+            """The same arrivals alone, then beside the long streams; their rows and summaries are
+            filed under the scenario names + `tag`."""
+            start = settle(app_url, overhead, limit_s)
+            alone = asyncio.run(open_loop(app_url, arrivals, MAX_NEW_TOKENS))
+            start_beside = settle(app_url, overhead, limit_s)
+            beside, long = asyncio.run(open_loop_with_streams(app_url, arrivals, MAX_NEW_TOKENS, LONG_STREAMS,
+                                                              budgets[-1], LONG_TOKENS))
+            for name, got, st in (("alone", alone, start), ("beside long streams", beside, start_beside)):
+                rows.extend(as_dicts(got, scenario=name + tag, load=ISOLATION_LOAD))
+                summaries.append({"scenario": name + tag, "load": ISOLATION_LOAD, "kind": GENERATE,
+                                  "rate_rps": ISOLATION_LOAD * capacity, **st, **summarize(got)})
+            return {"long_streams": _long_summary(long), "isolation_noise": paired_share_noise(alone, beside)}
+
+        setup.update(isolation(url, ""))
+        setup["decode_slots"] = shipped.model.backend_options.get("decode_slots", 1)
         if baseline_slots is not None:
             run_routed(build_app_from_config(app_config(store, queue_aware=True, proxy_ms=proxy_ms,
                                                         decode_slots=baseline_slots)),
                        http_port=port, name="s2", route_prefix="/s2")
             url2 = f"{base}/s2"
             asyncio.run(closed_loop(url2, [250.0], concurrency=2, requests=20, max_new_tokens=MAX_NEW_TOKENS))
-            start = settle(url2, overhead, limit_s)
-            alone2 = asyncio.run(open_loop(url2, arrivals, MAX_NEW_TOKENS))
-            start_beside = settle(url2, overhead, limit_s)
-            beside2, long2 = asyncio.run(open_loop_with_streams(url2, arrivals, MAX_NEW_TOKENS, LONG_STREAMS,
-                                                                budgets[-1], LONG_TOKENS))
             tag = f" ({baseline_slots} slot{'s' if baseline_slots > 1 else ''})"
-            for name, got, st in (("alone", alone2, start), ("beside long streams", beside2, start_beside)):
-                rows += as_dicts(got, scenario=name + tag, load=ISOLATION_LOAD)
-                summaries.append({"scenario": name + tag, "load": ISOLATION_LOAD, "kind": GENERATE,
-                                  "rate_rps": ISOLATION_LOAD * capacity, **st, **summarize(got)})
-            setup["baseline"] = {"decode_slots": baseline_slots, "tag": tag, "long_streams": _long_summary(long2),
-                                 "isolation_noise": paired_share_noise(alone2, beside2)}
+            setup["baseline"] = {"decode_slots": baseline_slots, "tag": tag, **isolation(url2, tag)}
             serve.delete("s2")
         try:
             setup["router_stats"] = httpx.get(f"{url}/v1/stats", timeout=5).json()
@@ -291,32 +285,27 @@ def tables(m: dict[str, Any]) -> list[str]:
                      f"{_pct(s['feasible_share'])} | {_pct(s['attainment_when_feasible'])} | {s['feasible_missed']} | "
                      f"{_pct(s['attainment'])} | {s['mean_expected_accuracy']:.3f} | "
                      f"{s['first_token_p50_ms']:.0f} / {s['first_token_p99_ms']:.0f} |")
-    alone, beside = _pick(m, "alone", GENERATE), _pick(m, "beside long streams", GENERATE)
-    lines += ["", f"| non-streamed at {100 * ISOLATION_LOAD:.0f}% load | flagged feasible | met, of feasible | "
-              "mean exp. acc | first token p50 / p99 ms | proxy + client p50 ms |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += _isolation_table(m, "", f"non-streamed at {100 * ISOLATION_LOAD:.0f}% load", _share_noise(m))
+    base = m["setup"].get("baseline")
+    if base:
+        lines += _isolation_table(m, base["tag"], f"baseline{base['tag']}, same arrivals",
+                                  float(base.get("isolation_noise", math.nan)))
+    return lines
+
+
+def _isolation_table(m: dict[str, Any], tag: str, heading: str, noise: float) -> list[str]:
+    """The isolation scenario of the app whose scenario names end in `tag`: alone, beside the long
+    streams, and the relative change."""
+    alone, beside = _pick(m, "alone" + tag, GENERATE), _pick(m, "beside long streams" + tag, GENERATE)
+    lines = ["", f"| {heading} | flagged feasible | met, of feasible | mean exp. acc | "
+             "first token p50 / p99 ms | proxy + client p50 ms |", "| --- | --- | --- | --- | --- | --- |"]
     for name, s in (("alone", alone), (f"beside {LONG_STREAMS} long streams", beside)):
         lines.append(f"| {name} | {_pct(s['feasible_share'])} | {_pct(s['attainment_when_feasible'])} | "
                      f"{s['mean_expected_accuracy']:.3f} | {s['first_token_p50_ms']:.0f} / "
                      f"{s['first_token_p99_ms']:.0f} | {s['outside_router_p50_ms']:.1f} |")
     fs = _rel(beside["feasible_share"], alone["feasible_share"])
     acc = _rel(beside["mean_expected_accuracy"], alone["mean_expected_accuracy"])
-    lines.append(f"| relative change | {_pct(fs)} (chance alone: +-{_pct(_share_noise(m))}) | | "
-                 f"{_pct(acc)} | | |")
-    base = m["setup"].get("baseline")
-    if base:
-        tag = base["tag"]
-        a2, b2 = _pick(m, "alone" + tag, GENERATE), _pick(m, "beside long streams" + tag, GENERATE)
-        lines += ["", f"| baseline{tag}, same arrivals | flagged feasible | met, of feasible | mean exp. acc | "
-                  "first token p50 / p99 ms | proxy + client p50 ms |", "| --- | --- | --- | --- | --- | --- |"]
-        for name, s2 in (("alone", a2), (f"beside {LONG_STREAMS} long streams", b2)):
-            lines.append(f"| {name} | {_pct(s2['feasible_share'])} | {_pct(s2['attainment_when_feasible'])} | "
-                         f"{s2['mean_expected_accuracy']:.3f} | {s2['first_token_p50_ms']:.0f} / "
-                         f"{s2['first_token_p99_ms']:.0f} | {s2['outside_router_p50_ms']:.1f} |")
-        noise = float(base.get("isolation_noise", math.nan))
-        lines.append(f"| relative change | {_pct(_rel(b2['feasible_share'], a2['feasible_share']))} (chance alone: "
-                     f"+-{_pct(noise)}) | | "
-                     f"{_pct(_rel(b2['mean_expected_accuracy'], a2['mean_expected_accuracy']))} | | |")
+    lines.append(f"| relative change | {_pct(fs)} (chance alone: +-{_pct(noise)}) | | {_pct(acc)} | | |")
     return lines
 
 

@@ -127,8 +127,13 @@ def keep_undecodable_session_header() -> None:
 
 
 # Headers Ray 2.60's direct ingress decodes as strict UTF-8 before any code of ours runs (a 500 for
-# other bytes), lower-case, "-" and "_" alike: the request id and the multiplexed model id.
-SERVE_UTF8_HEADERS = frozenset({"x_request_id", "serve_multiplexed_model_id"})
+# other bytes), by their name lower-case with "-" as "_", and the name an error calls them by (ours,
+# never the client's spelling): the request id and the multiplexed model id.
+SERVE_UTF8_HEADERS = {"x_request_id": "x-request-id", "serve_multiplexed_model_id": "serve_multiplexed_model_id"}
+
+
+def _normalized(name: str) -> str:
+    return name.lower().replace("-", "_")
 
 
 def undecodable_serve_header(headers: list[tuple[bytes, bytes]]) -> tuple[str, bytes] | None:
@@ -136,7 +141,7 @@ def undecodable_serve_header(headers: list[tuple[bytes, bytes]]) -> tuple[str, b
     name as sent, its value), else None."""
     for key, value in headers:
         name = key.decode("latin-1")
-        if name.lower().replace("-", "_") in SERVE_UTF8_HEADERS:
+        if _normalized(name) in SERVE_UTF8_HEADERS:
             try:
                 value.decode("utf-8")
             except UnicodeDecodeError:
@@ -167,9 +172,8 @@ def refuse_undecodable_serve_headers() -> None:
             return
         from serving.errors import BadInput
 
-        # The field is our canonical name for the header, never the client's spelling of it.
-        field = "x-request-id" if bad[0].lower().replace("-", "_") == "x_request_id" else "serve_multiplexed_model_id"
-        error = BadInput(field, bad[1], "is not UTF-8", "a header value of UTF-8 text (or no such header)")
+        error = BadInput(SERVE_UTF8_HEADERS[_normalized(bad[0])], bad[1], "is not UTF-8",
+                         "a header value of UTF-8 text (or no such header)")
         body = json.dumps(error.to_dict()).encode()
         await send({"type": "http.response.start", "status": 400,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
