@@ -13,6 +13,11 @@ The torch backend's sessions (moe.engine.DecodeBatch), graph engine:
    join); the device steps both in turn to the end. A's and B's tokens must equal (2).
 4. One slot: B must wait for A's batch to drain (its session cannot join); its first token after
    A's whole call, timed the same way.
+5. Whether the GPU itself repeats: A and B alone a second time (`alone_repeatable`). Where a text
+   differs, the index of its first differing character is recorded (`first_difference`). With
+   `--deterministic` the run uses torch's deterministic algorithms (the MoE's combine of experts
+   adds with atomics otherwise, in an order that changes from run to run; with random weights the
+   greedy choice between near-equal logits then flips).
 Writes DIR/gpu_slots_check.json and prints it; exit status 1 if a token differs.
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -41,6 +47,13 @@ def _backend(preset: str, device: str, slots: int) -> tuple[TorchBackend, dict[s
                                          "decode_slots": slots, "max_new_tokens": 512})
     report = backend.prepare([A_KNOBS, B_KNOBS])
     return backend, {**report, "build_and_prepare_s": round(time.perf_counter() - t0, 1)}
+
+
+def _first_difference(x: str, y: str) -> int | None:
+    """The index of the first character where two texts differ (None: equal)."""
+    if x == y:
+        return None
+    return next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
 
 
 def _side_by_side(backend: TorchBackend, a: ModelRequest, b: ModelRequest) -> dict[str, Any]:
@@ -84,11 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="olmoe-1b-7b")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--a_tokens", type=int, default=256)
+    ap.add_argument("--deterministic", action="store_true",
+                    help="torch's deterministic algorithms (to tell the engine's faults from atomics' order)")
     args = ap.parse_args(argv)
     if not 16 <= args.a_tokens <= 512:
         raise SystemExit(f"gpu_slots_check: error: --a_tokens={args.a_tokens} must be in [16, 512]")
+    if args.deterministic:
+        # cuBLAS reads this when its handle is made, so before the first GPU matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     card = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
-    out: dict[str, Any] = {"card": card, "preset": args.preset, "a": A_KNOBS.key, "b": B_KNOBS.key}
+    out: dict[str, Any] = {"card": card, "preset": args.preset, "a": A_KNOBS.key, "b": B_KNOBS.key,
+                           "deterministic": args.deterministic}
     a = ModelRequest("tell me a very long story about the sea", args.a_tokens)
     b = ModelRequest("what is shown?", 16)
 
@@ -113,8 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     (alone_a,) = two.generate_batch(A_KNOBS, [a])
     (alone_b,) = two.generate_batch(B_KNOBS, [b])
     side = _side_by_side(two, a, b)
+    (again_a,) = two.generate_batch(A_KNOBS, [a])
+    (again_b,) = two.generate_batch(B_KNOBS, [b])
     out.update({
         "tokens_equal_alone": side["a"].text == alone_a.text and side["b"].text == alone_b.text,
+        "alone_repeatable": again_a.text == alone_a.text and again_b.text == alone_b.text,
+        "first_difference": {
+            "a_side_by_side": _first_difference(side["a"].text, alone_a.text),
+            "b_side_by_side": _first_difference(side["b"].text, alone_b.text),
+            "a_alone_again": _first_difference(again_a.text, alone_a.text),
+            "b_alone_again": _first_difference(again_b.text, alone_b.text),
+            "a_chars": len(alone_a.text), "b_chars": len(alone_b.text),
+        },
         "a_tokens": side["a"].output_tokens, "b_tokens": side["b"].output_tokens,
         "b_alone_first_token_ms": round(alone_b.timings_ms["vision"] + alone_b.timings_ms["prefill"], 2),
         **{k: v for k, v in side.items() if k not in ("a", "b")},
