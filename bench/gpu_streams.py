@@ -212,6 +212,32 @@ def stop_app(proc: subprocess.Popen[bytes], gpu: bool) -> None:
                         "stop", "--force"], check=False, capture_output=True)
 
 
+def keep_ray_logs(dest: Path, logs: Path = Path("/tmp/ray/session_latest/logs"), per_file: int = 256 * 1024,
+                  total: int = 16 * 1024 * 1024) -> int:
+    """Copy the tail of this run's Ray logs (Serve's replica and proxy logs, the workers' stdout and
+    stderr, where the engine's capture and the device thread's warnings go) before the app stops:
+    the replica's side of a miss is read from them. Returns the bytes copied."""
+    if not logs.is_dir():
+        return 0
+    files = sorted(logs.glob("serve/*.log")) + sorted(logs.glob("worker-*.err")) + sorted(logs.glob("worker-*.out"))
+    copied = 0
+    for f in files:
+        try:
+            size = f.stat().st_size
+            if size == 0 or copied >= total:
+                continue
+            with f.open("rb") as src:
+                src.seek(max(0, size - per_file))
+                data = src.read(per_file)
+        except OSError:
+            continue
+        target = dest / f.relative_to(logs)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        copied += len(data)
+    return copied
+
+
 def wait_healthy(proc: subprocess.Popen[bytes], timeout_s: float) -> float:
     """gpu_serve_engine.wait_healthy, giving up at once when `serve run` has exited."""
     t0 = time.time()
@@ -538,6 +564,8 @@ def run_tree(name: str, tree: Path, a: argparse.Namespace, table: Path, result: 
                       f"{fmt(s['mean_expected_accuracy'])}, first token p50/p99 {fmt(s['first_token_p50_ms'])}/"
                       f"{fmt(s['first_token_p99_ms'])} ms, errors {s['errors']}")
             save()
+        if gpu:  # on the dedicated host only: elsewhere session_latest may be someone else's Ray
+            res["ray_logs_bytes"] = keep_ray_logs(Path(a.out) / f"ray_logs_{name}")
     except Exception as e:  # noqa: BLE001 - keep what this tree measured; the next tree still runs
         res["error"] = f"{type(e).__name__}: {e}"
         phase(f"[{name}] failed: {res['error']}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.gpu_streams import main
@@ -21,3 +23,20 @@ def test_a_decode_slots_override_that_names_no_tree_or_no_count_is_refused(
     with pytest.raises(SystemExit) as e:
         main(["--out", "/nonexistent", "--trees", "after=.", "--slots", bad])
     assert f"--slots {bad!r}" in str(e.value)
+
+
+def test_ray_logs_are_kept_as_bounded_tails(tmp_path: Path) -> None:
+    from bench.gpu_streams import keep_ray_logs
+
+    logs = tmp_path / "logs"
+    (logs / "serve").mkdir(parents=True)
+    (logs / "serve" / "replica_x.log").write_bytes(b"a" * 100 + b"END")
+    (logs / "worker-1.err").write_bytes(b"warning\n")
+    (logs / "worker-2.out").write_bytes(b"")  # empty: skipped
+    (logs / "raylet.out").write_bytes(b"not ours")  # not a Serve or worker log: skipped
+    dest = tmp_path / "kept"
+    assert keep_ray_logs(dest, logs, per_file=10) == 10 + 8
+    assert (dest / "serve" / "replica_x.log").read_bytes() == b"a" * 7 + b"END"  # the tail
+    assert (dest / "worker-1.err").read_bytes() == b"warning\n"
+    assert not (dest / "worker-2.out").exists() and not (dest / "raylet.out").exists()
+    assert keep_ray_logs(tmp_path / "none", tmp_path / "missing") == 0
