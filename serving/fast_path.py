@@ -43,7 +43,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 FAST_PATH_ENV: Mapping[str, str] = {
@@ -149,10 +149,19 @@ def undecodable_serve_header(headers: list[tuple[bytes, bytes]]) -> tuple[str, b
     return None
 
 
-def refuse_undecodable_serve_headers() -> None:
+# Told the field of each refusal, so that it counts with the doors' own 400s; the last caller's
+# (one ingress per replica process).
+_on_refusal: Callable[[str], None] | None = None
+
+
+def refuse_undecodable_serve_headers(on_refusal: Callable[[str], None] | None = None) -> None:
     """In this replica process, answer a request whose x-request-id (or Serve's multiplexed model id
     header) is not UTF-8 with a 400 that names the header, before Ray 2.60's direct ingress decodes
-    it and answers 500. Idempotent; a Ray without that entry (another version) is left alone."""
+    it and answers 500; `on_refusal(field)` is told of each. Idempotent; a Ray without that entry
+    (another version) is left alone."""
+    global _on_refusal
+    if on_refusal is not None:
+        _on_refusal = on_refusal
     try:
         from ray.serve._private import replica
     except ImportError:
@@ -174,6 +183,11 @@ def refuse_undecodable_serve_headers() -> None:
 
         error = BadInput(SERVE_UTF8_HEADERS[_normalized(bad[0])], bad[1], "is not UTF-8",
                          "a header value of UTF-8 text (or no such header)")
+        if _on_refusal is not None:
+            try:
+                _on_refusal(error.field)
+            except Exception:  # noqa: BLE001 - a counter must never cost the client its answer
+                logging.getLogger("ray.serve").exception("fast_path: counting a refused header failed")
         body = json.dumps(error.to_dict()).encode()
         await send({"type": "http.response.start", "status": 400,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

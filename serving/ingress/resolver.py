@@ -18,6 +18,7 @@ from serving.config import ControllerSettings, FallbackSettings
 from serving.errors import BadInput
 from serving.fast_path import keep_undecodable_session_header, refuse_undecodable_serve_headers
 from serving.ingress.answer import Answer
+from serving.telemetry.recorder import router_recorder
 
 log = logging.getLogger("ray.serve")
 
@@ -138,7 +139,7 @@ class Resolver:
         # fast path, which Ray 2.60 would refuse with a 500 for bytes that are not UTF-8, as it would
         # a request id or multiplexed model id that is not UTF-8 (those get a 400 naming them).
         keep_undecodable_session_header()
-        refuse_undecodable_serve_headers()
+        refuse_undecodable_serve_headers(on_refusal=router_recorder().bad_request)
         self.controller, self.settings, self.fallback = controller, settings, fallback
         self.local = LocalTable(controller, watch_timeout_s=max(1.0, 4 * settings.poll_interval_s))
         self.ladders = LadderCache()

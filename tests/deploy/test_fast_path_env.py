@@ -54,3 +54,43 @@ def test_the_serve_headers_decoded_as_utf8_are_found_in_any_spelling() -> None:
     assert undecodable_serve_header([(model_id.encode(), b"\xe9")]) == (model_id, b"\xe9")
     assert undecodable_serve_header([(b"x-latency-budget-ms", b"\xff"), (b"x-other", b"\xff")]) is None
     assert undecodable_serve_header([]) is None
+
+
+def test_a_refused_header_is_counted_and_a_failing_counter_still_answers_400() -> None:
+    """The guard on Ray's direct-ingress entry tells `on_refusal` the field; a counter that raises
+    is logged, and the client still gets its 400 (the e2e test covers the counted /v1/stats)."""
+    import asyncio
+    import json
+
+    from ray.serve._private.replica import Replica
+
+    from serving import fast_path
+
+    counted: list[str] = []
+    fast_path.refuse_undecodable_serve_headers(on_refusal=counted.append)
+    scope = {"type": "http", "headers": [(b"x-request-id", b"\xff\xfe")]}
+
+    def answer() -> list[dict[str, object]]:
+        sent: list[dict[str, object]] = []
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        async def receive() -> dict[str, object]:
+            raise AssertionError("the guard answers before reading the body")
+
+        asyncio.run(Replica._direct_ingress_asgi(None, scope, receive, send))
+        return sent
+
+    sent = answer()
+    assert counted == ["x-request-id"]
+    assert sent[0]["status"] == 400 and json.loads(sent[1]["body"])["error"]["field"] == "x-request-id"  # type: ignore[arg-type]
+
+    def broken(field: str) -> None:
+        raise RuntimeError("metrics backend down")
+
+    fast_path.refuse_undecodable_serve_headers(on_refusal=broken)
+    try:
+        assert answer()[0]["status"] == 400
+    finally:
+        fast_path.refuse_undecodable_serve_headers(on_refusal=counted.append)

@@ -166,7 +166,12 @@ def test_serve_headers_that_are_not_utf8_are_a_400_naming_them(apps: dict[str, A
         utf8_id = "caf\u00e9-1".encode()
         ok = c.post("/v1/generate", json={"prompt": "hi"}, headers={BUDGET: "100", "x-request-id": utf8_id})
         assert ok.status_code == 200, ok.text  # UTF-8 beyond ASCII is a request id like any other
-        assert c.get("/v1/stats").status_code == 200  # the replica still serves
+        stats = c.get("/v1/stats")
+        assert stats.status_code == 200  # the replica still serves
+        # counted with the doors' own 400s, by the header's name (4 refusals of each request id
+        # spelling, 2 of the model id), on the one replica of this app
+        bad = stats.json()["router"]["bad_requests_by_reason"]
+        assert bad.get("x-request-id") == 4 and bad.get("serve_multiplexed_model_id") == 2, bad
 
 
 def test_drift_publishes_recalibrated_table_and_rollback_holds(
