@@ -393,6 +393,11 @@ class GenerationEngine:
         for slot in self.slots:
             slot.reset()
 
+    @property
+    def has_free_slot(self) -> bool:
+        """A new batch could take a decode slot now."""
+        return bool(self._free_slots)
+
     def take_slot(self) -> _Slot | None:
         """A free decode slot for a new batch (None: every slot holds one)."""
         return self.slots[self._free_slots.pop(0)] if self._free_slots else None
@@ -563,7 +568,7 @@ class DecodeBatch:
         """Same pair, enough free rows, a decode slot, and room in the cache for their tokens from here."""
         if pair_of(knobs) != self.pair or sum(m is None for m in self.rows) < n:
             return False
-        if self.slot is None and not self.engine._free_slots:
+        if self.slot is None and not self.engine.has_free_slot:
             return False
         start = self._cpos if self.active else self.engine.options.max_prompt_tokens
         return start + max(limits, default=0) <= self.engine.context
