@@ -354,6 +354,11 @@ def stream_row(client: Any, budget: float, i: int, max_new_tokens: int) -> dict[
                         row["config"] = f"{knobs.get('tier')}_{knobs.get('top_k')}_{knobs.get('num_active_blocks')}"
                 if row["first_token_ms"] is None and any(c.text for c in chunk.choices):
                     row["first_token_ms"] = now
+                timings = (chunk.model_extra or {}).get("timings")
+                if isinstance(timings, dict):  # the finish chunk: the replica's side (trees since 2026-12-07)
+                    row["replica_queue_wait_ms"] = timings.get("queue_wait_ms")
+                    row["replica_first_token_ms"] = timings.get("replica_first_token_ms")
+                    row["model_first_token_ms"] = timings.get("first_token_ms")
     except openai.APIStatusError as e:
         row["status"], row["error"] = e.status_code, str(e)[:200]
         row["feasible"] = e.response.headers.get("x-budget-feasible")

@@ -4,12 +4,15 @@ Parsing turns an OpenAI body into what /v1/generate takes (prompt, one optional 
 tokens) plus the streaming flags and an optional body budget; anything this server would have to
 ignore (sampling, several choices, tools, logprobs) is a 400 that names it, never a silent no-op.
 Responses carry the usual fields, `usage`, and a documented extra object `budget` with the knobs,
-table version and feasibility (the same values as the X-Knob-* response headers).
+table version and feasibility (the same values as the X-Knob-* response headers). A stream's finish
+chunk also carries `timings`, the replica's side of the request (what Server-Timing tells of a
+whole answer, which a stream's headers, sent at its first token, cannot).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -179,6 +182,24 @@ def budget_extra(answer: dict[str, Any]) -> dict[str, Any]:
     return {k: answer.get(k) for k in keys}
 
 
+# The replica's own times (ms) of a streamed request, from its result: the wait before its backend
+# call, arrival to first token, arrival to the end, and the model's own first token and decode.
+_TIMING_KEYS = ("queue_wait_ms", "replica_first_token_ms", "replica_ms", "first_token_ms")
+
+
+def timings_extra(output: dict[str, Any]) -> dict[str, float | None]:
+    """The documented extra object `timings` of a stream's finish chunk."""
+    out: dict[str, float | None] = {k: _ms(output.get(k)) for k in _TIMING_KEYS}
+    model = output.get("timings_ms") if isinstance(output.get("timings_ms"), dict) else {}
+    out["decode_ms"] = _ms(model.get("decode"))
+    return out
+
+
+def _ms(x: Any) -> float | None:
+    ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return round(float(x), 3) if ok else None  # never NaN or Infinity into JSON
+
+
 def new_id(kind: str) -> str:
     return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
 
@@ -202,8 +223,8 @@ def completion(req: OpenAIRequest, output: dict[str, Any], answer: dict[str, Any
 
 
 def chunk(req: OpenAIRequest, rid: str, delta: str, finish: str | None, answer: dict[str, Any] | None,
-          first: bool = False) -> str:
-    """One server-sent event in the OpenAI chunk format."""
+          first: bool = False, timings: dict[str, float | None] | None = None) -> str:
+    """One server-sent event in the OpenAI chunk format (`timings`: the finish chunk's extra)."""
     if req.kind == "chat":
         d: dict[str, Any] = {"content": delta}
         if first:
@@ -217,6 +238,8 @@ def chunk(req: OpenAIRequest, rid: str, delta: str, finish: str | None, answer: 
                             "choices": [choice]}
     if answer is not None:
         body["budget"] = budget_extra(answer)
+    if timings is not None:
+        body["timings"] = timings
     return f"data: {json.dumps(body)}\n\n"
 
 

@@ -91,7 +91,8 @@ async def _events(req: openai_api.OpenAIRequest, stream: Stream, rid: str) -> As
                 yield openai_api.chunk(req, rid, item, None, None)
             elif isinstance(item, Served):
                 out = item.result.to_dict()
-                yield openai_api.chunk(req, rid, "", openai_api.finish_reason(item.result.finish_reason), None)
+                yield openai_api.chunk(req, rid, "", openai_api.finish_reason(item.result.finish_reason), None,
+                                       timings=openai_api.timings_extra(out))
                 if req.include_usage:
                     yield openai_api.usage_chunk(req, rid, out)
                 yield "data: [DONE]\n\n"

@@ -114,6 +114,12 @@ def test_streaming_sends_tokens_as_decoded_and_ends_with_usage(client: openai.Op
     finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert [c.choices[0].finish_reason for c in finals] == ["length"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    # the replica's side of the stream, which its headers (sent at the first token) cannot carry
+    t = (finals[0].model_extra or {})["timings"]
+    assert set(t) == {"queue_wait_ms", "replica_first_token_ms", "replica_ms", "first_token_ms", "decode_ms"}, t
+    assert all(isinstance(v, float) and v >= 0 for v in t.values()), t
+    assert t["queue_wait_ms"] <= t["replica_first_token_ms"] <= t["replica_ms"], t
+    assert "timings" not in (chunks[0].model_extra or {})  # the finish chunk's only
 
 
 def test_sse_framing_and_done(base: str) -> None:
