@@ -190,8 +190,8 @@ _TIMING_KEYS = ("queue_wait_ms", "replica_first_token_ms", "replica_ms", "first_
 def timings_extra(output: dict[str, Any]) -> dict[str, float | None]:
     """The documented extra object `timings` of a stream's finish chunk."""
     out: dict[str, float | None] = {k: _ms(output.get(k)) for k in _TIMING_KEYS}
-    model = output.get("timings_ms") if isinstance(output.get("timings_ms"), dict) else {}
-    out["decode_ms"] = _ms(model.get("decode"))
+    model = output.get("timings_ms")
+    out["decode_ms"] = _ms(model.get("decode")) if isinstance(model, dict) else None
     return out
 
 
