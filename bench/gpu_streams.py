@@ -26,6 +26,7 @@ import random
 import shutil
 import signal
 import socket
+import stat
 import statistics
 import subprocess
 import sys
@@ -223,8 +224,9 @@ def keep_ray_logs(dest: Path, logs: Path = Path("/tmp/ray/session_latest/logs"),
     copied = 0
     for f in files:
         try:
-            size = f.stat().st_size
-            if size == 0 or copied >= total:
+            st = f.lstat()  # a link or a FIFO is not a log: reading a FIFO would block the bench
+            size = st.st_size
+            if not stat.S_ISREG(st.st_mode) or size == 0 or copied >= total:
                 continue
             with f.open("rb") as src:
                 src.seek(max(0, size - per_file))

@@ -40,3 +40,20 @@ def test_ray_logs_are_kept_as_bounded_tails(tmp_path: Path) -> None:
     assert (dest / "worker-1.err").read_bytes() == b"warning\n"
     assert not (dest / "worker-2.out").exists() and not (dest / "raylet.out").exists()
     assert keep_ray_logs(tmp_path / "none", tmp_path / "missing") == 0
+
+
+def test_ray_logs_skip_fifos_and_links(tmp_path: Path) -> None:
+    import os
+
+    from bench.gpu_streams import keep_ray_logs
+
+    logs = tmp_path / "logs"
+    (logs / "serve").mkdir(parents=True)
+    os.mkfifo(logs / "serve" / "replica_fifo.log")  # opening it to read would block
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not a log")
+    (logs / "worker-9.err").symlink_to(secret)
+    (logs / "serve" / "real.log").write_text("ok")
+    dest = tmp_path / "kept"
+    assert keep_ray_logs(dest, logs) == 2
+    assert sorted(p.name for p in dest.rglob("*") if p.is_file()) == ["real.log"]
