@@ -48,6 +48,7 @@ class QueueAdmission:
         enabled = fb.enabled and controller is not None
         self.feedback = FeedbackSender(controller, fb.flush_interval_s) if enabled else None
         self._tokens = itertools.count(1)
+        self._plans: dict[tuple[int, int, float], tuple[tuple[Rung, ...], DispatchPlan]] = {}
         self.refused: dict[int, int] = {429: 0, 422: 0}
         self.metrics: Any = None  # set in start(): Ray metrics exist only inside a replica
 
@@ -121,8 +122,23 @@ class QueueAdmission:
         if model_budget is None:
             return (), None
         budget = Budget(model_budget, answer.tolerance or 0.0)
-        rungs = answer.rungs[: highest_fitting((r.latency_ms for r in answer.rungs), budget.threshold_ms) + 1]
-        return rungs, DispatchPlan.from_rungs(rungs, budget.tolerance)
+        n = highest_fitting((r.latency_ms for r in answer.rungs), budget.threshold_ms) + 1
+        return answer.rungs[:n], self._plan_for(answer.rungs, n, budget.tolerance)
+
+    def _plan_for(self, ladder: tuple[Rung, ...], n: int, tolerance: float) -> DispatchPlan:
+        """The plan of a ladder's first n rungs, one object per (ladder, n, tolerance): the ladders
+        are cached per table version (serving.ingress.resolver.LadderCache), so the same object
+        goes out for every such request and a replica in this process checks it once
+        (serving.wire.CheckedPlans)."""
+        key = (id(ladder), n, tolerance)
+        hit = self._plans.get(key)
+        if hit is not None and hit[0] is ladder:
+            return hit[1]
+        plan = DispatchPlan.from_rungs(ladder[:n], tolerance)
+        if len(self._plans) >= 256:
+            self._plans.clear()
+        self._plans[key] = (ladder, plan)  # the ladder held: its id is not reused while cached
+        return plan
 
     def ran(self, answer: Answer, rungs: tuple[Rung, ...], dispatch: Dispatched | None) -> Answer:
         """The answer for the rung the replica ran (its dispatch report; remaining_budget_ms stays

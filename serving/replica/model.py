@@ -31,7 +31,16 @@ from serving.replica.placement import ReplicaView
 from serving.replica.replica_queue import ReplicaQueue
 from serving.replica.start_error import StartError
 from serving.replica.stream_sink import StreamSink
-from serving.wire import Dispatched, DispatchPlan, ModelCall, ModelResult, PlanError, PlanOption, StreamPiece
+from serving.wire import (
+    CheckedPlans,
+    Dispatched,
+    DispatchPlan,
+    ModelCall,
+    ModelResult,
+    PlanError,
+    PlanOption,
+    StreamPiece,
+)
 
 log = logging.getLogger("ray.serve")
 
@@ -159,6 +168,7 @@ class MoEModel:
         )
         # How much later the device began work than binding predicted (added to the next predictions).
         self.start_error = StartError()
+        self._checked_plans = CheckedPlans()
         self.dispatch_counts = {"planned": 0, "rebound": 0, "late": 0, "bad_plans": 0, "guarded": 0,
                                 "kept_pair": 0, "rebound_on_device": 0}
         self._tokens = itertools.count(1)
@@ -256,7 +266,7 @@ class MoEModel:
         try:
             if not isinstance(plan, DispatchPlan):
                 raise PlanError(f"a dispatch plan is a serving.wire.DispatchPlan, not {type(plan).__name__}")
-            plan = plan.checked()
+            plan = self._checked_plans.checked(plan)
         except PlanError as e:
             self.dispatch_counts["bad_plans"] += 1
             log.warning("MoEModel: ignoring a dispatch plan: %s", e)

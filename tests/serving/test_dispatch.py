@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 import pytest
 
@@ -253,3 +254,58 @@ def test_a_request_waiting_for_a_drain_is_bound_again_only_when_its_own_option_w
     assert rebind_while_waiting(plan, 3, 10.0, scale=1.0, drain_ms=40.0, pairs=running) == (1, False)
     # No running pair in the plan: keep waiting.
     assert rebind_while_waiting(plan, 3, 80.0, scale=1.0, drain_ms=40.0, pairs=frozenset({(6, 12)})) is None
+
+
+def test_a_plan_object_is_checked_once_and_a_bad_one_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.wire import CheckedPlans
+
+    calls: list[int] = []
+    real = DispatchPlan.checked
+
+    def counting(self: DispatchPlan) -> DispatchPlan:
+        calls.append(id(self))
+        return real(self)
+
+    monkeypatch.setattr(DispatchPlan, "checked", counting)
+    plans = CheckedPlans(size=2)
+    good = _plan(10.0, 20.0)
+    assert plans.checked(good) is good and plans.checked(good) is good
+    assert len(calls) == 1  # the same object: checked once
+    twin = _plan(10.0, 20.0)  # equal, but another object (as one that crossed a process boundary)
+    assert plans.checked(twin) is twin and len(calls) == 2
+    bad = DispatchPlan((Option(Knobs("low", 4, 12), float("nan"), 1.0, None),), 0.0)
+    for _ in range(2):  # never remembered: refused every time
+        with pytest.raises(PlanError):
+            plans.checked(bad)
+    assert len(calls) == 4
+    third = _plan(5.0)
+    plans.checked(third)  # the dict was full: cleared, so the first is checked again
+    plans.checked(good)
+    assert len(calls) == 6
+
+
+def test_the_router_sends_one_plan_object_per_ladder_prefix() -> None:
+    from serving.config import ServingConfig
+    from serving.ingress.admission import QueueAdmission
+    from serving.ingress.answer import Answer
+
+    config = ServingConfig.model_validate(
+        {"controller": {"store": "s"},
+         "budget": {"queue_aware": True, "late_binding": True, "default_budget_ms": 250}})
+    admission = QueueAdmission(config, None)
+    table = synthetic_table(latency_scale=0.5, decode_ms_per_token=2.0)
+    rungs = ladder(table)
+
+    def plan_for(budget_ms: float, ladder_: tuple[Any, ...] = rungs) -> DispatchPlan:
+        d = table.resolve(budget_ms)
+        got_rungs, plan = admission.plan(Answer(d, d.budget_ms, d.tolerance, rungs=ladder_))
+        assert plan is not None and [o.latency_ms for o in plan.options] == [r.latency_ms for r in got_rungs]
+        return plan
+
+    first = plan_for(60.0)
+    assert plan_for(60.0) is first  # same ladder, same prefix: the same object
+    wider = plan_for(400.0)
+    assert wider is not first and len(wider.options) > len(first.options)
+    new_table_ladder = ladder(table)  # a new table version: another ladder object, a new plan
+    again = plan_for(60.0, new_table_ladder)
+    assert again is not first and again == first
