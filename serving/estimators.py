@@ -61,6 +61,9 @@ class TimedWindow:
             self.expire(now)
         return [v for _, v in self._items]
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     @property
     def newest(self) -> float | None:
         """When the newest sample in the window was added (None: the window is empty)."""

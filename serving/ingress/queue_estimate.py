@@ -60,6 +60,12 @@ class WaitEstimate:
         }
 
 
+# The overhead figure is recomputed at most this often once its window holds more than
+# OVERHEAD_SMALL_WINDOW samples (QueueTracker.overhead_ms).
+OVERHEAD_REFRESH_S = 0.1
+OVERHEAD_SMALL_WINDOW = 32
+
+
 def _finite_nonneg(x: float | None) -> bool:
     return x is not None and math.isfinite(x) and x >= 0
 
@@ -89,6 +95,7 @@ class QueueTracker:
         # (serving.estimators.robust_quantile), so that one stall of the host (or a cold start)
         # neither holds every budget for the window nor moves it much while it lasts.
         self._overhead = TimedWindow(overhead_window_s, window)
+        self._overhead_at = -math.inf  # when the overhead figure was last computed (the callers' clock)
         self.overhead_window_s = overhead_window_s
         self._answers, self.cold_answers = 0, cold_answers
         # Measured first token / table latency: the table's latency is a first-token time, while a
@@ -179,8 +186,18 @@ class QueueTracker:
         window = self._overhead
         if now is not None:
             window.expire(now)
-        measured = self._cached("overhead", window.version,
-                                lambda: robust_quantile(window.values(), self.overhead_quantile))
+        hit = self._cache.get("overhead")
+        if (hit is not None and now is not None and len(window) > OVERHEAD_SMALL_WINDOW
+                and 0 <= now - self._overhead_at < OVERHEAD_REFRESH_S):
+            # Every answer adds a sample, so the figure would be recomputed (median and MAD, two
+            # sorts of up to 256 samples: ~50 us) on every request; a window of more than a few
+            # dozen samples, which half of them must move, keeps its figure for a tenth of a second.
+            measured = hit[1]
+        else:
+            measured = self._cached("overhead", window.version,
+                                    lambda: robust_quantile(window.values(), self.overhead_quantile))
+            if now is not None:
+                self._overhead_at = now
         return (measured or 0.0) + self.proxy_overhead_ms
 
     def correction_ms(self, now: float) -> float:

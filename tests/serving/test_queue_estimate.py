@@ -237,3 +237,30 @@ def test_the_correction_does_not_feed_on_itself() -> None:
         _answered(t, i, i * 0.01, actual - predicted)
     assert t.estimate(2.0).correction_ms == pytest.approx(50.0)
     assert QueueTracker.predicted_first_ms(0.0, None, 1.0) is None
+
+
+def test_a_large_overhead_window_keeps_its_figure_for_a_tenth_of_a_second() -> None:
+    """Median and MAD of up to 256 samples on every request cost ~50 us; a window of more than a few
+    dozen samples, which half of them must move, is recomputed at most every 0.1 s (the callers'
+    clock). A small window follows every sample."""
+    from serving.ingress.queue_estimate import OVERHEAD_REFRESH_S, OVERHEAD_SMALL_WINDOW
+
+    def answer(t: QueueTracker, i: int, now: float, overhead: float) -> None:
+        t.done(i, now, expected_ms=10.0, service_ms=10.0, overhead_ms=overhead, report=None)
+
+    small = QueueTracker(overhead_quantile=0.5, cold_answers=0)
+    answer(small, 0, 1.0, 2.0)
+    assert small.overhead_ms(1.0) == pytest.approx(2.0)
+    answer(small, 1, 1.0, 4.0)
+    assert small.overhead_ms(1.0) == pytest.approx(3.0)  # at once: a small window
+
+    big = QueueTracker(overhead_quantile=0.5, cold_answers=0)
+    for i in range(OVERHEAD_SMALL_WINDOW + 8):
+        answer(big, i, 1.0, 2.0)
+    assert big.overhead_ms(1.0) == pytest.approx(2.0)
+    for i in range(100, 200):  # the bulk moves to 5 ms within the refresh interval
+        answer(big, i, 1.05, 5.0)
+    assert big.overhead_ms(1.05) == pytest.approx(2.0)  # kept
+    assert big.overhead_ms(1.0 + OVERHEAD_REFRESH_S + 0.01) == pytest.approx(5.0)  # then recomputed
+    assert big.overhead_ms(0.5) == pytest.approx(5.0)  # a clock that went back: recomputed, not stuck
+    assert big.overhead_ms() == pytest.approx(5.0)  # no clock given: recomputed on any change
