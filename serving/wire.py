@@ -16,6 +16,7 @@ from controller.errors import KnobError
 from controller.knobs import TIERS, Knobs
 from controller.ladder import Rung
 from serving.errors import ServingError
+from serving.identity_cache import IdentityCache
 
 
 @dataclass(frozen=True)
@@ -149,24 +150,18 @@ class DispatchPlan:
 class CheckedPlans:
     """The dispatch plans this process has checked, by identity. A router in the same process (the
     model-ingress topology) hands one plan object for every request of a ladder prefix
-    (`serving.ingress.admission.Admission.plan` keeps them), so its check, option by option (~50 us
-    in a tight loop, several times that in an idle replica), runs once. A plan that crossed a process
-    boundary is a new object each time and is checked each time. Plans and their options are frozen,
-    so a plan checked once stays valid; the dict holds strong references, so an id is never reused
-    while it is cached, and it is cleared when full."""
+    (`serving.ingress.admission.QueueAdmission.plan` keeps them), so its check, option by option
+    (~50 us in a tight loop, several times that in an idle replica), runs once. A plan that crossed
+    a process boundary is a new object each time and is checked each time. Plans and their options
+    are frozen, so a plan checked once stays valid."""
 
     def __init__(self, size: int = 256) -> None:
-        self.size = size
-        self._seen: dict[int, DispatchPlan] = {}
+        self._seen: IdentityCache[bool] = IdentityCache(size)
 
     def checked(self, plan: DispatchPlan) -> DispatchPlan:
         """`plan.checked()`, once per plan object; PlanError as it raises."""
-        if self._seen.get(id(plan)) is plan:
-            return plan
-        plan.checked()
-        if len(self._seen) >= self.size:
-            self._seen.clear()
-        self._seen[id(plan)] = plan
+        if self._seen.get(plan) is None:
+            self._seen.put(plan, value=bool(plan.checked()))
         return plan
 
 

@@ -15,6 +15,7 @@ from controller.ladder import Rung, highest_fitting
 from serving.config import ServingConfig
 from serving.estimators import TAIL_QUANTILE
 from serving.feedback import FeedbackSender, observation
+from serving.identity_cache import IdentityCache
 from serving.ingress.answer import Answer
 from serving.ingress.budget_plan import Policy, refuse_strict, remaining_budget_ms, resolvable
 from serving.ingress.queue_estimate import QueueTracker, WaitEstimate
@@ -48,7 +49,7 @@ class QueueAdmission:
         enabled = fb.enabled and controller is not None
         self.feedback = FeedbackSender(controller, fb.flush_interval_s) if enabled else None
         self._tokens = itertools.count(1)
-        self._plans: dict[tuple[int, int, float], tuple[tuple[Rung, ...], DispatchPlan]] = {}
+        self._plans: IdentityCache[DispatchPlan] = IdentityCache()
         self.refused: dict[int, int] = {429: 0, 422: 0}
         self.metrics: Any = None  # set in start(): Ray metrics exist only inside a replica
 
@@ -130,14 +131,9 @@ class QueueAdmission:
         are cached per table version (serving.ingress.resolver.LadderCache), so the same object
         goes out for every such request and a replica in this process checks it once
         (serving.wire.CheckedPlans)."""
-        key = (id(ladder), n, tolerance)
-        hit = self._plans.get(key)
-        if hit is not None and hit[0] is ladder:
-            return hit[1]
-        plan = DispatchPlan.from_rungs(ladder[:n], tolerance)
-        if len(self._plans) >= 256:
-            self._plans.clear()
-        self._plans[key] = (ladder, plan)  # the ladder held: its id is not reused while cached
+        plan = self._plans.get(ladder, n, tolerance)
+        if plan is None:
+            plan = self._plans.put(ladder, n, tolerance, value=DispatchPlan.from_rungs(ladder[:n], tolerance))
         return plan
 
     def ran(self, answer: Answer, rungs: tuple[Rung, ...], dispatch: Dispatched | None) -> Answer:
