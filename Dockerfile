@@ -27,4 +27,8 @@ COPY --chown=ray:users sample_results sample_results
 # serve: the app (ray[serve] is already there at the pinned version, so pip keeps it); torch: the model
 # replicas of configs/serving_h100.yaml (pip's default torch wheel is the CUDA build); store: fsspec.
 RUN pip install --no-cache-dir -e '.[serve,torch,store]' ${STORE_DRIVERS} \
-    && python -c "import ray, serving.app, moe.engine, lookupctl; assert ray.__version__ == '2.60.0', ray.__version__"
+    && python -c "import ray, serving.app, moe.engine, lookupctl; assert ray.__version__ == '2.60.0', ray.__version__" \
+    && python -m serving.haproxy_binary /home/ray/haproxy-nosplice
+# HAProxy without splice(): the RayService's RAY_SERVE_HAPROXY_BINARY_PATH names this script, which
+# execs the HAProxy that ray[serve] ships with -dS. With splice, that HAProxy can miss a streaming
+# client that leaves, and the model decodes on for it (serving/haproxy_binary.py).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from controller.errors import ControllerError
 from controller.optional import require
 from lookupctl import add_flag
 from serving.fast_path import path_env
+from serving.haproxy_binary import nosplice_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "deploy" / "serve_local.yaml"
@@ -84,13 +86,18 @@ def run(args: argparse.Namespace) -> int:
               "(Ctrl-C stops it)", file=sys.stderr, flush=True)
         # Deploy paths in the config resolve against the project root (serving.app), not the file's folder.
         # The fast path's settings are read by the Ray workers `serve run` starts (serving.fast_path).
-        env = {**os.environ, **path_env(not args.default_path, own_ports=True)}
-        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env)
-        while True:
-            try:
-                return proc.wait()
-            except KeyboardInterrupt:
-                # A terminal's Ctrl-C reached `serve run` too (one process group): let it shut down.
-                continue
+        fast = not args.default_path
+        # HAProxy without splice (serving.haproxy_binary): it can miss a streaming client that leaves.
+        haproxy_env: contextlib.AbstractContextManager[dict[str, str]] = (
+            nosplice_env() if fast else contextlib.nullcontext({}))
+        with haproxy_env as haproxy:
+            env = {**os.environ, **path_env(fast, own_ports=True), **haproxy}
+            proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env)
+            while True:
+                try:
+                    return proc.wait()
+                except KeyboardInterrupt:
+                    # A terminal's Ctrl-C reached `serve run` too (one process group): let it shut down.
+                    continue
     finally:
         os.unlink(tmp)

@@ -32,6 +32,9 @@ controller and the HTTP ingress read them, not only the replicas.
   Both replace Ray internals (`replica.parse_session_id_header`, `Replica._direct_ingress_asgi`),
   to be checked at each Ray upgrade; each leaves a Ray without them alone and says so in the log.
 
+One more variable, set beside these where Ray starts: `RAY_SERVE_HAPROXY_BINARY_PATH`, the script
+that runs HAProxy without splice (serving/haproxy_binary.py says why).
+
 bench/bench_overhead_paths.py measures this path against Serve's default one and against a no-op
 app on the same settings (docs/architecture.md, "Serving path").
 """

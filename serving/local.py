@@ -41,11 +41,16 @@ def local_serve(http_port: int, num_cpus: int = 4, quiet: bool = False, fast_pat
     from ray import serve
 
     from serving.fast_path import environment, path_env
+    from serving.haproxy_binary import nosplice_env
 
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     if quiet:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    with environment(path_env(fast_path, own_ports=True)), _builds_for_haproxy(fast_path):
+    with contextlib.ExitStack() as stack:
+        # HAProxy without splice (serving.haproxy_binary): it can miss a streaming client that leaves.
+        haproxy = stack.enter_context(nosplice_env()) if fast_path else {}
+        stack.enter_context(environment(path_env(fast_path, own_ports=True) | haproxy))
+        stack.enter_context(_builds_for_haproxy(fast_path))
         # Read by the Ray workers this starts (controller, ingress, replicas) when they import Serve;
         # this process imported Serve already and keeps its defaults, so its handles still work
         # outside an event loop (tests and benchmarks call deployments from plain threads).

@@ -94,3 +94,17 @@ def test_a_refused_header_is_counted_and_a_failing_counter_still_answers_400() -
         assert answer()[0]["status"] == 400
     finally:
         fast_path.refuse_undecodable_serve_headers(on_refusal=counted.append)
+
+
+def test_every_ray_container_runs_the_image_haproxy_script() -> None:
+    """HAProxy without splice on the cluster too: each container's RAY_SERVE_HAPROXY_BINARY_PATH
+    is the script the Dockerfile writes (serving.haproxy_binary)."""
+    import re
+
+    from serving.haproxy_binary import ENV
+
+    written = re.findall(r"python -m serving\.haproxy_binary (\S+)", (ROOT / "Dockerfile").read_text())
+    assert len(written) == 1, written
+    for c in _containers():
+        env = {e["name"]: e["value"] for e in c.get("env", [])}  # type: ignore[attr-defined]
+        assert env.get(ENV) == written[0], c["name"]

