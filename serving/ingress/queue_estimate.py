@@ -226,12 +226,16 @@ class QueueTracker:
         prefills one request at a time; decodes are shared, since a newcomer joins the running
         batch between two steps), each its table first token x the measured ratio (never below 1):
         when the last of them ends, from now. A request sent long ago has had its prefill."""
-        fallback = median(self._service) if self._service else 0.0
+        if not self._in_flight:
+            return 0.0
+        fallback: float | None = None  # for a config of unknown latency: the median service time
         scale = max(1.0, self.ratio())
         free_at = -math.inf
         for _, e, at in sorted(self._in_flight.values(), key=lambda v: v[2]):
-            free_at = max(free_at, at) + (e * scale if e is not None else fallback) / 1000
-        return max(0.0, (free_at - now) * 1000) / replicas if self._in_flight else 0.0
+            if e is None and fallback is None:
+                fallback = median(self._service) if self._service else 0.0
+            free_at = max(free_at, at) + (e * scale if e is not None else fallback or 0.0) / 1000
+        return max(0.0, (free_at - now) * 1000) / replicas
 
     def _report_wait(self, now: float) -> float | None:
         fresh = [

@@ -317,6 +317,16 @@ class MoEModel:
         guard = self.guard
         too_long = None if guard is None else (lambda ms: guard.too_long(ms, now))
         view = self.device.view()  # one read of the device for every option weighed below
+        # An idle device starts every option at once (device_schedule.wait_ms is 0 for each): no
+        # schedule per option. The start error depends only on whether a start waits: read once.
+        idle = not view.running and not view.queue
+        errors: dict[bool, float] = {}
+
+        def start_error(waits: bool) -> float:
+            e = errors.get(waits)
+            if e is None:
+                e = errors[waits] = self.start_error.ms(now, waits)
+            return e
 
         # Pair affinity (model.pair_switch_min_gain): prefer the pairs of the decode batches running
         # now or waiting to run; an idle device leaves every pair free.
@@ -342,8 +352,8 @@ class MoEModel:
                     # plus the tail of how much later than predicted starts of that kind came.
                     w = waits.get(o.knobs)
                     if w is None:
-                        w = waits[o.knobs] = view.wait_ms(o.knobs, o.service_ms * scale, tokens)
-                    return w + self.start_error.ms(now, w > 0)
+                        w = waits[o.knobs] = 0.0 if idle else view.wait_ms(o.knobs, o.service_ms * scale, tokens)
+                    return w + start_error(w > 0)
 
                 m.choice = choose(m.plan, (m.deadline - now) * 1000 - ahead_ms, tokens=0, scale=scale,
                                   behind=[w.shifted(ahead_ms) for w in later], too_long=too_long,

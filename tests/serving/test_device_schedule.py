@@ -77,3 +77,12 @@ def test_with_two_lanes_a_waiting_batch_opens_in_the_lane_that_frees_first() -> 
     assert wait_ms(waiting, [300.0, 50.0], A, running=True, joins=True, first_ms=31.0, opens=False) == 90.0
     # a free lane and nothing waiting: it opens at once
     assert wait_ms([], [300.0, 0.0], C, running=False, joins=False, first_ms=10.0, opens=True) == 0.0
+
+
+def test_an_idle_device_starts_every_pair_at_once() -> None:
+    """What MoEModel._bind relies on to skip the schedule per option when nothing runs or waits."""
+    for slots in (1, 2):
+        for pair in ((4, 12), (8, 16)):
+            for first_ms, tokens_fit in ((0.0, False), (45.0, True)):
+                assert wait_ms([], lanes([], slots), pair, running=False, joins=tokens_fit, first_ms=first_ms,
+                               opens=True) == 0.0
