@@ -118,3 +118,28 @@ def test_the_shipped_haproxy_accepts_dS() -> None:
     real = hb.real_haproxy({})
     out = subprocess.run([real, "-dS", "-v"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "HAProxy version" in out.stdout, out
+
+
+def test_a_fifo_or_a_link_at_the_destination_is_replaced_never_followed(tmp_path: Path) -> None:
+    real = _fake_haproxy(tmp_path)
+    fifo = tmp_path / "fifo-dest"
+    os.mkfifo(fifo)
+    hb.write_wrapper(fifo, str(real))  # replaced by rename: nothing opens (and blocks on) the FIFO
+    assert fifo.is_file() and hb.is_wrapper(fifo)
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    link = tmp_path / "link-dest"
+    link.symlink_to(victim)
+    hb.write_wrapper(link, str(real))
+    assert not link.is_symlink() and hb.is_wrapper(link)
+    assert victim.read_text() == "keep me"  # the link's target is untouched
+
+
+def test_a_missing_folder_is_a_one_line_cli_error_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    real = _fake_haproxy(tmp_path)
+    env = {**os.environ, hb.ENV: str(real)}
+    dest = tmp_path / "no" / "such" / "haproxy-nosplice"
+    out = subprocess.run([sys.executable, "-m", "serving.haproxy_binary", str(dest)], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["haproxy"]
