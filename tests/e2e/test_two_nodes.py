@@ -5,6 +5,7 @@ single-node Ray of the other tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from serving.fast_path import path_env
+from serving.haproxy_binary import nosplice_env
 from serving.local import free_port
 
 pytestmark = pytest.mark.serve
@@ -68,6 +70,9 @@ def test_publish_and_worker_failure_on_two_nodes(tmp_path: Path) -> None:
     # defaults: it calls handles from plain threads, which the fast path's same-loop router refuses.
     driver_env = env | path_env(fast=False)  # this session's own Serve set the fast path in os.environ
     env |= path_env(fast=True, own_ports=True)
+    # HAProxy without splice, as the image's script gives the cluster (serving.haproxy_binary).
+    scripts = contextlib.ExitStack()
+    env |= scripts.enter_context(nosplice_env(env))
     try:
         nodes.append(
             _start(
@@ -120,3 +125,4 @@ def test_publish_and_worker_failure_on_two_nodes(tmp_path: Path) -> None:
         for node in reversed(nodes):
             _stop(node)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+        scripts.close()
