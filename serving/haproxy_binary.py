@@ -14,7 +14,8 @@ with `-dS` (the command-line form of the global `nosplice`). Our answers are sma
 SSE chunks, where splice saves nothing.
 
 - `nosplice_env()` (serving.local.local_serve, `lookupctl serve`): writes the script into a new
-  private temporary folder for as long as the Ray instance runs, and gives the variable to set.
+  private temporary folder for as long as the Ray instance runs (checked to run there: a /tmp
+  mounted noexec falls back on the user's cache), and gives the variable to set.
 - `python -m serving.haproxy_binary PATH` (the Dockerfile): writes the script at PATH for an image;
   deploy/kuberay/rayservice.yaml points the variable at it.
 """
@@ -26,9 +27,10 @@ import logging
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
@@ -100,11 +102,30 @@ def write_wrapper(dest: Path, real: str) -> Path:
     return dest
 
 
+def default_folders() -> tuple[Path, ...]:
+    """Where a private folder for the script is made, in order: the temporary folder, else (where
+    it is mounted noexec, as hardened hosts do) the user's cache."""
+    return Path(tempfile.gettempdir()), Path.home() / ".cache" / "moe-budget"
+
+
+def runs(script: Path, timeout_s: float = 10.0) -> bool:
+    """Whether `script` starts HAProxy here (`-v` prints its version and exits): a folder mounted
+    noexec, or a binary that cannot run on this machine, fails this."""
+    try:
+        done = subprocess.run([str(script), "-v"], capture_output=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
 @contextlib.contextmanager
-def nosplice_env(environ: Mapping[str, str] = os.environ) -> Iterator[dict[str, str]]:
+def nosplice_env(environ: Mapping[str, str] = os.environ,
+                 folders: Sequence[Path] | None = None) -> Iterator[dict[str, str]]:
     """The variable that makes the Ray workers started inside run HAProxy with `-dS`, with the
-    script in a private temporary folder (removed on exit). Empty where the variable already names
-    such a script (an image's), or where no HAProxy is found (Serve then reports that itself)."""
+    script in a private folder (0700, removed on exit) of the first of `folders` where it runs.
+    Empty where the variable already names such a script (an image's), where no HAProxy is found
+    (Serve then reports that itself), or where the script runs in none of the folders (HAProxy then
+    runs as Serve finds it, with splice: logged)."""
     current = environ.get(ENV, "")
     if current and is_wrapper(current):
         yield {}
@@ -115,11 +136,26 @@ def nosplice_env(environ: Mapping[str, str] = os.environ) -> Iterator[dict[str, 
         log.warning("HAProxy left as Serve finds it: %s", e)
         yield {}
         return
-    folder = tempfile.mkdtemp(prefix="moe-budget-haproxy-")  # 0700: no one else can swap the script
-    try:
-        yield {ENV: str(write_wrapper(Path(folder) / NAME, real))}
-    finally:
+    made: str | None = None
+    for base in folders if folders is not None else default_folders():
+        try:
+            base.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder = tempfile.mkdtemp(prefix="moe-budget-haproxy-", dir=base)  # 0700: no one else can swap it
+        except OSError:
+            continue
+        if runs(write_wrapper(Path(folder) / NAME, real)):
+            made = folder
+            break
         shutil.rmtree(folder, ignore_errors=True)
+    if made is None:
+        log.warning("HAProxy left as Serve finds it (with splice): the script that adds -dS runs in none of %s",
+                    [str(f) for f in (folders if folders is not None else default_folders())])
+        yield {}
+        return
+    try:
+        yield {ENV: str(Path(made) / NAME)}
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

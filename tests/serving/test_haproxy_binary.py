@@ -143,3 +143,28 @@ def test_a_missing_folder_is_a_one_line_cli_error_and_leaves_nothing_behind(tmp_
                          capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["haproxy"]
+
+
+def test_a_folder_that_cannot_hold_the_script_is_passed_over_for_the_next(tmp_path: Path) -> None:
+    real = _fake_haproxy(tmp_path)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("a regular file: no folder can be made under it")
+    second = tmp_path / "second"
+    with hb.nosplice_env({hb.ENV: str(real)}, folders=[blocked / "sub", second]) as env:
+        script = Path(env[hb.ENV])
+        assert script.parent.parent == second and hb.is_wrapper(script)
+    assert list(second.iterdir()) == []  # its private folder is gone again
+
+
+def test_a_script_that_does_not_run_anywhere_leaves_haproxy_to_serve_and_nothing_behind(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    broken = tmp_path / "haproxy"
+    broken.write_text("#!/bin/sh\nexit 3\n")  # e.g. a binary this machine cannot run
+    broken.chmod(0o755)
+    folders = [tmp_path / "one", tmp_path / "two"]
+    with caplog.at_level("WARNING", logger="serving.haproxy_binary"):
+        with hb.nosplice_env({hb.ENV: str(broken)}, folders=folders) as env:
+            assert env == {}
+    assert "runs in none of" in caplog.text
+    assert all(list(f.iterdir()) == [] for f in folders)
+    assert hb.runs(broken) is False
