@@ -27,6 +27,7 @@ import logging
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -46,14 +47,20 @@ class HAProxyNotFound(FileNotFoundError):
 
 def is_wrapper(path: str | Path) -> bool:
     """Whether `path` is a script this module wrote (a regular file whose second line is MARK)."""
-    p = Path(path)
     try:
-        if not p.is_file():  # a FIFO would block the read; a folder cannot be read
-            return False
-        with p.open("rb") as f:
-            head = f.read(512).decode("utf-8", "replace").splitlines()
+        # Non-blocking open, then the type of what was opened: a FIFO (or one swapped in after a
+        # check by name) never blocks the read, a folder is never read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.read(fd, 512).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return len(head) >= 2 and head[1] == MARK
 
 
