@@ -187,11 +187,14 @@ def budget_extra(answer: dict[str, Any]) -> dict[str, Any]:
 _TIMING_KEYS = ("queue_wait_ms", "replica_first_token_ms", "replica_ms", "first_token_ms")
 
 
-def timings_extra(output: dict[str, Any]) -> dict[str, float | None]:
-    """The documented extra object `timings` of a stream's finish chunk."""
+def timings_extra(output: dict[str, Any], router_first_token_ms: float | None = None) -> dict[str, float | None]:
+    """The documented extra object `timings` of a stream's finish chunk: the replica's figures
+    (`output`, the model result's dict) and the router's time to the first chunk handed to the
+    server (`router_first_token_ms`)."""
     out: dict[str, float | None] = {k: _ms(output.get(k)) for k in _TIMING_KEYS}
     model = output.get("timings_ms")
     out["decode_ms"] = _ms(model.get("decode")) if isinstance(model, dict) else None
+    out["router_first_token_ms"] = _ms(router_first_token_ms)
     return out
 
 

@@ -84,6 +84,7 @@ async def _events(req: openai_api.OpenAIRequest, stream: Stream, rid: str) -> As
     chunk per piece of new text, the finish, usage when asked, then `data: [DONE]`. A client that
     leaves closes this generator, which closes the stream: the replica stops at its next step."""
     yield openai_api.chunk(req, rid, stream.first_text, None, stream.answer.to_dict(), first=True)
+    stream.sent_first()  # resumed once the server has taken that chunk (Starlette sends, then asks for more)
     rest = stream.rest()
     try:
         async for item in rest:
@@ -92,7 +93,7 @@ async def _events(req: openai_api.OpenAIRequest, stream: Stream, rid: str) -> As
             elif isinstance(item, Served):
                 out = item.result.to_dict()
                 yield openai_api.chunk(req, rid, "", openai_api.finish_reason(item.result.finish_reason), None,
-                                       timings=openai_api.timings_extra(out))
+                                       timings=openai_api.timings_extra(out, item.first_token_ms))
                 if req.include_usage:
                     yield openai_api.usage_chunk(req, rid, out)
                 yield "data: [DONE]\n\n"

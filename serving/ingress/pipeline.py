@@ -62,8 +62,8 @@ class Admitted:
 @dataclass(frozen=True)
 class Served:
     """A finished request. `answer` names the knobs that ran (late binding may have changed them);
-    `first_token_ms` is the router's time to the first token (the first streamed piece, or the
-    whole answer less the model's decode)."""
+    `first_token_ms` is the router's time to the first token (a stream's first chunk handed to the
+    server, or the whole answer less the model's decode)."""
 
     answer: Answer
     result: ModelResult
@@ -123,6 +123,15 @@ class Stream:
         self.controller_ms = adm.controller_ms
         self._model_started = model_started
         self._ended = first.result is not None
+        # When the door handed the first chunk to the server (`sent_first`): what the router counts
+        # as the stream's first token, so that the overhead it learns includes the response's
+        # start and the first chunk's send, which a stream pays before its client sees a token.
+        self.first_sent_ms: float | None = None
+
+    def sent_first(self) -> None:
+        """The door has handed the first chunk to the server (called once; later calls keep it)."""
+        if self.first_sent_ms is None:
+            self.first_sent_ms = (time.perf_counter() - self.adm.started) * 1000
 
     async def rest(self) -> AsyncGenerator[str | Served | Failed, None]:
         p, timeout = self.pipeline, self.pipeline.config.model.timeout_s
@@ -139,8 +148,9 @@ class Stream:
                 if piece.text:
                     yield piece.text
             finished = True
+            first_ms = self.first_sent_ms if self.first_sent_ms is not None else self.first_token_ms
             yield p._finish(self.adm, self.answer, self.token, piece.result, self._model_started,
-                            first_token_ms=self.first_token_ms, replica_first_ms=self.first.at_ms)
+                            first_token_ms=first_ms, replica_first_ms=self.first.at_ms)
             p.stream_counts["finished"] += 1
         except Exception as e:  # noqa: BLE001 - a failure mid-stream is a value the door renders
             err = e if isinstance(e, ModelCallError) else describe_failure(e)

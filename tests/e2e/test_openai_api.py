@@ -116,10 +116,33 @@ def test_streaming_sends_tokens_as_decoded_and_ends_with_usage(client: openai.Op
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
     # the replica's side of the stream, which its headers (sent at the first token) cannot carry
     t = (finals[0].model_extra or {})["timings"]
-    assert set(t) == {"queue_wait_ms", "replica_first_token_ms", "replica_ms", "first_token_ms", "decode_ms"}, t
+    assert set(t) == {"queue_wait_ms", "replica_first_token_ms", "replica_ms", "first_token_ms", "decode_ms",
+                      "router_first_token_ms"}, t
     assert all(isinstance(v, float) and v >= 0 for v in t.values()), t
     assert t["queue_wait_ms"] <= t["replica_first_token_ms"] <= t["replica_ms"], t
     assert "timings" not in (chunks[0].model_extra or {})  # the finish chunk's only
+
+
+def test_a_streams_router_first_token_is_its_first_chunk_handed_to_the_server(base: str) -> None:
+    """The router counts a stream's first token when its first chunk has been sent, not when the
+    replica's first piece reached the door (the Server-Timing header's total, sent before it), so
+    the overhead it learns includes the response's start and that send; the client, whose clock
+    starts earlier and ends later, sees it no sooner."""
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 4, "stream": True}
+    for _ in range(5):
+        started = time.perf_counter()
+        with httpx.stream("POST", f"{base}/v1/completions", json=body, headers={BUDGET: "500"}, timeout=30) as r:
+            assert r.status_code == 200, r.read()
+            events, client_first_ms = [], None
+            for line in r.iter_lines():
+                if line:
+                    client_first_ms = client_first_ms or (time.perf_counter() - started) * 1000
+                    events.append(line)
+        piece_ms = float(r.headers["server-timing"].split("total;dur=")[1].split(",")[0])
+        final = [json.loads(e[6:]) for e in events[:-1] if json.loads(e[6:])["choices"][0]["finish_reason"]]
+        t = final[0]["timings"]
+        assert piece_ms <= t["router_first_token_ms"] <= client_first_ms, (piece_ms, t, client_first_ms)
+        assert t["replica_first_token_ms"] <= t["router_first_token_ms"], t
 
 
 def test_sse_framing_and_done(base: str) -> None:
