@@ -361,6 +361,9 @@ def stream_row(client: Any, budget: float, i: int, max_new_tokens: int) -> dict[
                     row["replica_queue_wait_ms"] = timings.get("queue_wait_ms")
                     row["replica_first_token_ms"] = timings.get("replica_first_token_ms")
                     row["model_first_token_ms"] = timings.get("first_token_ms")
+                    # The router's first chunk handed to the server (trees since b39c4a1): the
+                    # client's first token less this is HAProxy and the client's own time.
+                    row["router_first_token_ms"] = timings.get("router_first_token_ms")
     except openai.APIStatusError as e:
         row["status"], row["error"] = e.status_code, str(e)[:200]
         row["feasible"] = e.response.headers.get("x-budget-feasible")
