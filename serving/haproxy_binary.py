@@ -144,8 +144,9 @@ def nosplice_env(environ: Mapping[str, str] = os.environ,
         log.warning("HAProxy left as Serve finds it: %s", e)
         yield {}
         return
+    bases = tuple(folders) if folders is not None else default_folders()
     made: str | None = None
-    for base in folders if folders is not None else default_folders():
+    for base in bases:
         try:
             base.mkdir(mode=0o700, parents=True, exist_ok=True)
             folder = tempfile.mkdtemp(prefix="moe-budget-haproxy-", dir=base)  # 0700: no one else can swap it
@@ -157,7 +158,7 @@ def nosplice_env(environ: Mapping[str, str] = os.environ,
         shutil.rmtree(folder, ignore_errors=True)
     if made is None:
         log.warning("HAProxy left as Serve finds it (with splice): the script that adds -dS runs in none of %s",
-                    [str(f) for f in (folders if folders is not None else default_folders())])
+                    [str(f) for f in bases])
         yield {}
         return
     try:
