@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from controller.knobs import Knobs
 from serving.replica.backends.base import ModelRequest
@@ -266,3 +267,63 @@ def test_the_backlog_counts_only_what_is_left_of_the_prefill_in_progress() -> No
     assert 50.0 < during < 200.0, during  # 400 - ~250, with room for a slow host
     assert during + 95.0 < both < during + 130.0, (during, both)
     assert after == 0.0
+
+
+def _noting(events: list[str], tag: str) -> Callable[[str], bool]:
+    """A stream sink that notes `tag` at each piece (its reader never leaves)."""
+    def sink(text: str) -> bool:
+        events.append(tag)
+        return True
+    return sink
+
+
+def test_work_handed_in_during_one_batchs_step_joins_before_the_other_batch_steps() -> None:
+    """Two batches take turns, one step each; work that arrives during a step is admitted before the
+    next batch's step, not after a whole round (with a long stream of another pair beside it, a
+    newcomer's prefill waited for a step of every batch). Order only, no timing: the newcomer is
+    handed in from inside a step of batch A once B runs, and its first token must come before B
+    steps again."""
+    events: list[str] = []
+
+    async def run() -> None:
+        device = Device(SimulatedBackend(latency_source="table", jitter_sigma=0, decode="per_token", decode_slots=2))
+        newcomer = device.work(LONG, [_req(1, first_ms=1.0)], [_noting(events, "new")])
+
+        def a_sink(text: str) -> bool:
+            events.append("A")
+            if "B" in events and "handed" not in events:  # B's batch runs: hand in mid-step of A's
+                events.append("handed")
+                device.hand_in(newcomer)  # on the device thread
+            return True
+
+        a = device.submit(LONG, [_req(8, first_ms=1.0, decode_ms=5.0)], [a_sink])
+        await asyncio.sleep(0.0)
+        b = device.submit(Knobs("low", 8, 16), [_req(8, first_ms=1.0, decode_ms=5.0)],
+                          [_noting(events, "B")])
+        await asyncio.gather(a, b, newcomer.future)
+        device.stop()
+
+    asyncio.run(run())
+    assert events.index("new") == events.index("handed") + 1, events
+
+
+def test_the_pair_of_work_handed_in_is_busy_from_the_hand_in_until_its_batch_is_published() -> None:
+    """Late binding's pair affinity must see work handed in a moment ago: two long streams bound at
+    once on an idle device otherwise took two pairs and held both decode slots."""
+    async def run() -> list[frozenset[tuple[int, int]]]:
+        device = Device(SimulatedBackend(latency_source="table", jitter_sigma=0, decode="per_token", decode_slots=2))
+        seen = [device.view().busy_pairs]
+        work = device.work(LONG, [_req(30, first_ms=50.0, decode_ms=5.0)], [None])
+        device.hand_in(work)
+        seen.append(device.view().busy_pairs)  # at once, before the device thread takes it
+        await asyncio.sleep(0.1)
+        seen.append(device.view().busy_pairs)  # its batch runs
+        await work.future
+        await asyncio.sleep(0.05)
+        seen.append(device.view().busy_pairs)
+        device.stop()
+        return seen
+
+    idle, handed, running, done = asyncio.run(run())
+    assert idle == frozenset() and done == frozenset(), (idle, done)
+    assert handed == {LONG.pair} and running == {LONG.pair}, (handed, running)
