@@ -14,7 +14,11 @@ openai client (/v1/completions, stream=True), half POST /v1/generate, 16 new tok
 the share the router flagged feasible (X-Budget-Feasible), attainment of the client-seen first token
 among those (goal >= 99%), mean expected accuracy of the chosen knobs.
 Scenario 2: the same non-streamed arrivals at 50%, alone and beside two long streams (512 tokens,
-restarted when they end): feasible share and mean expected accuracy should move by at most 5%.
+restarted when they end): feasible share and mean expected accuracy should move by at most 5%. It
+runs on the synthetic grid (decode ~0.75 ms a token: each stream ends and starts again every
+~0.75 s, its prefill holding the device each time) and again on the table built from the bundled
+profiling results, whose magnitudes are the H100 profile's (decode ~29-44 ms a token: a 512-token
+stream lasts ~20 s), each with its own budgets and capacity.
 Prints a table and writes the section SECTION of docs/BENCHMARKS.latest.md (replaced if there).
 """
 
@@ -61,6 +65,11 @@ MAX_NEW_TOKENS = 16
 LONG_STREAMS, LONG_TOKENS = 2, 512
 SECTION = "Streams and non-streams, open loop (issue 17)"
 ROOT = Path(__file__).resolve().parent.parent
+# The isolation scenario again at the profile's magnitudes: the table `make demo` builds from the
+# bundled profiling results (first token ~98-184 ms, decode ~29-44 ms a token, as on the H100).
+PROFILE = ROOT / "sample_results" / "core_exp_synthetic"
+PROFILE_TAG = " (profile table)"
+PROFILE_REQUESTS = 240
 # The generated report (bench.run_all's file), never docs/BENCHMARKS.md: a section written there
 # replaces everything up to the next "## ", runs recorded under it by hand included.
 DOC = ROOT / "docs" / "BENCHMARKS.latest.md"
@@ -160,10 +169,15 @@ def settle(url: str, overhead_ms: float, limit_s: float = SETTLE_S) -> dict[str,
         time.sleep(0.5)
 
 
-def measure(quick: bool = False, per_point: int | None = None, baseline_slots: int | None = None) -> dict[str, Any]:
+def measure(quick: bool = False, per_point: int | None = None, baseline_slots: int | None = None,
+            profile_requests: int | None = None) -> dict[str, Any]:
     """Start a local Serve, set up, run both scenarios; the raw rows and what the setup measured.
     `baseline_slots`: also run the isolation scenario (same arrivals) on an app whose device holds
-    that many decode batches, the baseline the shipped device is compared with."""
+    that many decode batches, the baseline the shipped device is compared with.
+    `profile_requests`: also run the isolation scenario, with this many arrivals a side, on the
+    table built from the bundled profiling results (PROFILE), whose magnitudes are the H100
+    profile's: the synthetic grid decodes a token in ~0.75 ms, so its 512-token streams end and
+    start again every ~0.75 s, a stream start (and its prefill) 40x as often as real ones."""
     import httpx
     from ray import serve
 
@@ -222,18 +236,20 @@ def measure(quick: bool = False, per_point: int | None = None, baseline_slots: i
 
         arrivals = plan(ISOLATION_FACTOR * requests, ISOLATION_LOAD * capacity, budgets, 0.0, seed=23)
 
-        def isolation(app_url: str, tag: str) -> dict[str, Any]:
+        def isolation(app_url: str, tag: str, arrivals: list[tuple[float, str, float]] = arrivals,
+                      stream_budget: float = budgets[-1], rate: float = ISOLATION_LOAD * capacity,
+                      overhead: float = overhead) -> dict[str, Any]:
             """The same arrivals alone, then beside the long streams; their rows and summaries are
             filed under the scenario names + `tag`."""
             start = settle(app_url, overhead, limit_s)
             alone = asyncio.run(open_loop(app_url, arrivals, MAX_NEW_TOKENS))
             start_beside = settle(app_url, overhead, limit_s)
             beside, long = asyncio.run(open_loop_with_streams(app_url, arrivals, MAX_NEW_TOKENS, LONG_STREAMS,
-                                                              budgets[-1], LONG_TOKENS))
+                                                              stream_budget, LONG_TOKENS, timeout_s=120.0))
             for name, got, st in (("alone", alone, start), ("beside long streams", beside, start_beside)):
                 rows.extend(as_dicts(got, scenario=name + tag, load=ISOLATION_LOAD))
                 summaries.append({"scenario": name + tag, "load": ISOLATION_LOAD, "kind": GENERATE,
-                                  "rate_rps": ISOLATION_LOAD * capacity, **st, **summarize(got)})
+                                  "rate_rps": rate, **st, **summarize(got)})
             return {"long_streams": _long_summary(long), "isolation_noise": paired_share_noise(alone, beside)}
 
         setup.update(isolation(url, ""))
@@ -247,12 +263,56 @@ def measure(quick: bool = False, per_point: int | None = None, baseline_slots: i
             tag = f" ({baseline_slots} slot{'s' if baseline_slots > 1 else ''})"
             setup["baseline"] = {"decode_slots": baseline_slots, "tag": tag, **isolation(url2, tag)}
             serve.delete("s2")
+        if profile_requests:
+            setup["profile"] = _profile_isolation(store_for_profile(), port, proxy_ms, profile_requests, limit_s,
+                                                  isolation)
         try:
             setup["router_stats"] = httpx.get(f"{url}/v1/stats", timeout=5).json()
         except Exception as e:  # noqa: BLE001 - diagnostics only
             setup["router_stats"] = {"error": f"{type(e).__name__}: {e}"}
         serve.delete("s1")
     return {"setup": setup, "summaries": summaries, "rows": rows, "quick": quick}
+
+
+def store_for_profile() -> str:
+    """A store holding the table built from the bundled profiling results (what `make demo` serves)."""
+    from controller.build import build_table_from_results
+    from controller.store import TableStore
+
+    store = tempfile.mkdtemp(prefix="bench-streams-profile-")
+    TableStore(store).publish(build_table_from_results(PROFILE).table)
+    return store
+
+
+def _profile_isolation(store: str, port: int, proxy_ms: float, requests: int, limit_s: float,
+                       isolation: Any) -> dict[str, Any]:
+    """The isolation scenario on the shipped app over the profile's table: its own budgets (picked
+    as scenario 1's are), its own capacity (closed loop, 8 clients, on this queue-aware app: there is
+    no static twin of it), then `requests` arrivals a side at ISOLATION_LOAD of that capacity."""
+    from ray import serve
+
+    from bench.attainment_load import closed_loop
+    from bench.attainment_load import summarize as closed_summary
+    from serving.app import build_app_from_config
+    from serving.local import run_routed
+
+    run_routed(build_app_from_config(app_config(store, queue_aware=True, proxy_ms=proxy_ms)), http_port=port,
+               name="s3", route_prefix="/s3")
+    url = f"http://127.0.0.1:{port}/s3"
+    try:
+        asyncio.run(closed_loop(url, [400.0], concurrency=2, requests=20, max_new_tokens=MAX_NEW_TOKENS))
+        asyncio.run(_warm_streams(url, 400.0, 4))
+        overhead = settle(url, math.inf).get("overhead_at_start_ms") or proxy_ms
+        budgets, knobs = pick_budgets(url, overhead + 2)
+        capacity = closed_summary(asyncio.run(closed_loop(url, budgets, concurrency=8, requests=80,
+                                                          max_new_tokens=MAX_NEW_TOKENS)))["throughput_rps"]
+        rate = ISOLATION_LOAD * capacity
+        arrivals = plan(requests, rate, budgets, 0.0, seed=29)
+        got = isolation(url, PROFILE_TAG, arrivals=arrivals, stream_budget=budgets[-1], rate=rate, overhead=overhead)
+        return {"tag": PROFILE_TAG, "budgets": budgets, "knobs": knobs, "capacity_rps": capacity,
+                "idle_overhead_ms": overhead, "requests": requests, **got}
+    finally:
+        serve.delete("s3")
 
 
 def _long_summary(long: LongStreams) -> dict[str, Any]:
@@ -290,6 +350,10 @@ def tables(m: dict[str, Any]) -> list[str]:
     if base:
         lines += _isolation_table(m, base["tag"], f"baseline{base['tag']}, same arrivals",
                                   float(base.get("isolation_noise", math.nan)))
+    prof = m["setup"].get("profile")
+    if prof:
+        lines += _isolation_table(m, prof["tag"], f"the profile's table, non-streamed at {100 * ISOLATION_LOAD:.0f}%",
+                                  float(prof.get("isolation_noise", math.nan)))
     return lines
 
 
@@ -355,6 +419,15 @@ def notes(m: dict[str, Any]) -> list[str]:
         out.append(f"baseline{base['tag']}: the same arrivals on an app whose device holds {base['decode_slots']} "
                    f"decode batch(es); its long streams: {lb['finished']} finished, a stream p50 "
                    f"{lb['stream_p50_ms']:.0f} ms, {lb['error_count']} errors")
+    prof = st.get("profile")
+    if prof:
+        lp = prof["long_streams"]
+        out.append(f"profile's table ({PROFILE.relative_to(ROOT)}): budgets "
+                   f"{', '.join(f'{b:g}' for b in prof['budgets'])} ms, buying at idle "
+                   + "; ".join(f"{k['config']} ({k['expected_latency_ms']:.0f} ms)" for k in prof["knobs"])
+                   + f"; capacity {prof['capacity_rps']:.1f} req/s (closed loop, 8 clients, this app); "
+                   f"{prof['requests']} arrivals a side; its long streams: {lp['finished']} finished, a stream p50 "
+                   f"{lp['stream_p50_ms']:.0f} ms, {lp['error_count']} errors")
     odd = [s for s in m["summaries"] if s["flag_mismatch"] or s["flag_missing"] or s["errors"]]
     for s in odd:
         out.append(f"{s['scenario']} {100 * s['load']:.0f}% {s['kind']}: feasible header missing on "
@@ -388,19 +461,11 @@ def report(m: dict[str, Any]) -> dict[str, Any]:
                 "goal": f">= {100 * GOAL_ATTAINMENT:g}%",
                 "passed": None if math.isnan(att) else att >= GOAL_ATTAINMENT,
             })
-    alone, beside = _pick(m, "alone", GENERATE), _pick(m, "beside long streams", GENERATE)
-    for label, key in (("feasible share", "feasible_share"), ("mean expected accuracy", "mean_expected_accuracy")):
-        change = _rel(beside[key], alone[key])
-        fmt = _pct if key == "feasible_share" else (lambda x: f"{x:.3f}")
-        figures.append({
-            "name": f"non-streamed {label} beside {LONG_STREAMS} long streams @ {100 * ISOLATION_LOAD:.0f}%",
-            "value": f"{fmt(beside[key])} ({'n/a' if math.isnan(change) else f'{100 * change:+.1f}%'}"
-                     + (f"; chance alone +-{_pct(_share_noise(m))}" if key == "feasible_share" else "")
-                     + ")",
-            "unit": "", "baseline": fmt(alone[key]), "baseline_name": "the same arrivals alone, same run",
-            "goal": f"within {100 * GOAL_CHANGE:g}%",
-            "passed": None if math.isnan(change) else abs(change) <= GOAL_CHANGE,
-        })
+    figures += _isolation_figures(m, "", "synthetic grid (decode ~0.75 ms a token)", _share_noise(m))
+    prof = m["setup"].get("profile")
+    if prof:
+        figures += _isolation_figures(m, prof["tag"], "profile's table (decode ~29-44 ms a token)",
+                                      float(prof.get("isolation_noise", math.nan)))
     base = m["setup"].get("baseline")
     if base:
         a2, b2 = _pick(m, "alone" + base["tag"], GENERATE), _pick(m, "beside long streams" + base["tag"], GENERATE)
@@ -417,8 +482,28 @@ def report(m: dict[str, Any]) -> dict[str, Any]:
             "figures": figures, "notes": notes(m)}
 
 
+def _isolation_figures(m: dict[str, Any], tag: str, table: str, noise: float) -> list[dict[str, Any]]:
+    """The isolation goal's two figures for the scenario filed under `tag`."""
+    alone, beside = _pick(m, "alone" + tag, GENERATE), _pick(m, "beside long streams" + tag, GENERATE)
+    out = []
+    for label, key in (("feasible share", "feasible_share"), ("mean expected accuracy", "mean_expected_accuracy")):
+        change = _rel(beside[key], alone[key])
+        fmt = _pct if key == "feasible_share" else (lambda x: f"{x:.3f}")
+        out.append({
+            "name": f"non-streamed {label} beside {LONG_STREAMS} long streams @ {100 * ISOLATION_LOAD:.0f}%, {table}",
+            "value": f"{fmt(beside[key])} ({'n/a' if math.isnan(change) else f'{100 * change:+.1f}%'}"
+                     + (f"; chance alone +-{_pct(noise)}" if key == "feasible_share" else "")
+                     + ")",
+            "unit": "", "baseline": fmt(alone[key]), "baseline_name": "the same arrivals alone, same run",
+            "goal": f"within {100 * GOAL_CHANGE:g}%",
+            "passed": None if math.isnan(change) else abs(change) <= GOAL_CHANGE,
+        })
+    return out
+
+
 def run(quick: bool = False, per_point: int | None = None) -> dict[str, Any]:
-    return report(measure(quick, per_point, baseline_slots=1))
+    """make bench: both isolation tables, no one-slot baseline (the CLI's --baseline-slots)."""
+    return report(measure(quick, per_point, profile_requests=90 if quick else PROFILE_REQUESTS))
 
 
 def _git(*args: str) -> str:
@@ -468,14 +553,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-doc", action="store_true", help=f"do not write the section to {DOC.relative_to(ROOT)}")
     p.add_argument("--baseline-slots", type=int, default=1,
                    help="also run the isolation scenario on a device with this many decode slots (0: skip)")
+    p.add_argument("--profile-requests", type=int, default=PROFILE_REQUESTS,
+                   help="arrivals a side for the isolation scenario on the profile's table (0: skip)")
     a = p.parse_args(argv)
+    if a.profile_requests != 0 and not 10 <= a.profile_requests <= 100_000:
+        raise SystemExit(f"bench_streams: error: --profile-requests={a.profile_requests} must be 0 or in [10, 100000]")
     if not 0 <= a.baseline_slots <= 4:
         raise SystemExit(f"bench_streams: error: --baseline-slots={a.baseline_slots} must be in [0, 4]")
     if a.requests is not None and not 10 <= a.requests <= 100_000:
         raise SystemExit(f"bench_streams: error: --requests={a.requests} must be in [10, 100000]")
     command = " ".join(["python -m bench.bench_streams", *(argv if argv is not None else sys.argv[1:])])
     started = time.perf_counter()
-    m = measure(a.quick, a.requests, baseline_slots=a.baseline_slots or None)
+    m = measure(a.quick, a.requests, baseline_slots=a.baseline_slots or None,
+                profile_requests=a.profile_requests or None)
     elapsed = time.perf_counter() - started
     r = report(m)
     print(r["title"])
