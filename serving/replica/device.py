@@ -184,20 +184,24 @@ class Device:
             self._handed[work.handed_pair] = self._handed.get(work.handed_pair, 0) + 1
         self._inbox.put(work)
 
-    def backlog_ms(self) -> float:
+    def backlog_ms(self, scale: float = 1.0) -> float:
         """What a request handed in now waits for before its prefill begins, if it can join: the
-        prefills handed in and not begun, one after another, less what the prefill in progress has
-        already run. (Waiting for decode batches depends on the knob pair: `wait_ms`, which late
-        binding adds per option.)
+        prefills handed in and not begun, one after another, each its table first token x `scale`
+        (the replica's measured / table ratio), less what the prefill in progress has already run.
+        (Waiting for decode batches depends on the knob pair: `wait_ms`, which late binding adds
+        per option.)
         A prefill in progress used to count whole until it ended: on the CPU streams bench a
         request bound 30 ms into a stream's 45 ms prefill was told it waited 45, and a third of
-        the requests late binding flagged infeasible would have fit (docs/BENCHMARKS.md)."""
+        the requests late binding flagged infeasible would have fit (docs/BENCHMARKS.md). What it
+        has run is real time, so it comes off the scaled figure: on a replica running at twice
+        its table a prefill is still half to go when its table time has passed."""
         with self._lock:
             queued, joining = self._queued_ms, self._joining
         if joining is None:
-            return queued
+            return queued * scale
         began, ms = joining
-        return max(0.0, queued - min(ms, (time.monotonic() - began) * 1000))
+        left = max(0.0, ms * scale - (time.monotonic() - began) * 1000)
+        return max(0.0, queued - ms) * scale + left
 
     def wait_ms(self, knobs: Knobs, first_ms: float = 0.0, tokens: int = 0) -> float:
         """How long work with these knobs (its prefill `first_ms`, `tokens` to decode), handed in now,
