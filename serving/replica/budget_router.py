@@ -45,6 +45,7 @@ class BudgetAwareRequestRouter(FIFOMixin, RequestRouter):
         """`stale_after_s`: reports older than this are ignored (a few stats periods)."""
         self.stale_after_s = float(kwargs.get("stale_after_s", 3.0))
         self._sent: dict[ReplicaID, deque[tuple[str, InFlight]]] = {}
+        self._where: dict[str, ReplicaID] = {}  # request id -> the replica its in-flight entry is on
         self.decisions: dict[str, int] = {}
 
     def _state(self) -> None:
@@ -72,7 +73,11 @@ class BudgetAwareRequestRouter(FIFOMixin, RequestRouter):
         else:
             by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
             ranks = [[by_id[i]] for i in placement.ranked if i in by_id]
-        if ranks and pending_request is not None and _is_query(pending_request):
+        if ranks and pending_request is not None:
+            # Counted on the first choice at once: Serve runs several routing tasks, and each awaits
+            # its replica's queue length after this returns, so calls counted only once routed
+            # were all ranked against the same reports (a burst of six went to one replica). The
+            # entry moves if Serve routes the call elsewhere (on_request_routed).
             self._remember(ranks[0][0].replica_id, pending_request)
         return ranks
 
@@ -82,37 +87,50 @@ class BudgetAwareRequestRouter(FIFOMixin, RequestRouter):
         for r in replicas:  # calls sent before a replica's report are in it: they never count again
             sent, at = self._sent.get(r.replica_id), _report_time(r.routing_stats)
             while sent and at is not None and sent[0][1].sent_at < at:
-                sent.popleft()
+                self._where.pop(sent.popleft()[0], None)
         inflight = {r.replica_id.unique_id: [f for _, f in self._sent.get(r.replica_id, ())] for r in replicas}
         return place(reports, call, now, self.stale_after_s, inflight)
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
+        """Where the call went: its entry moves there if Serve passed over the first choice (full)."""
         self._state()
-        if not _is_query(pending_request):  # a query was remembered when it was chosen
+        if not _is_query(pending_request):  # a query stays where it was chosen
             self._remember(replica_id, pending_request)
 
     def _remember(self, replica_id: ReplicaID, pending_request: PendingRequest) -> None:
+        """Count the call on `replica_id`, once: a call chosen again (a retry, or routed to another
+        replica than its first choice) leaves its earlier entry."""
         try:
             call = _call_of(pending_request)
             if call is None:
                 return
+            rid = pending_request.metadata.internal_request_id
+            if self._where.get(rid) == replica_id:
+                return
+            self._forget(rid)
             now = time.time()
             sent = self._sent.setdefault(replica_id, deque(maxlen=MAX_INFLIGHT_PER_REPLICA))
             while sent and now - sent[0][1].sent_at > INFLIGHT_FORGET_S:
-                sent.popleft()
-            rid = pending_request.metadata.internal_request_id
+                self._where.pop(sent.popleft()[0], None)
+            if len(sent) == sent.maxlen:
+                self._where.pop(sent[0][0], None)  # the deque drops its oldest on append
             sent.append((rid, InFlight(call.knobs, call.expected_ms or 0.0, now)))
+            self._where[rid] = replica_id
         except Exception:  # noqa: BLE001 - bookkeeping only
             log.exception("BudgetAwareRequestRouter: remembering a sent call failed")
 
-    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        self._state()
-        sent = self._sent.get(replica_id)
+    def _forget(self, rid: str) -> None:
+        where = self._where.pop(rid, None)
+        sent = self._sent.get(where) if where is not None else None
         if sent:
             for item in sent:
-                if item[0] == internal_request_id:
+                if item[0] == rid:
                     sent.remove(item)
                     break
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        self._state()
+        self._forget(internal_request_id)
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         """A replica that left (died, scaled down) takes its in-flight bookkeeping with it."""
@@ -120,7 +138,8 @@ class BudgetAwareRequestRouter(FIFOMixin, RequestRouter):
         self._state()
         alive = {r.replica_id for r in replicas}
         for rid in [r for r in self._sent if r not in alive]:
-            del self._sent[rid]
+            for request_id, _ in self._sent.pop(rid):
+                self._where.pop(request_id, None)
 
 
 def _call_of(pending: PendingRequest | None) -> CallView | None:
