@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -285,7 +285,7 @@ def store_for_profile() -> str:
 
 
 def _profile_isolation(store: str, port: int, proxy_ms: float, requests: int, limit_s: float,
-                       isolation: Any) -> dict[str, Any]:
+                       isolation: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """The isolation scenario on the shipped app over the profile's table: its own budgets (picked
     as scenario 1's are), its own capacity (closed loop, 8 clients, on this queue-aware app: there is
     no static twin of it), then `requests` arrivals a side at ISOLATION_LOAD of that capacity."""

@@ -39,6 +39,7 @@ from serving.wire import (
     ModelResult,
     PlanError,
     PlanOption,
+    ReplicaReport,
     StreamPiece,
 )
 
@@ -432,7 +433,7 @@ class MoEModel:
         service_ms = (ended - began) * 1000
         if self.guard is not None:
             self.guard.ran(began, began + sum(m.expected_ms or 0.0 for m in members) / 1000)
-        report = self.queue.report(time.monotonic(), self._device_backlog_ms())
+        report = self._report()
         # One first-token ratio per call: its first token / the sum of its members' table
         # latencies (an engine prefills a call's members one after another).
         known = [e for m in members if (e := m.expected_ms) is not None]
@@ -505,19 +506,18 @@ class MoEModel:
 
     # -- what the replica publishes -------------------------------------------------------------
 
-    def _device_backlog_ms(self) -> float:
-        """The device's own backlog in real ms, scaled as the queue scales its waiting calls (the
-        median measured / table first token, never below 1)."""
-        ratio = self.queue.ratio()
-        return self.device.backlog_ms(max(1.0, ratio) if ratio is not None else 1.0)
+    def _report(self) -> ReplicaReport:
+        """The replica's queue report, with the device's own backlog priced as the queue prices
+        its waiting calls (ReplicaQueue.scale)."""
+        return self.queue.report(time.monotonic(), self.device.backlog_ms(self.queue.scale()))
 
     def _backlog_ms(self) -> float:
-        return self.queue.report(time.monotonic(), self._device_backlog_ms()).backlog_ms
+        return self._report().backlog_ms
 
     def record_routing_stats(self) -> dict[str, Any]:
         """Polled by Serve every request_routing_stats_period_s for the budget-aware request router
         (serving.replica.placement reads it): backlog, measured first-token ratio, knob pairs."""
-        report = self.queue.report(time.monotonic(), self._device_backlog_ms())
+        report = self._report()
         ratio = self.queue.first_token_ratio()
         return ReplicaView(time.time(), report.backlog_ms, report.waiting + report.running,
                            ratio if ratio is not None and math.isfinite(ratio) else None,
@@ -548,7 +548,7 @@ class MoEModel:
         """This replica's streams, queue and late-binding counts (dispatch_stats), and its engine's
         figures (capture seconds, graph memory, disabled configs: torch backend)."""
         out: dict[str, Any] = {"replica_id": self._replica, "streams": self.stream_stats(),
-                               "queue": self.queue.report(time.monotonic(), self._device_backlog_ms()).to_dict(),
+                               "queue": self._report().to_dict(),
                                "dispatch": self.dispatch_stats(),
                                "device": {"steps": self.device.steps, "joins": self.device.joins},
                                **self.backend.stats()}

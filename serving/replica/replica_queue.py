@@ -64,11 +64,16 @@ class ReplicaQueue:
         """The median measured / table first token (None before any call)."""
         return median(self._first_token_ratios) if self._first_token_ratios else None
 
+    def scale(self) -> float:
+        """What a table first token is multiplied by to price this replica's work: the median
+        measured / table ratio, never below 1 (the table's tail figures stay the floor)."""
+        r = self.ratio()
+        return max(1.0, r if r is not None else 1.0)
+
     def _scaled(self, first_ms: float | None) -> float:
         if first_ms is None:  # no table latency: what recent calls took
             return median(self._service_ms) if self._service_ms else 0.0
-        r = self.ratio()
-        return first_ms * max(1.0, r if r is not None else 1.0)
+        return first_ms * self.scale()
 
     def report(self, now: float, device_ms: float = 0.0) -> ReplicaReport:
         backlog = sum(self._scaled(e) for _, e, _ in self._waiting.values()) + max(0.0, device_ms)
